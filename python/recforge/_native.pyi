@@ -1,0 +1,117 @@
+"""Type stubs of the compiled core (``src/python/``)."""
+
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+__version__: str
+
+class RecforgeError(Exception): ...
+class DataError(RecforgeError): ...
+class SplitError(DataError): ...
+class ConfigError(RecforgeError): ...
+class TorchError(RecforgeError): ...
+class StorageError(RecforgeError): ...
+
+class Interactions:
+    """User-item interactions over dense ids, stored user-major (CSR); each user's entries are in
+    time order (timestamp, then input row)."""
+
+    @staticmethod
+    def from_arrays(
+        users: npt.ArrayLike,
+        items: npt.ArrayLike,
+        ratings: npt.ArrayLike | None = None,
+        timestamps: npt.ArrayLike | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+    ) -> Interactions:
+        """Build from arrays of dense integer ids (any integer dtype; floats are refused, never
+        rounded). ``ratings`` become float32 and must be finite; ``timestamps`` are integers or
+        ``datetime64`` (stored as seconds). ``n_users`` / ``n_items`` default to max id + 1 and must
+        exceed every id. Raises :class:`DataError` naming the offending entry."""
+    @staticmethod
+    def _from_parts(
+        users: npt.ArrayLike,
+        items: npt.ArrayLike,
+        ratings: npt.ArrayLike | None,
+        timestamps: npt.ArrayLike | None,
+        rows: npt.ArrayLike,
+        n_users: int,
+        n_items: int,
+    ) -> Interactions: ...
+    @property
+    def n_users(self) -> int: ...
+    @property
+    def n_items(self) -> int: ...
+    @property
+    def n_interactions(self) -> int: ...
+    @property
+    def has_ratings(self) -> bool: ...
+    @property
+    def has_timestamps(self) -> bool: ...
+    @property
+    def indptr(self) -> npt.NDArray[np.int64]:
+        """CSR row pointer (length ``n_users + 1``)."""
+    @property
+    def indices(self) -> npt.NDArray[np.int64]:
+        """Item id of every entry, user-major."""
+    def __len__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+    def to_arrays(self) -> dict[str, Any]:
+        """``{"users", "items", "ratings", "timestamps", "rows"}`` as NumPy arrays in CSR order
+        (``ratings`` / ``timestamps`` are None when absent; ``rows`` is each entry's input row)."""
+    def user_items(self, u: int) -> npt.NDArray[np.int64]:
+        """Items of user ``u`` in time order."""
+    def user_degrees(self) -> npt.NDArray[np.int64]: ...
+    def item_degrees(self) -> npt.NDArray[np.int64]: ...
+    def select(self, mask: npt.ArrayLike) -> Interactions:
+        """The entries where ``mask`` (bool, in ``to_arrays()`` order) is true; same id space."""
+    @staticmethod
+    def concat(parts: Sequence[Interactions]) -> Interactions:
+        """Join interactions over one id space (e.g. train + valid)."""
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class IdMap:
+    """Raw ids (all integers or all strings) <-> dense ids ``0..n``."""
+
+    @staticmethod
+    def fit(raw: npt.ArrayLike) -> tuple[IdMap, npt.NDArray[np.int64]]:
+        """Number raw ids by first appearance; returns the map and every entry's dense id."""
+    @staticmethod
+    def from_unique(raw: npt.ArrayLike) -> IdMap:
+        """Map distinct raw ids to their positions; a repeated id is a DataError."""
+    def encode(self, raw: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Dense ids of raw ids; an unknown id is a DataError naming it."""
+    def decode(self, dense: npt.ArrayLike) -> npt.NDArray[np.int64] | list[str]:
+        """Raw ids of dense ids (an array for integer ids, a list for strings)."""
+    def raw(self) -> npt.NDArray[np.int64] | list[str]:
+        """All raw ids in dense order."""
+    def subset(self, dense: npt.ArrayLike) -> IdMap:
+        """The map restricted to ``dense`` ids, renumbered in that order."""
+    @property
+    def is_str(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+def k_core(
+    x: Interactions, user_k: int, item_k: int
+) -> tuple[Interactions, npt.NDArray[np.int64], npt.NDArray[np.int64], int]: ...
+def leave_one_out(
+    x: Interactions, short_users: str = "train"
+) -> tuple[Interactions, Interactions, Interactions, dict[str, int]]: ...
+def ratio_split(
+    x: Interactions,
+    fractions: Sequence[float],
+    order: str = "random",
+    by_user: bool = True,
+    seed: int = 0,
+    short_users: str = "train",
+) -> tuple[Interactions, Interactions, Interactions, dict[str, int]]: ...
+def device() -> str: ...
+def resolve_device(name: str) -> str: ...
+def num_threads() -> int: ...
+def _tensor_add_(tensor: torch.Tensor, value: float) -> torch.Tensor: ...
+def _tensor_arange(n: int) -> torch.Tensor: ...

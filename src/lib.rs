@@ -1,0 +1,14 @@
+//! recforge's Rust core: data layer, sampling, evaluation, models and training on libtorch.
+//!
+//! The domain modules are pure Rust and tested with `cargo test`; `python` (feature `python`, on in
+//! the maturin build only) is the one place that knows PyO3.
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod rng;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{RecforgeError, Result};

@@ -1,0 +1,17 @@
+//! The one helper that releases the GIL around work in the Rust core.
+
+use pyo3::prelude::*;
+
+/// Runs `work` with the GIL released and turns its error into the matching Python exception.
+///
+/// Extract owned (or `Send`-borrowed) inputs first, then call the pure Rust function inside.
+/// Every call that may take long (building CSR arrays, splits, training, evaluation) goes through
+/// here, so other Python threads and the notebook stay responsive, and so libtorch's autograd
+/// (which needs the GIL free on its worker threads) never deadlocks.
+pub fn without_gil<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    F: FnOnce() -> crate::Result<T> + Send,
+    T: Send,
+{
+    py.detach(work).map_err(PyErr::from)
+}

@@ -1,0 +1,62 @@
+//! The Python face of the Rust core: the `recforge._native` extension module.
+//!
+//! This is the only part of the crate that knows PyO3. Each submodule converts arguments, releases
+//! the GIL through [`gil::without_gil`] and maps [`crate::RecforgeError`] to `recforge.errors`.
+
+mod convert;
+mod data;
+mod errors;
+mod gil;
+mod tensor;
+
+use pyo3::prelude::*;
+
+/// `"cuda"` when libtorch sees a GPU, else `"cpu"`.
+#[pyfunction]
+fn device() -> PyResult<String> {
+    Ok(crate::device::name(crate::device::resolve("auto")?))
+}
+
+/// Resolves a device name (`auto`, `cpu`, `cuda`, `cuda:N`) to the one a trainer would use.
+#[pyfunction]
+fn resolve_device(name: &str) -> PyResult<String> {
+    Ok(crate::device::name(crate::device::resolve(name)?))
+}
+
+/// Number of threads of recforge's rayon pool.
+#[pyfunction]
+fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Sizes rayon's global pool from `RECFORGE_NUM_THREADS` (default: all cores), once.
+fn init_thread_pool() {
+    if let Some(n) = std::env::var("RECFORGE_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        // An error means the pool already exists (a second import in one process): keep it.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_thread_pool();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    m.add_class::<data::PyInteractions>()?;
+    m.add_class::<data::PyIdMap>()?;
+    m.add_function(wrap_pyfunction!(data::k_core, m)?)?;
+    m.add_function(wrap_pyfunction!(data::leave_one_out, m)?)?;
+    m.add_function(wrap_pyfunction!(data::ratio_split, m)?)?;
+    m.add_function(wrap_pyfunction!(device, m)?)?;
+    m.add_function(wrap_pyfunction!(resolve_device, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::_tensor_add_, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::_tensor_arange, m)?)?;
+    Ok(())
+}
