@@ -1,6 +1,7 @@
 """Type stubs of the compiled core (``src/python/``)."""
 
-from typing import Any, Sequence
+from typing import Any, Sequence, final
+
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +16,7 @@ class ConfigError(RecforgeError): ...
 class TorchError(RecforgeError): ...
 class StorageError(RecforgeError): ...
 
+@final
 class Interactions:
     """User-item interactions over dense ids, stored user-major (CSR); each user's entries are in
     time order (timestamp, then input row)."""
@@ -59,7 +61,7 @@ class Interactions:
     def indices(self) -> npt.NDArray[np.int64]:
         """Item id of every entry, user-major."""
     def __len__(self) -> int: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def to_arrays(self) -> dict[str, Any]:
         """``{"users", "items", "ratings", "timestamps", "rows"}`` as NumPy arrays in CSR order
         (``ratings`` / ``timestamps`` are None when absent; ``rows`` is each entry's input row)."""
@@ -74,6 +76,7 @@ class Interactions:
         """Join interactions over one id space (e.g. train + valid)."""
     def __reduce__(self) -> tuple[Any, ...]: ...
 
+@final
 class IdMap:
     """Raw ids (all integers or all strings) <-> dense ids ``0..n``."""
 

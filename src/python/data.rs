@@ -253,6 +253,13 @@ impl PyInteractions {
     }
 }
 
+type KCoreOut<'py> = (
+    PyInteractions,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    u32,
+);
+
 /// k-core filtering: `(interactions, kept_users, kept_items, rounds)`.
 #[pyfunction]
 pub fn k_core<'py>(
@@ -260,12 +267,7 @@ pub fn k_core<'py>(
     x: &PyInteractions,
     user_k: u32,
     item_k: u32,
-) -> PyResult<(
-    PyInteractions,
-    Bound<'py, PyArray1<i64>>,
-    Bound<'py, PyArray1<i64>>,
-    u32,
-)> {
+) -> PyResult<KCoreOut<'py>> {
     let inner = x.inner.clone();
     let k = without_gil(py, || data::k_core(&inner, user_k, item_k))?;
     Ok((

@@ -10,6 +10,7 @@ import pandas as pd
 from .._native import IdMap, Interactions
 from ..errors import DataError
 from ._dataset import Dataset
+from ._io import show
 
 
 def item_map_from_table(ids: pd.Series, path: Path, *, col: str, line0: int) -> IdMap:
@@ -17,7 +18,7 @@ def item_map_from_table(ids: pd.Series, path: Path, *, col: str, line0: int) -> 
     dup = ids.duplicated().to_numpy()
     if dup.any():
         i = int(np.argmax(dup))
-        raise DataError(f"{path}, line {i + line0}: {col} {ids.iloc[i]!r} appears twice")
+        raise DataError(f"{path}, line {i + line0}: {col} {show(ids.iloc[i])} appears twice")
     return IdMap.from_unique(ids.to_numpy())
 
 
@@ -32,7 +33,7 @@ def encode_known(
         i = int(np.argmax(~ok))
         n_bad = int((~ok).sum())
         raise DataError(
-            f"{path}, line {i + line0}: {col} {raw.iloc[i]!r} is not in {table} "
+            f"{path}, line {i + line0}: {col} {show(raw.iloc[i])} is not in {table} "
             f"({n_bad} row(s) refer to unknown ids)"
         )
     return imap.encode(raw.to_numpy())

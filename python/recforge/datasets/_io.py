@@ -80,6 +80,12 @@ def first_line(header: int | None) -> int:
     return 1 if header is None else header + 2
 
 
+def show(value: object) -> str:
+    """A value as it should appear in an error message (NumPy scalars as plain Python values)."""
+    item = getattr(value, "item", None)
+    return repr(item() if callable(item) else value)
+
+
 def numeric(
     df: pd.DataFrame, col: str, path: PathLike, *, line0: int, integer: bool = False
 ) -> np.ndarray:
@@ -91,7 +97,7 @@ def numeric(
     if bad.any():
         i = int(np.argmax(bad))
         raw = s.iloc[i]
-        what = "is missing" if pd.isna(raw) else f"has non-numeric value {raw!r}"
+        what = "is missing" if pd.isna(raw) else f"has non-numeric value {show(raw)}"
         raise DataError(f"{path}, line {i + line0}: column {col!r} {what}")
     arr = values.to_numpy()
     if integer:
@@ -100,7 +106,7 @@ def numeric(
             if frac.any():
                 i = int(np.argmax(frac))
                 raise DataError(
-                    f"{path}, line {i + line0}: column {col!r} has non-integer value {s.iloc[i]!r}"
+                    f"{path}, line {i + line0}: column {col!r} has non-integer value {show(s.iloc[i])}"
                 )
         return arr.astype(np.int64)
     return arr.astype(np.float64)
