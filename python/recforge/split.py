@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Literal, Sequence
 
+import numpy as np
+import numpy.typing as npt
+
 from . import _native
 from ._native import Interactions
 from .errors import ConfigError
@@ -87,14 +90,14 @@ def ratio(
 
 def k_core(
     interactions: Interactions, user_k: int, item_k: int | None = None
-) -> tuple[Interactions, "object", "object"]:
+) -> tuple[Interactions, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """k-core filter: ``(filtered, kept_users, kept_items)``; the filtered interactions are
     re-indexed so that new id ``j`` is old id ``kept_users[j]`` (resp. ``kept_items[j]``).
 
     Use :meth:`recforge.Dataset.k_core` to keep the id maps and tables in step."""
     if user_k < 0 or (item_k is not None and item_k < 0):
         raise ConfigError("k must be non-negative")
-    x, users, items, _rounds = _native.k_core(
+    x, users, items = _native.k_core(
         _check(interactions), user_k, user_k if item_k is None else item_k
     )
     return x, users, items

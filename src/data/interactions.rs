@@ -334,6 +334,26 @@ impl Interactions {
         })
     }
 
+    /// The same entries with users restricted to `kept_users` (ascending old ids, which must hold
+    /// every user with entries) and items renumbered by `item_new` (old id -> new id, monotone).
+    pub(crate) fn renumbered(self, kept_users: &[u32], item_new: &[u32]) -> Self {
+        let n_items = item_new.iter().filter(|&&i| i != u32::MAX).count() as u32;
+        let mut indptr = Vec::with_capacity(kept_users.len() + 1);
+        indptr.push(0);
+        for &u in kept_users {
+            indptr.push(self.indptr[u as usize + 1]);
+        }
+        Self {
+            n_users: kept_users.len() as u32,
+            n_items,
+            indptr,
+            items: self.items.iter().map(|&i| item_new[i as usize]).collect(),
+            ratings: self.ratings,
+            timestamps: self.timestamps,
+            rows: self.rows,
+        }
+    }
+
     /// Joins interactions over one id space (for example train + valid), keeping each entry's
     /// original row index; each user's entries are re-ordered by `(timestamp, row)`.
     pub fn concat(parts: &[&Self]) -> Result<Self> {

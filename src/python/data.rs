@@ -257,10 +257,9 @@ type KCoreOut<'py> = (
     PyInteractions,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
-    u32,
 );
 
-/// k-core filtering: `(interactions, kept_users, kept_items, rounds)`.
+/// k-core filtering: `(interactions, kept_users, kept_items)`.
 #[pyfunction]
 pub fn k_core<'py>(
     py: Python<'py>,
@@ -274,7 +273,6 @@ pub fn k_core<'py>(
         PyInteractions::new(k.interactions),
         i64_out(py, &k.kept_users),
         i64_out(py, &k.kept_items),
-        k.rounds,
     ))
 }
 

@@ -39,7 +39,7 @@ def read_csv(
     names: Sequence[str] | None = None,
     required: Iterable[str] = (),
     encoding: str = "utf-8",
-    dtype: dict[str, object] | None = None,
+    dtype: dict[str, object] | type | None = None,
     source: bytes | None = None,
 ) -> pd.DataFrame:
     """Read a delimited file; raise DataError for a missing/empty file or missing columns.
