@@ -6,6 +6,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod parallel;
 pub mod rng;
 
 #[cfg(feature = "python")]

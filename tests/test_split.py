@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -146,6 +148,22 @@ def test_splits_do_not_depend_on_the_thread_count(ml: recforge.Dataset) -> None:
         )  # fmt: skip
         digests.add(out.stdout.strip())
     assert len(digests) == 1
+
+
+def _rows_in_child(seed: int) -> list[int]:
+    x = recforge.datasets.movielens_small().interactions
+    return split.ratio(x, seed=seed).test.to_arrays()["rows"].tolist()
+
+
+def test_parallel_work_still_runs_in_a_forked_child(ml: recforge.Dataset) -> None:
+    # The parent has used the thread pool (loading and splitting run in parallel) before forking;
+    # a forked child inherits none of its threads and must not wait for them forever.
+    expected = split.ratio(ml.interactions, seed=5).test.to_arrays()["rows"].tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, Python >= 3.12
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_rows_in_child, (5,)).get(timeout=120)
+    assert got == expected
 
 
 def test_k_core_on_movielens_matches_a_pandas_loop(ml: recforge.Dataset) -> None:

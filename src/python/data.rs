@@ -175,7 +175,7 @@ impl PyInteractions {
     /// All entries as a dict of arrays: users, items, ratings, timestamps (None when absent), rows.
     fn to_arrays<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let x = self.inner.clone();
-        let c = py.detach(move || x.to_columns());
+        let c = without_gil(py, move || Ok(x.to_columns()))?;
         let d = PyDict::new(py);
         d.set_item("users", i64_out(py, &c.users))?;
         d.set_item("items", i64_out(py, &c.items))?;

@@ -23,29 +23,15 @@ fn resolve_device(name: &str) -> PyResult<String> {
     Ok(crate::device::name(crate::device::resolve(name)?))
 }
 
-/// Number of threads of recforge's rayon pool.
+/// Number of threads recforge's parallel work uses in this process.
 #[pyfunction]
 fn num_threads() -> usize {
-    rayon::current_num_threads()
-}
-
-/// Sizes rayon's global pool from `RECFORGE_NUM_THREADS` (default: all cores), once.
-fn init_thread_pool() {
-    if let Some(n) = std::env::var("RECFORGE_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-    {
-        // An error means the pool already exists (a second import in one process): keep it.
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
-    }
+    crate::parallel::num_threads()
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    init_thread_pool();
+    crate::parallel::init_global();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     m.add_class::<data::PyInteractions>()?;
