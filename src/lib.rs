@@ -6,6 +6,7 @@
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod parallel;
 pub mod rng;
 
