@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod parallel;
 pub mod rng;
+pub mod sampling;
 
 #[cfg(feature = "python")]
 mod python;
