@@ -10,6 +10,7 @@ pub mod eval;
 pub mod parallel;
 pub mod rng;
 pub mod sampling;
+pub mod stats;
 
 #[cfg(feature = "python")]
 mod python;
