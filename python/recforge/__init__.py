@@ -15,7 +15,7 @@ import torch as _torch  # noqa: F401
 
 from . import _native
 from ._native import IdMap, Interactions, num_threads
-from . import errors, split, datasets
+from . import errors, split, datasets, metrics, sampling, stats
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -42,7 +42,10 @@ __all__ = [
     "datasets",
     "device",
     "errors",
+    "metrics",
     "num_threads",
     "resolve_device",
+    "sampling",
     "split",
+    "stats",
 ]

@@ -195,6 +195,9 @@ fn expected(groups: &[TieGroup], n_rel: u64, k: u64, metric: Metric, pre: &Prefi
                 .iter()
                 .map(|g| {
                     let m = inside(g, k);
+                    if m == 0 {
+                        return 0.0;
+                    }
                     g.relevant as f64 / g.size as f64 * (pre.dcg(g.above + m) - pre.dcg(g.above))
                 })
                 .sum();

@@ -169,3 +169,16 @@ pub fn raw_ids<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<RawIds<'py>
         ))),
     }
 }
+
+/// Numbers as an owned `Vec<f64>` (statistics inputs).
+pub fn float64_array(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<f64>> {
+    let (arr, kind) = as_1d(obj, name)?;
+    match kind.as_str() {
+        "f" | "i" | "u" | "b" => Ok(contiguous::<f64>(&arr, "float64")?.as_slice()?.to_vec()),
+        _ if is_empty(&arr)? => Ok(Vec::new()),
+        _ => Err(data_error(format!(
+            "{name} must hold numbers, got an array of dtype {}",
+            dtype_name(&arr)
+        ))),
+    }
+}

@@ -6,6 +6,7 @@
 mod convert;
 mod data;
 mod errors;
+mod eval;
 mod gil;
 mod tensor;
 
@@ -39,6 +40,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(data::k_core, m)?)?;
     m.add_function(wrap_pyfunction!(data::leave_one_out, m)?)?;
     m.add_function(wrap_pyfunction!(data::ratio_split, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_rank_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_corrected_hit_values, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_eval_negatives, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_training_negatives, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_bootstrap_ci, m)?)?;
+    m.add_function(wrap_pyfunction!(eval::_paired_bootstrap, m)?)?;
     m.add_function(wrap_pyfunction!(device, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
