@@ -118,3 +118,54 @@ def resolve_device(name: str) -> str: ...
 def num_threads() -> int: ...
 def _tensor_add_(tensor: torch.Tensor, value: float) -> torch.Tensor: ...
 def _tensor_arange(n: int) -> torch.Tensor: ...
+def _rank_batch(
+    scores: npt.NDArray[np.float32],
+    users: npt.ArrayLike,
+    rows: npt.ArrayLike,
+    test: Interactions,
+    exclude: list[Interactions],
+    negatives: npt.NDArray[np.int64] | None,
+    ks: Sequence[int],
+    metrics: Sequence[str],
+    ties: str,
+    top_k: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate one batch: full ranking (``negatives=None``) or sampled. Returns per-user
+    ``values`` [B, metrics x ks], ``n_candidates``, ``n_relevant``, ``relevant_in_exclude``,
+    ``single`` [B, 2] and, with ``top_k``, ``top`` [B, top_k]."""
+def _corrected_hit_values(
+    n_candidates: int, n_negatives: int, k: int, gamma: float
+) -> npt.NDArray[np.float64]: ...
+def _eval_negatives(
+    test: Interactions,
+    exclude: list[Interactions],
+    n: int,
+    strategy_name: str,
+    weights: npt.ArrayLike | None,
+    seed: int,
+) -> npt.NDArray[np.int64]: ...
+def _training_negatives(
+    train: Interactions,
+    k: int,
+    strategy_name: str,
+    weights: npt.ArrayLike | None,
+    replace: bool,
+    seed: int,
+    epoch: int,
+) -> npt.NDArray[np.int64]: ...
+def _bootstrap_ci(
+    values: npt.ArrayLike,
+    statistic_name: str,
+    n_resamples: int,
+    confidence: float,
+    method: str,
+    seed: int,
+) -> tuple[float, float, float, float]: ...
+def _paired_bootstrap(
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    statistic_name: str,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float, float, float, float]: ...

@@ -94,10 +94,11 @@ def _batches(
         return
     for start in range(0, len(users), batch_size):
         u = users[start : start + batch_size]
-        index = torch.from_numpy(u) if isinstance(scores, torch.Tensor) else u
         if isinstance(scores, torch.Tensor):
-            index = index.to(scores.device)
-        block = _rows_to_numpy(scores[index], len(u), n_items)  # type: ignore[index]
+            rows_block: Any = scores[torch.from_numpy(u).to(scores.device)]
+        else:
+            rows_block = scores[u]  # type: ignore[index]
+        block = _rows_to_numpy(rows_block, len(u), n_items)
         yield block, u, np.arange(len(u), dtype=np.int64)
 
 

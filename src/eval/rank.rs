@@ -141,6 +141,55 @@ pub fn tie_groups(rel: &[f32], cands: impl Iterator<Item = f32>) -> Result<Vec<T
     Ok(groups)
 }
 
+/// `(greater, equal, nan)` counts of `row` against `v`, written so the compiler vectorises it.
+fn count_against(row: &[f32], v: f32) -> (u64, u64, u64) {
+    let (mut gt, mut eq, mut nan) = (0u64, 0u64, 0u64);
+    for chunk in row.chunks(1 << 16) {
+        let (mut g, mut e, mut n) = (0u32, 0u32, 0u32);
+        for &x in chunk {
+            g += (x > v) as u32;
+            e += (x == v) as u32;
+            n += x.is_nan() as u32;
+        }
+        gt += g as u64;
+        eq += e as u64;
+        nan += n as u64;
+    }
+    (gt, eq, nan)
+}
+
+/// The one tie group of `n_rel` relevant items that all score `v`, among all of `row` minus the
+/// items that `excluded` passes to its callback (each once).
+fn single_value_groups(
+    row: &[f32],
+    v: f32,
+    n_rel: u64,
+    excluded: impl FnOnce(&mut dyn FnMut(f32)),
+) -> Result<Vec<TieGroup>> {
+    if v.is_nan() {
+        return Err(RecforgeError::data("a relevant item has a NaN score"));
+    }
+    let (mut gt, mut eq, mut nan) = count_against(row, v);
+    excluded(&mut |x: f32| {
+        if x > v {
+            gt -= 1;
+        } else if x == v {
+            eq -= 1;
+        } else if x.is_nan() {
+            nan -= 1;
+        }
+    });
+    if nan > 0 {
+        return Err(RecforgeError::data("scores contain NaN"));
+    }
+    Ok(vec![TieGroup {
+        above: gt,
+        size: eq,
+        relevant: n_rel,
+        relevant_above: 0,
+    }])
+}
+
 /// Bounded min-heap entry: the worst kept item is on top (lower score, then higher id).
 #[derive(PartialEq)]
 struct Kept(f32, u32);
@@ -321,12 +370,27 @@ pub fn full_ranking(
                     mark[i as usize] = 2;
                 }
                 let rel_scores: Vec<f32> = rel.iter().map(|&i| scores[i as usize]).collect();
-                let cands = scores
-                    .iter()
-                    .zip(mark.iter())
-                    .filter(|(_, &m)| m != 1)
-                    .map(|(&x, _)| x);
-                let groups = tie_groups(&rel_scores, cands);
+                let groups = if rel_scores.iter().all(|&x| x == rel_scores[0]) {
+                    // One score to compare with (always so for one test item): count over the
+                    // whole row without branches, then take the excluded items back out.
+                    single_value_groups(scores, rel_scores[0], rel.len() as u64, |each| {
+                        for x in exclude {
+                            for &i in x.user_items(u).unwrap_or(&[]) {
+                                if mark[i as usize] == 1 {
+                                    mark[i as usize] = 3; // counted once, even if repeated
+                                    each(scores[i as usize]);
+                                }
+                            }
+                        }
+                    })
+                } else {
+                    let cands = scores
+                        .iter()
+                        .zip(mark.iter())
+                        .filter(|(_, &m)| m != 1)
+                        .map(|(&x, _)| x);
+                    tie_groups(&rel_scores, cands)
+                };
                 let mut top = Vec::new();
                 if let (Ok(_), Some(k)) = (&groups, spec.top_k) {
                     top = vec![u32::MAX; k];
@@ -334,7 +398,7 @@ pub fn full_ranking(
                         .iter()
                         .zip(mark.iter())
                         .enumerate()
-                        .filter(|(_, (_, &m))| m != 1)
+                        .filter(|(_, (_, &m))| m != 1 && m != 3)
                         .map(|(i, (&x, _))| (i as u32, x));
                     top_items(k, cands, &mut top);
                 }
