@@ -182,15 +182,6 @@ pub fn _eval_negatives<'py>(
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let strat = strategy(strategy_name, weights)?;
-    if let Strategy::Popularity { weights, .. } = &strat {
-        if weights.len() != test.inner.n_items() as usize {
-            return Err(data_error(format!(
-                "popularity has {} weights for {} items",
-                weights.len(),
-                test.inner.n_items()
-            )));
-        }
-    }
     let test = test.inner.clone();
     let parts: Vec<_> = exclude.iter().map(|x| x.inner.clone()).collect();
     let out = without_gil(py, || {
@@ -219,15 +210,6 @@ pub fn _training_negatives<'py>(
     epoch: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let strat = strategy(strategy_name, weights)?;
-    if let Strategy::Popularity { weights, .. } = &strat {
-        if weights.len() != train.inner.n_items() as usize {
-            return Err(data_error(format!(
-                "popularity has {} weights for {} items",
-                weights.len(),
-                train.inner.n_items()
-            )));
-        }
-    }
     let train = train.inner.clone();
     let out = without_gil(py, || {
         sampling::training_negatives(&train, k, &strat, replace, seed, epoch)

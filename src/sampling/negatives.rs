@@ -46,6 +46,19 @@ impl Strategy {
         }
     }
 
+    /// Checks that popularity weights cover exactly `n_items` items.
+    pub fn check(&self, n_items: u32) -> Result<()> {
+        match self {
+            Strategy::Popularity { weights, .. } if weights.len() != n_items as usize => {
+                Err(RecforgeError::data(format!(
+                    "popularity has {} weights for {n_items} items",
+                    weights.len()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn allowed(&self, item: u32) -> bool {
         match self {
             Strategy::Uniform => true,
@@ -182,6 +195,7 @@ pub fn eval_negatives(
     if n == 0 {
         return Err(RecforgeError::config("n must be >= 1"));
     }
+    strategy.check(n_items)?;
     let rows: Vec<Vec<i64>> = wanted
         .par_iter()
         .enumerate()
@@ -218,6 +232,7 @@ pub fn training_negatives(
     if k == 0 {
         return Err(RecforgeError::config("k must be >= 1"));
     }
+    strategy.check(train.n_items())?;
     let seen = UserItemSets::union(&[train])?;
     let n_items = train.n_items();
     let mut epoch_state = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
