@@ -7,10 +7,12 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod models;
 pub mod parallel;
 pub mod rng;
 pub mod sampling;
 pub mod stats;
+pub mod train;
 
 #[cfg(feature = "python")]
 mod python;

@@ -15,7 +15,7 @@ import torch as _torch  # noqa: F401
 
 from . import _native
 from ._native import IdMap, Interactions, num_threads
-from . import errors, split, datasets, metrics, sampling, stats
+from . import errors, split, datasets, metrics, sampling, stats, models
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -43,6 +43,7 @@ __all__ = [
     "device",
     "errors",
     "metrics",
+    "models",
     "num_threads",
     "resolve_device",
     "sampling",

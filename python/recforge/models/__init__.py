@@ -1,0 +1,13 @@
+"""Recommendation models trained in the Rust core on libtorch (CPU or CUDA).
+
+Every model has ``fit(train, valid=None, ...)``, ``predict(users, items)``, ``score_all(users)``
+(full-ranking scores, usable directly by :func:`recforge.metrics.full_ranking`),
+``recommend(users, k, exclude_seen=True)``, ``save(path)`` and ``load(path)``.
+"""
+
+from ._base import Recommender, TorchModel
+from .bprmf import BPRMF
+from .popularity import Popularity
+from .svd import SVD
+
+__all__ = ["BPRMF", "Popularity", "Recommender", "SVD", "TorchModel"]

@@ -1,0 +1,240 @@
+"""The training loop shared by recforge's models: epochs run in Rust, validation, callbacks,
+early stopping on a validation metric with the best weights kept, checkpoints with exact resume,
+a tqdm progress bar, and Ctrl-C that stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm.auto import tqdm
+
+from .. import _native
+from .._native import Interactions
+from ..errors import ConfigError, DataError
+
+log = logging.getLogger("recforge")
+
+Callback = Callable[[int, dict[str, float]], Any]
+
+
+def _interactions(x: object, name: str) -> Interactions:
+    if not isinstance(x, Interactions):
+        raise ConfigError(f"{name} must be recforge.Interactions, got {type(x).__name__}")
+    return x
+
+
+class Recommender:
+    """Common API: ``fit``, ``predict``, ``score_all``, ``recommend``, ``save`` / ``load``."""
+
+    n_users: int
+    n_items: int
+    _train: Interactions | None = None
+
+    def score_all(self, users: npt.ArrayLike) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def recommend(
+        self, users: npt.ArrayLike, k: int = 10, exclude_seen: bool = True
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``k`` items and their scores for each user (``[B, k]`` arrays), skipping the
+        user's training items when ``exclude_seen``."""
+        u = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        if k < 1:
+            raise ConfigError(f"k must be >= 1, got {k}")
+        scores = self.score_all(u).float().cpu().clone()
+        if exclude_seen and self._train is not None:
+            indptr, indices = self._train.indptr, self._train.indices
+            rows = np.repeat(np.arange(len(u)), indptr[u + 1] - indptr[u])
+            cols = np.concatenate([indices[indptr[x] : indptr[x + 1]] for x in u]) if len(u) else rows
+            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        return top.indices.numpy().astype(np.int64), top.values.numpy()
+
+
+class TorchModel(Recommender):
+    """A model whose parameters and optimiser live in the Rust core (``self._native``)."""
+
+    #: validation metric monitored by default, and whether larger is better
+    monitor: str = "ndcg@10"
+    higher_is_better: bool = True
+
+    def __init__(self, *, epochs: int, batch_size: int, seed: int, device: str) -> None:
+        if epochs < 1 or batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        if seed < 0:
+            raise ConfigError(f"seed must be non-negative, got {seed}")
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.device = _native.resolve_device(device)
+        self._native: Any = None
+        self.history: list[dict[str, float]] = []
+        self.best_epoch: int | None = None
+        self.interrupted = False
+
+    @staticmethod
+    def _check_hparams(dim: int, lr: float, reg: float, optimizer: str) -> None:
+        """Fail at construction, not at the first fit, on values no model accepts."""
+        if dim < 1:
+            raise ConfigError(f"dim must be >= 1, got {dim}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ConfigError(f"lr must be a positive number, got {lr}")
+        if not (reg >= 0 and math.isfinite(reg)):
+            raise ConfigError(f"reg must be a non-negative number, got {reg}")
+        if optimizer.lower() not in ("adam", "adamw", "sgd", "adagrad"):
+            raise ConfigError(f"optimizer must be adam, adamw, sgd or adagrad, got {optimizer!r}")
+
+    # Subclasses: build the native model, evaluate on validation data, report their config.
+    def _build(self, n_users: int, n_items: int) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate(self, valid: Interactions) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _better(self, a: float, b: float | None) -> bool:
+        if b is None or math.isnan(b):
+            return True
+        return a > b if self.higher_is_better else a < b
+
+    def fit(
+        self,
+        train: Interactions,
+        valid: Interactions | None = None,
+        *,
+        epochs: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        patience: int | None = None,
+        progress: bool = True,
+    ) -> "TorchModel":
+        """Train on ``train``; with ``valid``, evaluate each epoch (``self.monitor``), keep the best
+        weights and stop after ``patience`` epochs without improvement.
+
+        ``callbacks`` are called as ``cb(epoch, logs)`` after each epoch (``logs`` holds the loss and
+        validation metrics); an exception raised there (e.g. ``optuna.TrialPruned``) stops training
+        and propagates. With ``checkpoint_dir`` the state after every epoch is written to
+        ``checkpoint_dir/last`` (and the best one to ``checkpoint_dir/best``); ``resume=True``
+        continues from ``last`` exactly where it stopped. Ctrl-C stops between batches, keeps the
+        best weights and returns (``self.interrupted`` is then True).
+        """
+        train = _interactions(train, "train")
+        if valid is not None:
+            valid = _interactions(valid, "valid")
+            if (valid.n_users, valid.n_items) != (train.n_users, train.n_items):
+                raise DataError("train and valid must share one id space")
+        total = self.epochs if epochs is None else int(epochs)
+        if self._native is None or (self.n_users, self.n_items) != (train.n_users, train.n_items):
+            self.n_users, self.n_items = train.n_users, train.n_items
+            self._native = self._build(train.n_users, train.n_items)
+            self.history, self.best_epoch = [], None
+        self._train = train
+        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        start, best_value, best_state = 0, None, None
+        if resume:
+            if ckpt is None or not (ckpt / "last" / "state.json").is_file():
+                raise ConfigError("resume=True needs a checkpoint_dir holding a 'last' checkpoint")
+            if (ckpt / "best" / "state.json").is_file():
+                self._native.load(str(ckpt / "best"))
+                best_state = self._native.state_dict()
+            state = json.loads(self._native.load(str(ckpt / "last")))
+            start = state["epoch"] + 1
+            self.history = state["history"]
+            self.best_epoch, best_value = state["best_epoch"], state["best_value"]
+        self._native.set_train(train)
+        self.interrupted = False
+        since_best = 0
+        bar = tqdm(range(start, total), desc=type(self).__name__, unit="epoch", disable=not progress, leave=False)
+        try:
+            for epoch in bar:
+                loss, _batches, interrupted = self._native.train_epoch(epoch)
+                if interrupted:
+                    self.interrupted = True
+                    log.warning("training interrupted at epoch %d; keeping the best weights", epoch)
+                    break
+                logs: dict[str, float] = {"epoch": epoch, "loss": loss}
+                if valid is not None:
+                    logs.update(self._validate(valid))
+                    value = logs[self.monitor]
+                    if self._better(value, best_value):
+                        best_value, self.best_epoch, since_best = value, epoch, 0
+                        best_state = self._native.state_dict()
+                        if ckpt is not None:
+                            self._save_checkpoint(ckpt / "best", epoch, best_value)
+                    else:
+                        since_best += 1
+                self.history.append(logs)
+                if ckpt is not None:
+                    self._save_checkpoint(ckpt / "last", epoch, best_value)
+                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k != "epoch"})
+                for cb in callbacks:
+                    cb(epoch, logs)
+                if patience is not None and valid is not None and since_best > patience:
+                    break
+        finally:
+            bar.close()
+            if best_state is not None:
+                self._native.load_state_dict(best_state)
+        return self
+
+    def _save_checkpoint(self, path: Path, epoch: int, best_value: float | None) -> None:
+        state = {
+            "model": type(self).__name__,
+            "config": self.config(),
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "epoch": epoch,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_value": best_value,
+        }
+        self._native.save(str(path), json.dumps(state))
+
+    def _require_fit(self) -> Any:
+        if self._native is None:
+            raise ConfigError(f"{type(self).__name__} is not fitted yet: call fit() or load()")
+        return self._native
+
+    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Scores of (user, item) pairs (predicted ratings for rating models)."""
+        return self._require_fit().predict(np.asarray(users), np.asarray(items))
+
+    def score_all(self, users: npt.ArrayLike) -> torch.Tensor:
+        """``[len(users), n_items]`` scores as a torch tensor on the model's device."""
+        return self._require_fit().score_all(np.atleast_1d(np.asarray(users)))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the parameters, by Hugging-Face-style names."""
+        return self._require_fit().state_dict()
+
+    def save(self, path: str | Path) -> None:
+        """Write the model (weights as safetensors + JSON config) into folder ``path``."""
+        self._save_checkpoint(Path(path), len(self.history) - 1, None)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Any:
+        """Load a model written by :meth:`save` (or a checkpoint folder)."""
+        p = Path(path)
+        if not (p / "state.json").is_file():
+            raise DataError(f"{p}: not a recforge model folder (no state.json)")
+        state = json.loads((p / "state.json").read_text())
+        if state.get("model") != cls.__name__:
+            raise DataError(f"{p} holds a {state.get('model')}, not a {cls.__name__}")
+        model = cls(**{**state["config"], "device": device})
+        model.n_users, model.n_items = state["n_users"], state["n_items"]
+        model._native = model._build(model.n_users, model.n_items)
+        model._native.load(str(p))
+        model.history = state["history"]
+        return model
+
+

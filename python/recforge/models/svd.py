@@ -1,0 +1,96 @@
+"""Biased matrix factorisation for ratings ("SVD", as in Funk SVD and Surprise)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import _native
+from .._native import Interactions
+from ..errors import ConfigError
+from ._base import TorchModel
+
+
+class SVD(TorchModel):
+    """``r_hat = mu + b_u + b_i + p_u . q_i``, trained on squared error with L2 regularisation.
+
+    Args:
+        dim: factor dimension (64).
+        epochs: training epochs (25); with ``valid`` the best epoch's weights are kept.
+        batch_size: ratings per mini-batch (512).
+        lr: learning rate (0.005).
+        reg: L2 weight on the factors and biases each rating touches (0.1).
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"`` or ``"adagrad"``.
+        init_std: standard deviation of the initial factors (0.1).
+        seed: initialisation and shuffling seed (0): the same seed gives the same model on CPU.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+
+    On ml-latest-small (80/10/10 random split) it reaches test RMSE 0.857, against 0.874 for the
+    user/item-bias baseline and 1.050 for the global mean.
+    """
+
+    monitor = "rmse"
+    higher_is_better = False
+
+    def __init__(
+        self,
+        dim: int = 64,
+        *,
+        epochs: int = 25,
+        batch_size: int = 512,
+        lr: float = 0.005,
+        reg: float = 0.1,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        clip_grad_norm: float = 0.0,
+        init_std: float = 0.1,
+        seed: int = 0,
+        device: str = "auto",
+    ) -> None:
+        super().__init__(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
+        self._check_hparams(dim, lr, reg, optimizer)
+        self.dim, self.lr, self.reg, self.optimizer = int(dim), float(lr), float(reg), optimizer
+        self.weight_decay, self.clip_grad_norm, self.init_std = weight_decay, clip_grad_norm, init_std
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+            "reg": self.reg, "optimizer": self.optimizer, "weight_decay": self.weight_decay,
+            "clip_grad_norm": self.clip_grad_norm, "init_std": self.init_std, "seed": self.seed,
+        }  # fmt: skip
+
+    def _build(self, n_users: int, n_items: int) -> Any:
+        return _native._Factorization(
+            "ratings", n_users, n_items, self.dim, True, self.init_std, self.seed, self.device,
+            self.optimizer, self.lr, self.weight_decay, 0.0, self.clip_grad_norm, self.reg,
+            self.batch_size,
+        )  # fmt: skip
+
+    def _validate(self, valid: Interactions) -> dict[str, float]:
+        a = valid.to_arrays()
+        if a["ratings"] is None:
+            raise ConfigError("validation interactions need ratings")
+        pred = self.predict(a["users"], a["items"])
+        return {"rmse": float(np.sqrt(np.mean((pred - a["ratings"]) ** 2)))}
+
+    def fold_in(
+        self, items: npt.ArrayLike, ratings: npt.ArrayLike, reg: float | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Predicted ratings of every item for a new user who rated ``items`` with ``ratings``:
+        the user's bias and factors are fitted exactly (ridge regression) with the item side
+        frozen, so a person who rates a few movies gets recommendations at once."""
+        r = self._require_fit().fold_in(
+            np.asarray(items), np.asarray(ratings), self.reg if reg is None else float(reg)
+        )
+        return r.cpu().numpy()
+
+    def recommend_new_user(
+        self, items: npt.ArrayLike, ratings: npt.ArrayLike, k: int = 10
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``k`` unrated items and predicted ratings for a new user (see :meth:`fold_in`)."""
+        scores = self.fold_in(items, ratings)
+        scores[np.asarray(items, dtype=np.int64)] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        return top.astype(np.int64), scores[top]

@@ -1,0 +1,194 @@
+//! Embedding tables shared by the matrix-factorisation models: user and item factors, and
+//! optionally user/item biases and a global bias (`mu + b_u + b_i + p_u . q_i`).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{RecforgeError, Result};
+
+/// Sizes and initialisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorsConfig {
+    /// Number of users.
+    pub n_users: i64,
+    /// Number of items.
+    pub n_items: i64,
+    /// Factor dimension.
+    pub dim: i64,
+    /// Whether to learn user/item/global biases.
+    pub biases: bool,
+    /// Standard deviation of the normal initialisation of the factors (biases start at 0).
+    pub init_std: f64,
+    /// Seed of the initialisation.
+    pub seed: u64,
+}
+
+impl FactorsConfig {
+    /// Checks sizes.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_users < 1 || self.n_items < 1 || self.dim < 1 {
+            return Err(RecforgeError::config(format!(
+                "n_users, n_items and dim must be >= 1, got {}, {}, {}",
+                self.n_users, self.n_items, self.dim
+            )));
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return Err(RecforgeError::config(
+                "init_std must be a non-negative number",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parameters.
+#[derive(Debug)]
+pub struct Factors {
+    /// Configuration.
+    pub config: FactorsConfig,
+    params: Vec<(String, Tensor)>,
+    device: Device,
+}
+
+impl Factors {
+    /// Fresh parameters on `device`, initialised from `config.seed`.
+    pub fn new(config: FactorsConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        tch::manual_seed(config.seed as i64);
+        let opts = (Kind::Float, Device::Cpu);
+        let init = |n: i64| -> Result<Tensor> {
+            Ok(Tensor::f_randn([n, config.dim], opts)?
+                .f_mul(&Tensor::from(config.init_std))?
+                .f_to(device)?
+                .set_requires_grad(true))
+        };
+        let mut params = vec![
+            ("user_factors".to_string(), init(config.n_users)?),
+            ("item_factors".to_string(), init(config.n_items)?),
+        ];
+        if config.biases {
+            let zeros = |n: i64| -> Result<Tensor> {
+                Ok(Tensor::f_zeros([n], (Kind::Float, device))?.set_requires_grad(true))
+            };
+            params.push(("user_bias".into(), zeros(config.n_users)?));
+            params.push(("item_bias".into(), zeros(config.n_items)?));
+            params.push(("global_bias".into(), zeros(1)?));
+        }
+        Ok(Self {
+            config,
+            params,
+            device,
+        })
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Named parameters (shallow handles).
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    /// The parameter called `name`.
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| RecforgeError::config(format!("this model has no parameter {name}")))
+    }
+
+    /// Copies parameter values from `tensors` (checkpoint or state dict); a missing or mis-shaped
+    /// tensor is an error naming it.
+    pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, p) in &mut self.params {
+            let src = tensors
+                .get(name.as_str())
+                .ok_or_else(|| RecforgeError::data(format!("missing tensor {name}")))?;
+            if src.size() != p.size() {
+                return Err(RecforgeError::data(format!(
+                    "tensor {name} has shape {:?}, this model needs {:?}",
+                    src.size(),
+                    p.size()
+                )));
+            }
+            let src = src.f_to_kind(Kind::Float)?.f_to(self.device)?;
+            tch::no_grad(|| p.f_copy_(&src))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that ids lie in range.
+    pub fn check_ids(&self, users: &[i64], items: &[i64]) -> Result<()> {
+        if let Some(&u) = users.iter().find(|&&u| u < 0 || u >= self.config.n_users) {
+            return Err(RecforgeError::data(format!(
+                "user {u} is out of range (n_users = {})",
+                self.config.n_users
+            )));
+        }
+        if let Some(&i) = items.iter().find(|&&i| i < 0 || i >= self.config.n_items) {
+            return Err(RecforgeError::data(format!(
+                "item {i} is out of range (n_items = {})",
+                self.config.n_items
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scores of (user, item) pairs (index tensors on this device): `[B]`.
+    pub fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
+        let p = self.get("user_factors")?.f_index_select(0, users)?;
+        let q = self.get("item_factors")?.f_index_select(0, items)?;
+        let mut s = p.f_mul(&q)?.f_sum_dim_intlist(1, false, Kind::Float)?;
+        if self.config.biases {
+            s = s
+                .f_add(&self.get("user_bias")?.f_index_select(0, users)?)?
+                .f_add(&self.get("item_bias")?.f_index_select(0, items)?)?
+                .f_add(self.get("global_bias")?)?;
+        }
+        Ok(s)
+    }
+
+    /// Scores of every item for each user: `[B, n_items]`.
+    pub fn score_all(&self, users: &Tensor) -> Result<Tensor> {
+        let p = self.get("user_factors")?.f_index_select(0, users)?;
+        let mut s = p.f_matmul(&self.get("item_factors")?.f_transpose(0, 1)?)?;
+        if self.config.biases {
+            let bu = self
+                .get("user_bias")?
+                .f_index_select(0, users)?
+                .f_unsqueeze(1)?;
+            s = s
+                .f_add(&bu)?
+                .f_add(&self.get("item_bias")?.f_unsqueeze(0)?)?
+                .f_add(self.get("global_bias")?)?;
+        }
+        Ok(s)
+    }
+
+    /// Squared L2 norm of the rows touched by a batch, averaged over the batch: the per-example
+    /// regularisation of Funk SVD / BPR.
+    pub fn batch_l2(&self, users: &Tensor, items: &[&Tensor]) -> Result<Tensor> {
+        let sq = |t: &Tensor, idx: &Tensor| -> Result<Tensor> {
+            Ok(t.f_index_select(0, idx)?.f_square()?.f_sum(Kind::Float)?)
+        };
+        let mut total = sq(self.get("user_factors")?, users)?;
+        for idx in items {
+            total = total.f_add(&sq(self.get("item_factors")?, idx)?)?;
+            if self.config.biases {
+                total = total.f_add(&sq(&self.get("item_bias")?.f_unsqueeze(1)?, idx)?)?;
+            }
+        }
+        if self.config.biases {
+            total = total.f_add(&sq(&self.get("user_bias")?.f_unsqueeze(1)?, users)?)?;
+        }
+        Ok(total.f_div(&Tensor::from(users.size()[0] as f64))?)
+    }
+}

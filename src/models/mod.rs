@@ -1,0 +1,7 @@
+//! Recommendation models on libtorch, one file each.
+
+pub mod bprmf;
+pub mod factors;
+pub mod svd;
+
+pub use factors::{Factors, FactorsConfig};

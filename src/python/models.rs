@@ -1,0 +1,349 @@
+//! Bindings of the training core and the matrix-factorisation models (`recforge.models`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tch::Tensor;
+
+use super::convert;
+use super::data::PyInteractions;
+use super::errors::ConfigError;
+use super::gil::without_gil;
+use super::tensor::PyTensor;
+use crate::data::Interactions;
+use crate::error::{RecforgeError, Result};
+use crate::models::{bprmf, svd, Factors, FactorsConfig};
+use crate::sampling::{self, Strategy};
+use crate::train::{self, OptimConfig, Optimizer};
+
+enum Data {
+    Ratings(svd::Ratings),
+    Implicit {
+        train: Arc<Interactions>,
+        users: Tensor,
+        pos: Tensor,
+    },
+}
+
+struct State {
+    model: Factors,
+    opt: Optimizer,
+    bpr: bool,
+    reg: f64,
+    batch_size: usize,
+    seed: u64,
+    data: Option<Data>,
+}
+
+/// A matrix-factorisation model and its optimiser: objective `"ratings"` (biased MF / SVD) or
+/// `"bpr"` (BPR-MF). Used by `recforge.models.SVD` and `recforge.models.BPRMF`.
+#[pyclass(module = "recforge._native", name = "_Factorization")]
+pub struct PyFactorization {
+    state: Mutex<State>,
+}
+
+impl PyFactorization {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn ids(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
+    Ok(convert::int64_array(obj, name)?.as_slice()?.to_vec())
+}
+
+#[pymethods]
+impl PyFactorization {
+    #[new]
+    #[pyo3(signature = (objective, n_users, n_items, dim, biases, init_std, seed, device, optimizer, lr, weight_decay, momentum, clip_grad_norm, reg, batch_size))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        objective: &str,
+        n_users: i64,
+        n_items: i64,
+        dim: i64,
+        biases: bool,
+        init_std: f64,
+        seed: u64,
+        device: &str,
+        optimizer: &str,
+        lr: f64,
+        weight_decay: f64,
+        momentum: f64,
+        clip_grad_norm: f64,
+        reg: f64,
+        batch_size: usize,
+    ) -> PyResult<Self> {
+        let bpr = match objective {
+            "ratings" => false,
+            "bpr" => true,
+            other => return Err(ConfigError::new_err(format!("unknown objective {other:?}"))),
+        };
+        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
+            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
+        }
+        let device = crate::device::resolve(device)?;
+        let config = FactorsConfig {
+            n_users,
+            n_items,
+            dim,
+            biases,
+            init_std,
+            seed,
+        };
+        let model = Factors::new(config, device)?;
+        let oc = OptimConfig {
+            kind: optimizer.parse()?,
+            lr,
+            weight_decay,
+            momentum,
+            clip_grad_norm,
+            ..OptimConfig::default()
+        };
+        let opt = Optimizer::new(oc, &model.params())?;
+        Ok(Self {
+            state: Mutex::new(State {
+                model,
+                opt,
+                bpr,
+                reg,
+                batch_size,
+                seed,
+                data: None,
+            }),
+        })
+    }
+
+    /// Sets the training interactions (moved to the model's device once).
+    fn set_train(&self, py: Python<'_>, train: &PyInteractions) -> PyResult<()> {
+        let train = train.inner.clone();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let cfg = &st.model.config;
+        if train.n_users() as i64 != cfg.n_users || train.n_items() as i64 != cfg.n_items {
+            return Err(super::errors::data_error(format!(
+                "train has {} users x {} items but the model was built for {} x {}",
+                train.n_users(),
+                train.n_items(),
+                cfg.n_users,
+                cfg.n_items
+            )));
+        }
+        let dev = st.model.device();
+        let data = without_gil(py, || -> Result<Data> {
+            let c = train.to_columns();
+            let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
+            let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
+            let u = Tensor::from_slice(&users).f_to(dev)?;
+            let i = Tensor::from_slice(&items).f_to(dev)?;
+            if st.bpr {
+                return Ok(Data::Implicit {
+                    train: train.clone(),
+                    users: u,
+                    pos: i,
+                });
+            }
+            let r = c.ratings.ok_or_else(|| {
+                RecforgeError::data("a rating model needs interactions with ratings")
+            })?;
+            let mean = r.iter().map(|&x| x as f64).sum::<f64>() / r.len().max(1) as f64;
+            Ok(Data::Ratings(svd::Ratings {
+                users: u,
+                items: i,
+                ratings: Tensor::from_slice(&r).f_to(dev)?,
+                mean,
+            }))
+        })?;
+        if let (Data::Ratings(r), 0) = (&data, st.opt.steps()) {
+            // Start the global bias at the mean rating, as Funk SVD does.
+            let g = st.model.get("global_bias")?;
+            let _ =
+                tch::no_grad(|| g.shallow_clone().f_fill_(r.mean)).map_err(RecforgeError::from)?;
+        }
+        st.data = Some(data);
+        Ok(())
+    }
+
+    /// One epoch; returns `(mean loss, batches, interrupted)`. Ctrl-C ends it between batches.
+    fn train_epoch(&self, py: Python<'_>, epoch: u64) -> PyResult<(f64, usize, bool)> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let stats = without_gil(py, move || -> Result<train::EpochStats> {
+            let mut calls = 0u32;
+            let should_stop = || {
+                calls += 1;
+                calls % 16 == 0 && Python::attach(|py| py.check_signals().is_err())
+            };
+            let (model, opt, reg, bs, seed) =
+                (&st.model, &mut st.opt, st.reg, st.batch_size, st.seed);
+            match st.data.as_ref() {
+                None => Err(RecforgeError::config("call set_train before train_epoch")),
+                Some(Data::Ratings(d)) => train::run_epoch(
+                    d.ratings.size()[0] as usize,
+                    bs,
+                    seed,
+                    epoch,
+                    opt,
+                    |idx| svd::loss(model, d, idx, reg),
+                    should_stop,
+                ),
+                Some(Data::Implicit { train, users, pos }) => {
+                    let neg = sampling::training_negatives(
+                        train,
+                        1,
+                        &Strategy::Uniform,
+                        true,
+                        seed,
+                        epoch,
+                    )?;
+                    let triples = bprmf::Triples {
+                        users: users.shallow_clone(),
+                        pos: pos.shallow_clone(),
+                        neg: Tensor::from_slice(&neg).f_to(model.device())?,
+                    };
+                    train::run_epoch(
+                        neg.len(),
+                        bs,
+                        seed,
+                        epoch,
+                        opt,
+                        |idx| bprmf::loss(model, &triples, idx, reg),
+                        should_stop,
+                    )
+                }
+            }
+        })?;
+        Ok((stats.loss, stats.batches, stats.interrupted))
+    }
+
+    /// Scores of (user, item) pairs as float32.
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        users: &Bound<'py, PyAny>,
+        items: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f32>>> {
+        let (u, i) = (ids(users, "users")?, ids(items, "items")?);
+        if u.len() != i.len() {
+            return Err(super::errors::data_error(format!(
+                "users has {} entries but items has {}",
+                u.len(),
+                i.len()
+            )));
+        }
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let out = without_gil(py, move || -> Result<Vec<f32>> {
+            st.model.check_ids(&u, &i)?;
+            let dev = st.model.device();
+            let s = tch::no_grad(|| {
+                st.model.predict(
+                    &Tensor::from_slice(&u).f_to(dev)?,
+                    &Tensor::from_slice(&i).f_to(dev)?,
+                )
+            })?;
+            Ok(Vec::<f32>::try_from(s.f_to(tch::Device::Cpu)?)?)
+        })?;
+        Ok(out.into_pyarray(py))
+    }
+
+    /// Scores of every item for `users`: a `[B, n_items]` torch tensor on the model's device.
+    fn score_all(&self, py: Python<'_>, users: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let u = ids(users, "users")?;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let t = without_gil(py, move || -> Result<Tensor> {
+            st.model.check_ids(&u, &[])?;
+            let idx = Tensor::from_slice(&u).f_to(st.model.device())?;
+            tch::no_grad(|| st.model.score_all(&idx))
+        })?;
+        Ok(PyTensor(t))
+    }
+
+    /// Scores of every item for a new user given `(items, ratings)` (rating models only).
+    fn fold_in(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        ratings: &Bound<'_, PyAny>,
+        reg: f64,
+    ) -> PyResult<PyTensor> {
+        let items = ids(items, "items")?;
+        let ratings = convert::float32_array(ratings, "ratings")?
+            .as_slice()?
+            .to_vec();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let t = without_gil(py, move || svd::fold_in(&st.model, &items, &ratings, reg))?;
+        Ok(PyTensor(t))
+    }
+
+    /// Copies of the parameters by name.
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, t) in self.lock().model.params() {
+            let copy = t.detach().copy();
+            d.set_item(name, PyTensor(copy))?;
+        }
+        Ok(d)
+    }
+
+    /// Loads parameters by name (a missing or mis-shaped tensor is a DataError).
+    fn load_state_dict(&self, tensors: HashMap<String, PyTensor>) -> PyResult<()> {
+        let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k, v.0)).collect();
+        self.lock().model.load(&map)?;
+        Ok(())
+    }
+
+    /// Writes a checkpoint folder: parameters + optimiser state, and `state_json`.
+    fn save(&self, py: Python<'_>, dir: PathBuf, state_json: &str) -> PyResult<()> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        without_gil(py, move || {
+            let mut tensors = st.model.params();
+            tensors.extend(st.opt.state_tensors());
+            train::save_checkpoint(&dir, &tensors, state_json)
+        })
+    }
+
+    /// Reads a checkpoint folder into this model and optimiser; returns its `state.json` text.
+    fn load(&self, py: Python<'_>, dir: PathBuf) -> PyResult<String> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        without_gil(py, move || {
+            let (tensors, state) = train::load_checkpoint(&dir)?;
+            st.model.load(&tensors)?;
+            if tensors.contains_key("optim.step") {
+                st.opt.load_state(&tensors)?;
+            }
+            Ok(state)
+        })
+    }
+
+    /// Optimiser steps taken.
+    #[getter]
+    fn steps(&self) -> u64 {
+        self.lock().opt.steps()
+    }
+
+    /// The device name.
+    #[getter]
+    fn device(&self) -> String {
+        crate::device::name(self.lock().model.device())
+    }
+
+    /// Number of parameters.
+    #[getter]
+    fn n_parameters(&self) -> i64 {
+        self.lock()
+            .model
+            .params()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    }
+}

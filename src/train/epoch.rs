@@ -1,0 +1,70 @@
+//! One training epoch: a seeded permutation of the examples, cut into mini-batches, each a
+//! forward pass, a backward pass and an optimiser step.
+
+use tch::Tensor;
+
+use super::optim::Optimizer;
+use crate::error::{RecforgeError, Result};
+use crate::rng::Rng;
+
+/// What an epoch did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochStats {
+    /// Mean training loss over the batches run.
+    pub loss: f64,
+    /// Batches run.
+    pub batches: usize,
+    /// Whether `should_stop` ended the epoch early (e.g. Ctrl-C).
+    pub interrupted: bool,
+}
+
+/// Runs one epoch over `n_examples` examples: the order is a permutation drawn from
+/// `Rng::new(seed, epoch)`, so epoch `e` sees the same batches whether or not training was resumed
+/// in between. `batch_loss` gets the example indices of a batch (as an int64 CPU tensor) and
+/// returns a scalar loss. `should_stop` is asked between batches.
+pub fn run_epoch(
+    n_examples: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    optimizer: &mut Optimizer,
+    mut batch_loss: impl FnMut(&Tensor) -> Result<Tensor>,
+    mut should_stop: impl FnMut() -> bool,
+) -> Result<EpochStats> {
+    if batch_size == 0 {
+        return Err(RecforgeError::config("batch_size must be >= 1"));
+    }
+    if n_examples == 0 {
+        return Err(RecforgeError::data("no training examples"));
+    }
+    let mut order: Vec<i64> = (0..n_examples as i64).collect();
+    Rng::new(seed, epoch).shuffle(&mut order);
+    let (mut total, mut batches) = (0.0, 0usize);
+    for chunk in order.chunks(batch_size) {
+        if should_stop() {
+            return Ok(EpochStats {
+                loss: total / batches.max(1) as f64,
+                batches,
+                interrupted: true,
+            });
+        }
+        let idx = Tensor::from_slice(chunk);
+        optimizer.zero_grad();
+        let loss = batch_loss(&idx)?;
+        let value = loss.f_double_value(&[])?;
+        if !value.is_finite() {
+            return Err(RecforgeError::data(format!(
+                "the training loss became {value} at epoch {epoch}, batch {batches}; lower the learning rate"
+            )));
+        }
+        loss.f_backward()?;
+        optimizer.step()?;
+        total += value;
+        batches += 1;
+    }
+    Ok(EpochStats {
+        loss: total / batches as f64,
+        batches,
+        interrupted: false,
+    })
+}

@@ -1,0 +1,154 @@
+"""recforge.models: learning on the bundled ml-latest-small, reproducibility, checkpoints and resume,
+fold-in, and the shared contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import recforge
+from recforge import Interactions, metrics, models
+from recforge.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def ratings_split() -> recforge.split.SplitResult:
+    return recforge.split.ratio(recforge.datasets.movielens_small().interactions, (0.8, 0.1, 0.1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def loo() -> recforge.split.SplitResult:
+    return recforge.split.leave_one_out(recforge.datasets.movielens_small().interactions)
+
+
+def rmse(model: models.SVD, x: Interactions) -> float:
+    a = x.to_arrays()
+    return float(np.sqrt(np.mean((model.predict(a["users"], a["items"]) - a["ratings"]) ** 2)))
+
+
+def numpy_bias_baseline(train: Interactions, test: Interactions, reg_u: float = 15, reg_i: float = 10) -> float:
+    """Surprise's BaselineOnly (ALS, 10 rounds) written out in NumPy."""
+    a, t = train.to_arrays(), test.to_arrays()
+    mu = a["ratings"].mean()
+    bu, bi = np.zeros(train.n_users), np.zeros(train.n_items)
+    for _ in range(10):
+        res = a["ratings"] - mu - bi[a["items"]]
+        bu = np.bincount(a["users"], res, train.n_users) / (reg_u + np.bincount(a["users"], minlength=train.n_users))
+        res = a["ratings"] - mu - bu[a["users"]]
+        bi = np.bincount(a["items"], res, train.n_items) / (reg_i + np.bincount(a["items"], minlength=train.n_items))
+    pred = mu + bu[t["users"]] + bi[t["items"]]
+    return float(np.sqrt(np.mean((pred - t["ratings"]) ** 2)))
+
+
+def test_svd_beats_the_global_mean_and_bias_baselines(ratings_split) -> None:  # type: ignore[no-untyped-def]
+    train, valid, test = ratings_split
+    model = models.SVD().fit(train, valid, progress=False)
+    ours = rmse(model, test)
+    mean_rmse = float(np.sqrt(np.mean((test.to_arrays()["ratings"] - train.to_arrays()["ratings"].mean()) ** 2)))
+    bias_rmse = numpy_bias_baseline(train, test)
+    print(f"test RMSE: SVD {ours:.4f}, user/item biases {bias_rmse:.4f}, global mean {mean_rmse:.4f}")
+    assert ours < bias_rmse - 0.01 and ours < mean_rmse - 0.15
+    assert model.best_epoch is not None and len(model.history) == model.epochs
+    assert min(h["rmse"] for h in model.history) == model.history[model.best_epoch]["rmse"]
+    assert rmse(model, valid) == pytest.approx(model.history[model.best_epoch]["rmse"], abs=1e-5)
+
+
+def test_bprmf_beats_popularity_on_leave_one_out(loo) -> None:  # type: ignore[no-untyped-def]
+    train, valid, test = loo
+    seen = Interactions.concat([train, valid])
+    bpr = models.BPRMF().fit(train, valid, progress=False)
+    pop = models.Popularity().fit(seen)
+    r_bpr = metrics.full_ranking(bpr.score_all, test, [seen], ks=(10,), metrics=("ndcg", "hit"))
+    r_pop = metrics.full_ranking(pop.score_all, test, [seen], ks=(10,), metrics=("ndcg", "hit"))
+    print(f"NDCG@10: BPR-MF {r_bpr['ndcg@10']:.4f}, popularity {r_pop['ndcg@10']:.4f}")
+    assert r_bpr["ndcg@10"] > 1.2 * r_pop["ndcg@10"]
+    assert r_bpr["hit@10"] > r_pop["hit@10"]
+
+
+def test_same_seed_same_model_on_cpu(ratings_split) -> None:  # type: ignore[no-untyped-def]
+    train, valid, _ = ratings_split
+    a = models.SVD(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
+    b = models.SVD(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
+    c = models.SVD(epochs=3, device="cpu", seed=6).fit(train, valid, progress=False)
+    assert a.history == b.history
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert a.history != c.history
+
+
+@pytest.mark.parametrize("cls", [models.SVD, models.BPRMF])
+def test_two_plus_three_epochs_with_resume_equal_five(cls, ratings_split, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train = ratings_split[0]
+    straight = cls(epochs=5, device="cpu", batch_size=2048).fit(train, progress=False)
+    first = cls(epochs=2, device="cpu", batch_size=2048).fit(train, checkpoint_dir=tmp_path, progress=False)
+    assert (tmp_path / "last" / "weights.safetensors").is_file()
+    resumed = cls(epochs=5, device="cpu", batch_size=2048)
+    resumed.fit(train, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
+    for k, v in straight.state_dict().items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-5), k
+    assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], abs=1e-6)
+    assert first.history == straight.history[:2]
+
+
+def test_save_load_round_trip(ratings_split, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train = ratings_split[0]
+    m = models.SVD(epochs=2).fit(train, progress=False)
+    m.save(tmp_path / "svd")
+    back = models.SVD.load(tmp_path / "svd")
+    u, i = np.array([0, 5, 9]), np.array([1, 2, 3])
+    assert np.allclose(m.predict(u, i), back.predict(u, i))
+    with pytest.raises(DataError, match="not a BPRMF"):
+        models.BPRMF.load(tmp_path / "svd")
+    with pytest.raises(DataError, match="no state.json"):
+        models.SVD.load(tmp_path)
+
+
+def test_fold_in_is_the_exact_ridge_solution(ratings_split) -> None:  # type: ignore[no-untyped-def]
+    train = ratings_split[0]
+    m = models.SVD(epochs=3).fit(train, progress=False)
+    items = np.array([0, 10, 20, 30, 40, 50, 60])
+    r = np.array([5.0, 4.0, 1.0, 3.5, 4.5, 2.0, 3.0])
+    got = m.fold_in(items, r)
+    sd = {k: v.double().cpu().numpy() for k, v in m.state_dict().items()}
+    q, bi, mu = sd["item_factors"], sd["item_bias"], sd["global_bias"][0]
+    x = np.hstack([q[items], np.ones((len(items), 1))])
+    y = r - mu - bi[items]
+    w = np.linalg.solve(x.T @ x + m.reg * len(items) * np.eye(x.shape[1]), x.T @ y)
+    want = mu + bi + w[-1] + q @ w[:-1]
+    assert np.allclose(got, want, atol=1e-4)
+    top, scores = m.recommend_new_user(items, r, k=5)
+    assert not set(top) & set(items) and np.all(np.diff(scores) <= 0)
+    with pytest.raises(DataError):
+        m.fold_in([0, 1], [4.0])
+
+
+def test_contract_recommend_callbacks_and_errors(loo) -> None:  # type: ignore[no-untyped-def]
+    train, valid, _ = loo
+    seen_logs: list[dict] = []
+
+    def stop_at_two(epoch: int, logs: dict) -> None:
+        seen_logs.append(logs)
+        if epoch == 2:
+            raise RuntimeError("stop")
+
+    m = models.BPRMF(epochs=10)
+    with pytest.raises(RuntimeError, match="stop"):
+        m.fit(train, valid, callbacks=[stop_at_two], progress=False)
+    assert [l["epoch"] for l in seen_logs] == [0, 1, 2] and "ndcg@10" in seen_logs[0]
+    for model in (m, models.Popularity().fit(train)):
+        items, scores = model.recommend([0, 1], k=20)
+        assert items.shape == (2, 20) and scores.shape == (2, 20)
+        for row, u in zip(items, (0, 1)):
+            assert not set(row) & set(train.user_items(u))
+        assert model.score_all([0, 1, 2]).shape == (3, train.n_items)
+    with pytest.raises(ConfigError, match="not fitted"):
+        models.SVD().predict([0], [0])
+    with pytest.raises(DataError, match="needs interactions with ratings"):
+        models.SVD().fit(Interactions.from_arrays([0, 1], [1, 0]), progress=False)
+    with pytest.raises(DataError, match="item 99999 is out of range"):
+        m.predict([0], [99999])
+    with pytest.raises(ConfigError):
+        models.SVD(optimizer="lbfgs")
+    with pytest.raises(ConfigError):
+        models.SVD(lr=-1.0)
