@@ -76,7 +76,7 @@ def test_same_seed_same_model_on_cpu(ratings_split) -> None:  # type: ignore[no-
     assert a.history != c.history
 
 
-@pytest.mark.parametrize("cls", [models.SVD, models.BPRMF])
+@pytest.mark.parametrize("cls", [models.SVD, models.BPRMF, models.NFM])
 def test_two_plus_three_epochs_with_resume_equal_five(cls, ratings_split, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train = ratings_split[0]
     straight = cls(epochs=5, device="cpu", batch_size=2048).fit(train, progress=False)
@@ -152,3 +152,62 @@ def test_contract_recommend_callbacks_and_errors(loo) -> None:  # type: ignore[n
         models.SVD(optimizer="lbfgs")
     with pytest.raises(ConfigError):
         models.SVD(lr=-1.0)
+
+
+def _genres(ds: recforge.Dataset) -> list[list[int]]:
+    genres = ds.items["genres"].str.split("|")
+    vocab = {g: i for i, g in enumerate(sorted({g for gs in genres for g in gs}))}
+    return [[vocab[g] for g in gs] for gs in genres]
+
+
+def test_fm_and_nfm_forward_equal_a_numpy_computation() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 7, 9
+    x = Interactions.from_arrays(rng.integers(0, n_users, 40), rng.integers(0, n_items, 40), n_users=n_users, n_items=n_items)
+    side = [sorted(set(rng.integers(0, 5, rng.integers(0, 4)).tolist())) for _ in range(n_items)]
+    for cls in (models.FM, models.NFM):
+        m = cls(dim=4, epochs=1, init_std=0.5, seed=3, device="cpu").fit(x, item_features=side, progress=False)
+        sd = {k: v.double().numpy() for k, v in m.state_dict().items()}
+        users, items = rng.integers(0, n_users, 20), rng.integers(0, n_items, 20)
+        want = []
+        for u, i in zip(users, items):
+            feats = [u, n_users + i] + [n_users + n_items + f for f in side[i]]
+            v = sd["factors"][feats]
+            lin = sd["bias"][0] + sd["linear"][feats].sum()
+            bi = 0.5 * (v.sum(0) ** 2 - (v**2).sum(0))
+            if cls is models.FM:
+                # The textbook pairwise form, not the O(kn) one the model uses.
+                pair = sum(v[a] @ v[b] for a in range(len(feats)) for b in range(a + 1, len(feats)))
+                want.append(lin + pair)
+            else:
+                h = np.maximum(bi @ sd["mlp.0.weight"].T + sd["mlp.0.bias"], 0)
+                want.append(lin + (h @ sd["mlp.1.weight"].T + sd["mlp.1.bias"])[0])
+        assert np.allclose(m.predict(users, items), want, atol=1e-5), cls.__name__
+        grid = m.score_all(users[:3]).numpy()
+        assert np.allclose(grid[np.arange(3), items[:3]], want[:3], atol=1e-5)
+
+
+def test_fm_with_genres_and_nfm_beat_popularity(loo) -> None:  # type: ignore[no-untyped-def]
+    train, valid, test = loo
+    ds = recforge.datasets.movielens_small()
+    seen = Interactions.concat([train, valid])
+    pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10,), metrics=("ndcg",))
+    fm = models.FM(epochs=15).fit(train, valid, item_features=_genres(ds), progress=False)
+    nfm = models.NFM(epochs=12).fit(train, valid, progress=False)
+    for name, m in (("FM+genres", fm), ("NFM", nfm)):
+        r = metrics.full_ranking(m.score_all, test, [seen], ks=(10,), metrics=("ndcg",))
+        print(f"NDCG@10: {name} {r['ndcg@10']:.4f}, popularity {pop['ndcg@10']:.4f}")
+        assert r["ndcg@10"] > 1.15 * pop["ndcg@10"], name
+
+
+def test_fm_regression_with_genres(ratings_split) -> None:  # type: ignore[no-untyped-def]
+    train, valid, test = ratings_split
+    ds = recforge.datasets.movielens_small()
+    m = models.FM(loss="mse", epochs=15, reg=0.1).fit(train, valid, item_features=_genres(ds), progress=False)
+    ours = rmse(m, test)  # type: ignore[arg-type]
+    print(f"test RMSE: FM+genres {ours:.4f}")
+    assert ours < numpy_bias_baseline(train, test) - 0.005
+    with pytest.raises(ConfigError, match="loss"):
+        models.FM(loss="hinge")
+    with pytest.raises(DataError, match="item_features has 2 rows"):
+        models.FM(epochs=1).fit(train, item_features=[[0], [1]], progress=False)

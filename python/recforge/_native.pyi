@@ -193,6 +193,30 @@ class _Factorization:
         reg: float,
         batch_size: int,
     ) -> _Factorization: ...
+    @staticmethod
+    def fm(
+        objective: str,
+        user_idx: npt.ArrayLike,
+        user_val: npt.ArrayLike,
+        user_width: int,
+        item_idx: npt.ArrayLike,
+        item_val: npt.ArrayLike,
+        item_width: int,
+        n_features: int,
+        dim: int,
+        hidden: Sequence[int],
+        dropout: float,
+        init_std: float,
+        seed: int,
+        device: str,
+        optimizer: str,
+        lr: float,
+        weight_decay: float,
+        clip_grad_norm: float,
+        reg: float,
+        batch_size: int,
+    ) -> _Factorization:
+        """An FM (``hidden`` empty) or NFM over padded user/item feature rows."""
     def set_train(self, train: Interactions) -> None: ...
     def train_epoch(self, epoch: int) -> tuple[float, int, bool]: ...
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]: ...

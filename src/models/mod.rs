@@ -2,6 +2,7 @@
 
 pub mod bprmf;
 pub mod factors;
+pub mod fm;
 pub mod svd;
 
 pub use factors::{Factors, FactorsConfig};

@@ -16,6 +16,7 @@ use super::gil::without_gil;
 use super::tensor::PyTensor;
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
+use crate::models::fm::{self, FeatureRows, Fm, FmConfig, FmLoss};
 use crate::models::{bprmf, svd, Factors, FactorsConfig};
 use crate::sampling::{self, Strategy};
 use crate::train::{self, OptimConfig, Optimizer};
@@ -29,8 +30,75 @@ enum Data {
     },
 }
 
+/// The network: matrix factorisation, or an FM / NFM with its user and item feature rows.
+enum Net {
+    Mf(Factors),
+    Fm {
+        fm: Fm,
+        users: FeatureRows,
+        items: FeatureRows,
+        objective: FmLoss,
+    },
+}
+
+impl Net {
+    fn params(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Net::Mf(m) => m.params(),
+            Net::Fm { fm, .. } => fm.params(),
+        }
+    }
+    fn device(&self) -> tch::Device {
+        match self {
+            Net::Mf(m) => m.device(),
+            Net::Fm { fm, .. } => fm.device(),
+        }
+    }
+    fn load(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
+        match self {
+            Net::Mf(m) => m.load(t),
+            Net::Fm { fm, .. } => fm.load(t),
+        }
+    }
+    fn sizes(&self) -> (i64, i64) {
+        match self {
+            Net::Mf(m) => (m.config.n_users, m.config.n_items),
+            Net::Fm { users, items, .. } => (users.n_rows(), items.n_rows()),
+        }
+    }
+    fn check_ids(&self, u: &[i64], i: &[i64]) -> Result<()> {
+        match self {
+            Net::Mf(m) => m.check_ids(u, i),
+            Net::Fm { users, items, .. } => Fm::check_ids(users, items, u, i),
+        }
+    }
+    fn predict(&self, u: &Tensor, i: &Tensor) -> Result<Tensor> {
+        match self {
+            Net::Mf(m) => m.predict(u, i),
+            Net::Fm {
+                fm, users, items, ..
+            } => fm.score_pairs(&fm.aggregate(users, u)?, &fm.aggregate(items, i)?, false),
+        }
+    }
+    fn score_all(&self, u: &Tensor) -> Result<Tensor> {
+        match self {
+            Net::Mf(m) => m.score_all(u),
+            Net::Fm {
+                fm, users, items, ..
+            } => fm.score_all(users, items, u),
+        }
+    }
+    /// Whether training uses ratings (else sampled negatives).
+    fn on_ratings(&self, bpr: bool) -> bool {
+        match self {
+            Net::Mf(_) => !bpr,
+            Net::Fm { objective, .. } => *objective == FmLoss::Mse,
+        }
+    }
+}
+
 struct State {
-    model: Factors,
+    model: Net,
     opt: Optimizer,
     bpr: bool,
     reg: f64,
@@ -95,7 +163,7 @@ impl PyFactorization {
             init_std,
             seed,
         };
-        let model = Factors::new(config, device)?;
+        let model = Net::Mf(Factors::new(config, device)?);
         let oc = OptimConfig {
             kind: optimizer.parse()?,
             lr,
@@ -118,21 +186,115 @@ impl PyFactorization {
         })
     }
 
+    /// An FM (`hidden` empty) or NFM over padded user / item feature rows (`[rows, width]`
+    /// row-major index and value buffers); `objective` is `mse`, `bpr` or `bce`.
+    #[staticmethod]
+    #[pyo3(signature = (objective, user_idx, user_val, user_width, item_idx, item_val, item_width, n_features, dim, hidden, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, reg, batch_size))]
+    #[allow(clippy::too_many_arguments)]
+    fn fm(
+        objective: &str,
+        user_idx: &Bound<'_, PyAny>,
+        user_val: &Bound<'_, PyAny>,
+        user_width: usize,
+        item_idx: &Bound<'_, PyAny>,
+        item_val: &Bound<'_, PyAny>,
+        item_width: usize,
+        n_features: i64,
+        dim: i64,
+        hidden: Vec<i64>,
+        dropout: f64,
+        init_std: f64,
+        seed: u64,
+        device: &str,
+        optimizer: &str,
+        lr: f64,
+        weight_decay: f64,
+        clip_grad_norm: f64,
+        reg: f64,
+        batch_size: usize,
+    ) -> PyResult<Self> {
+        let objective = match objective {
+            "mse" => FmLoss::Mse,
+            "bpr" => FmLoss::Bpr,
+            "bce" => FmLoss::Bce,
+            other => {
+                return Err(ConfigError::new_err(format!(
+                    "loss must be 'mse', 'bpr' or 'bce', got {other:?}"
+                )))
+            }
+        };
+        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
+            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
+        }
+        let device = crate::device::resolve(device)?;
+        let rows = |idx: &Bound<'_, PyAny>,
+                    val: &Bound<'_, PyAny>,
+                    width: usize|
+         -> PyResult<FeatureRows> {
+            let i = convert::int64_array(idx, "feature indices")?;
+            let v = convert::float32_array(val, "feature values")?;
+            Ok(FeatureRows::new(
+                i.as_slice()?,
+                v.as_slice()?,
+                width,
+                n_features,
+                device,
+            )?)
+        };
+        let users = rows(user_idx, user_val, user_width)?;
+        let items = rows(item_idx, item_val, item_width)?;
+        let config = FmConfig {
+            n_features,
+            dim,
+            hidden,
+            dropout,
+            init_std,
+            seed,
+        };
+        let fm = Fm::new(config, device)?;
+        let oc = OptimConfig {
+            kind: optimizer.parse()?,
+            lr,
+            weight_decay,
+            clip_grad_norm,
+            ..OptimConfig::default()
+        };
+        let opt = Optimizer::new(oc, &fm.params())?;
+        let bpr = objective != FmLoss::Mse;
+        Ok(Self {
+            state: Mutex::new(State {
+                model: Net::Fm {
+                    fm,
+                    users,
+                    items,
+                    objective,
+                },
+                opt,
+                bpr,
+                reg,
+                batch_size,
+                seed,
+                data: None,
+            }),
+        })
+    }
+
     /// Sets the training interactions (moved to the model's device once).
     fn set_train(&self, py: Python<'_>, train: &PyInteractions) -> PyResult<()> {
         let train = train.inner.clone();
         let mut st = self.lock();
         let st = &mut *st;
-        let cfg = &st.model.config;
-        if train.n_users() as i64 != cfg.n_users || train.n_items() as i64 != cfg.n_items {
+        let (n_users, n_items) = st.model.sizes();
+        if train.n_users() as i64 != n_users || train.n_items() as i64 != n_items {
             return Err(super::errors::data_error(format!(
                 "train has {} users x {} items but the model was built for {} x {}",
                 train.n_users(),
                 train.n_items(),
-                cfg.n_users,
-                cfg.n_items
+                n_users,
+                n_items
             )));
         }
+        let on_ratings = st.model.on_ratings(st.bpr);
         let dev = st.model.device();
         let data = without_gil(py, || -> Result<Data> {
             let c = train.to_columns();
@@ -140,7 +302,7 @@ impl PyFactorization {
             let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
             let u = Tensor::from_slice(&users).f_to(dev)?;
             let i = Tensor::from_slice(&items).f_to(dev)?;
-            if st.bpr {
+            if !on_ratings {
                 return Ok(Data::Implicit {
                     train: train.clone(),
                     users: u,
@@ -158,9 +320,9 @@ impl PyFactorization {
                 mean,
             }))
         })?;
-        if let (Data::Ratings(r), 0) = (&data, st.opt.steps()) {
+        if let (Data::Ratings(r), 0, Net::Mf(m)) = (&data, st.opt.steps(), &st.model) {
             // Start the global bias at the mean rating, as Funk SVD does.
-            let g = st.model.get("global_bias")?;
+            let g = m.get("global_bias")?;
             let _ =
                 tch::no_grad(|| g.shallow_clone().f_fill_(r.mean)).map_err(RecforgeError::from)?;
         }
@@ -180,18 +342,48 @@ impl PyFactorization {
             };
             let (model, opt, reg, bs, seed) =
                 (&st.model, &mut st.opt, st.reg, st.batch_size, st.seed);
-            match st.data.as_ref() {
-                None => Err(RecforgeError::config("call set_train before train_epoch")),
-                Some(Data::Ratings(d)) => train::run_epoch(
+            match (st.data.as_ref(), model) {
+                (None, _) => Err(RecforgeError::config("call set_train before train_epoch")),
+                (Some(Data::Ratings(d)), Net::Mf(m)) => train::run_epoch(
                     d.ratings.size()[0] as usize,
                     bs,
                     seed,
                     epoch,
                     opt,
-                    |idx| svd::loss(model, d, idx, reg),
+                    |idx| svd::loss(m, d, idx, reg),
                     should_stop,
                 ),
-                Some(Data::Implicit { train, users, pos }) => {
+                (
+                    Some(Data::Ratings(d)),
+                    Net::Fm {
+                        fm,
+                        users,
+                        items,
+                        objective,
+                    },
+                ) => train::run_epoch(
+                    d.ratings.size()[0] as usize,
+                    bs,
+                    seed,
+                    epoch,
+                    opt,
+                    |idx| {
+                        fm::loss(
+                            fm,
+                            users,
+                            items,
+                            &d.users,
+                            &d.items,
+                            Some(&d.ratings),
+                            None,
+                            *objective,
+                            idx,
+                            reg,
+                        )
+                    },
+                    should_stop,
+                ),
+                (Some(Data::Implicit { train, users, pos }), net) => {
                     let neg = sampling::training_negatives(
                         train,
                         1,
@@ -200,20 +392,53 @@ impl PyFactorization {
                         seed,
                         epoch,
                     )?;
-                    let triples = bprmf::Triples {
-                        users: users.shallow_clone(),
-                        pos: pos.shallow_clone(),
-                        neg: Tensor::from_slice(&neg).f_to(model.device())?,
-                    };
-                    train::run_epoch(
-                        neg.len(),
-                        bs,
-                        seed,
-                        epoch,
-                        opt,
-                        |idx| bprmf::loss(model, &triples, idx, reg),
-                        should_stop,
-                    )
+                    let neg = Tensor::from_slice(&neg).f_to(net.device())?;
+                    let n = pos.size()[0] as usize;
+                    match net {
+                        Net::Mf(m) => {
+                            let triples = bprmf::Triples {
+                                users: users.shallow_clone(),
+                                pos: pos.shallow_clone(),
+                                neg,
+                            };
+                            train::run_epoch(
+                                n,
+                                bs,
+                                seed,
+                                epoch,
+                                opt,
+                                |idx| bprmf::loss(m, &triples, idx, reg),
+                                should_stop,
+                            )
+                        }
+                        Net::Fm {
+                            fm,
+                            users: ur,
+                            items: ir,
+                            objective,
+                        } => train::run_epoch(
+                            n,
+                            bs,
+                            seed,
+                            epoch,
+                            opt,
+                            |idx| {
+                                fm::loss(
+                                    fm,
+                                    ur,
+                                    ir,
+                                    users,
+                                    pos,
+                                    None,
+                                    Some(&neg),
+                                    *objective,
+                                    idx,
+                                    reg,
+                                )
+                            },
+                            should_stop,
+                        ),
+                    }
                 }
             }
         })?;
@@ -278,7 +503,10 @@ impl PyFactorization {
             .to_vec();
         let mut guard = self.lock();
         let st = &mut *guard;
-        let t = without_gil(py, move || svd::fold_in(&st.model, &items, &ratings, reg))?;
+        let t = without_gil(py, move || match &st.model {
+            Net::Mf(m) => svd::fold_in(m, &items, &ratings, reg),
+            Net::Fm { .. } => Err(RecforgeError::config("fold_in is available for SVD only")),
+        })?;
         Ok(PyTensor(t))
     }
 

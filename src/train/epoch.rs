@@ -19,8 +19,8 @@ pub struct EpochStats {
 }
 
 /// Runs one epoch over `n_examples` examples: the order is a permutation drawn from
-/// `Rng::new(seed, epoch)`, so epoch `e` sees the same batches whether or not training was resumed
-/// in between. `batch_loss` gets the example indices of a batch (as an int64 CPU tensor) and
+/// `Rng::new(seed, epoch)`, so epoch `e` sees the same batches (and dropout masks) whether or not
+/// training was resumed in between. `batch_loss` gets the example indices of a batch (as an int64 CPU tensor) and
 /// returns a scalar loss. `should_stop` is asked between batches.
 pub fn run_epoch(
     n_examples: usize,
@@ -37,8 +37,12 @@ pub fn run_epoch(
     if n_examples == 0 {
         return Err(RecforgeError::data("no training examples"));
     }
+    let mut rng = Rng::new(seed, epoch);
+    // libtorch's own generator (dropout) is reseeded from (seed, epoch) too, so an epoch's random
+    // numbers do not depend on what ran before it: resuming from a checkpoint is exact.
+    tch::manual_seed((rng.next_u64() >> 1) as i64);
     let mut order: Vec<i64> = (0..n_examples as i64).collect();
-    Rng::new(seed, epoch).shuffle(&mut order);
+    rng.shuffle(&mut order);
     let (mut total, mut batches) = (0.0, 0usize);
     for chunk in order.chunks(batch_size) {
         if should_stop() {

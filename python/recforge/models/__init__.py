@@ -7,7 +7,8 @@ Every model has ``fit(train, valid=None, ...)``, ``predict(users, items)``, ``sc
 
 from ._base import Recommender, TorchModel
 from .bprmf import BPRMF
+from .fm import FM, NFM
 from .popularity import Popularity
 from .svd import SVD
 
-__all__ = ["BPRMF", "Popularity", "Recommender", "SVD", "TorchModel"]
+__all__ = ["BPRMF", "FM", "NFM", "Popularity", "Recommender", "SVD", "TorchModel"]

@@ -238,3 +238,21 @@ class TorchModel(Recommender):
         return model
 
 
+
+
+def rmse_logs(model: TorchModel, valid: Interactions) -> dict[str, float]:
+    """Validation RMSE of a rating model."""
+    a = valid.to_arrays()
+    if a["ratings"] is None:
+        raise ConfigError("validation interactions need ratings")
+    pred = model.predict(a["users"], a["items"])
+    return {"rmse": float(np.sqrt(np.mean((pred - a["ratings"]) ** 2)))}
+
+
+def ranking_logs(model: TorchModel, valid: Interactions) -> dict[str, float]:
+    """Validation full-ranking NDCG@10 and Hit@10 with the training items masked."""
+    from .. import metrics
+
+    assert model._train is not None
+    r = metrics.full_ranking(model.score_all, valid, [model._train], ks=(10,), metrics=("ndcg", "hit"))
+    return {"ndcg@10": r["ndcg@10"], "hit@10": r["hit@10"]}

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _native
-from .. import metrics
 from .._native import Interactions
 from ..errors import ConfigError
-from ._base import TorchModel
+from ._base import TorchModel, ranking_logs
 
 
 class BPRMF(TorchModel):
@@ -54,6 +53,4 @@ class BPRMF(TorchModel):
         )  # fmt: skip
 
     def _validate(self, valid: Interactions) -> dict[str, float]:
-        assert self._train is not None
-        r = metrics.full_ranking(self.score_all, valid, [self._train], ks=(10,), metrics=("ndcg", "hit"))
-        return {"ndcg@10": r["ndcg@10"], "hit@10": r["hit@10"]}
+        return ranking_logs(self, valid)

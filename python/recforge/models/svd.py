@@ -10,7 +10,7 @@ import numpy.typing as npt
 from .. import _native
 from .._native import Interactions
 from ..errors import ConfigError
-from ._base import TorchModel
+from ._base import TorchModel, rmse_logs
 
 
 class SVD(TorchModel):
@@ -69,11 +69,7 @@ class SVD(TorchModel):
         )  # fmt: skip
 
     def _validate(self, valid: Interactions) -> dict[str, float]:
-        a = valid.to_arrays()
-        if a["ratings"] is None:
-            raise ConfigError("validation interactions need ratings")
-        pred = self.predict(a["users"], a["items"])
-        return {"rmse": float(np.sqrt(np.mean((pred - a["ratings"]) ** 2)))}
+        return rmse_logs(self, valid)
 
     def fold_in(
         self, items: npt.ArrayLike, ratings: npt.ArrayLike, reg: float | None = None

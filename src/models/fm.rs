@@ -1,0 +1,567 @@
+//! Factorization Machines (Rendle 2010) and Neural FMs (He & Chua 2017) over sparse features.
+//!
+//! Every example is a (user, item) pair whose features are the user's feature row plus the item's
+//! feature row. A row is a padded list of feature indices with values (`value 0` = padding), so a
+//! user row holds the user-id feature and any user side features, an item row the item-id feature
+//! and e.g. multi-hot genres or keywords. For features `x` with factors `v_f`:
+//!
+//! - FM: `y = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g`, the pairwise term computed in
+//!   O(k n) as `0.5 * sum_k ((sum_f v_fk x_f)^2 - sum_f v_fk^2 x_f^2)`.
+//! - NFM: the bi-interaction vector `0.5 * ((sum_f v_f x_f)^2 - sum_f (v_f x_f)^2)` (length k) goes
+//!   through dropout and an MLP (ReLU) to a scalar, added to `w0 + sum_f w_f x_f`.
+//!
+//! Because the sums split into a user part and an item part, full-ranking scores of a user over
+//! all items need the item aggregates once per batch, not per pair.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{RecforgeError, Result};
+
+/// Sizes and options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FmConfig {
+    /// Number of features (user ids, item ids and side features together).
+    pub n_features: i64,
+    /// Factor dimension k.
+    pub dim: i64,
+    /// Hidden layer sizes of the NFM's MLP; empty = plain FM.
+    pub hidden: Vec<i64>,
+    /// Dropout on the bi-interaction vector and after each hidden layer (NFM only).
+    pub dropout: f64,
+    /// Standard deviation of the initial factors.
+    pub init_std: f64,
+    /// Initialisation seed.
+    pub seed: u64,
+}
+
+/// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`.
+#[derive(Debug)]
+pub struct FeatureRows {
+    /// Feature indices (int64).
+    pub idx: Tensor,
+    /// Feature values (float32; 0 marks padding).
+    pub val: Tensor,
+}
+
+impl FeatureRows {
+    /// Rows from row-major `[n_rows, width]` buffers, checked against `n_features`.
+    pub fn new(
+        idx: &[i64],
+        val: &[f32],
+        width: usize,
+        n_features: i64,
+        device: Device,
+    ) -> Result<Self> {
+        if width == 0 || idx.len() != val.len() || idx.len() % width != 0 {
+            return Err(RecforgeError::data(format!(
+                "feature rows must be [n_rows, width] with width >= 1; got {} indices, {} values, width {width}",
+                idx.len(),
+                val.len()
+            )));
+        }
+        if let Some(&f) = idx.iter().find(|&&f| f < 0 || f >= n_features) {
+            return Err(RecforgeError::data(format!(
+                "feature index {f} is out of range (n_features = {n_features})"
+            )));
+        }
+        if let Some(v) = val.iter().find(|v| !v.is_finite()) {
+            return Err(RecforgeError::data(format!(
+                "feature value {v} is not finite"
+            )));
+        }
+        let rows = (idx.len() / width) as i64;
+        Ok(Self {
+            idx: Tensor::from_slice(idx)
+                .f_view([rows, width as i64])?
+                .f_to(device)?,
+            val: Tensor::from_slice(val)
+                .f_view([rows, width as i64])?
+                .f_to(device)?,
+        })
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> i64 {
+        self.idx.size()[0]
+    }
+}
+
+/// Per-row sums: linear term `[n]`, `sum_f v_f x_f` `[n, k]`, `sum_f (v_f x_f)^2` `[n, k]`.
+pub struct Aggregates {
+    lin: Tensor,
+    sum: Tensor,
+    sq: Tensor,
+}
+
+/// An FM or NFM.
+#[derive(Debug)]
+pub struct Fm {
+    /// Configuration.
+    pub config: FmConfig,
+    params: Vec<(String, Tensor)>,
+    device: Device,
+}
+
+impl Fm {
+    /// Fresh parameters from `config.seed`. Linear weights and biases start at 0; MLP weights use
+    /// PyTorch's default uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pub fn new(config: FmConfig, device: Device) -> Result<Self> {
+        if config.n_features < 1 || config.dim < 1 || config.hidden.iter().any(|&h| h < 1) {
+            return Err(RecforgeError::config(
+                "n_features, dim and hidden sizes must be >= 1",
+            ));
+        }
+        if !(0.0..1.0).contains(&config.dropout) {
+            return Err(RecforgeError::config(format!(
+                "dropout must be in [0, 1), got {}",
+                config.dropout
+            )));
+        }
+        tch::manual_seed(config.seed as i64);
+        let cpu = (Kind::Float, Device::Cpu);
+        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
+        let mut params = vec![
+            ("bias".to_string(), leaf(Tensor::f_zeros([1], cpu)?)?),
+            (
+                "linear".to_string(),
+                leaf(Tensor::f_zeros([config.n_features], cpu)?)?,
+            ),
+            (
+                "factors".to_string(),
+                leaf(
+                    Tensor::f_randn([config.n_features, config.dim], cpu)?
+                        .f_mul(&Tensor::from(config.init_std))?,
+                )?,
+            ),
+        ];
+        let mut fan_in = config.dim;
+        let layers: Vec<i64> = config
+            .hidden
+            .iter()
+            .copied()
+            .chain(if config.hidden.is_empty() {
+                None
+            } else {
+                Some(1)
+            })
+            .collect();
+        for (j, &out) in layers.iter().enumerate() {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let u = |shape: &[i64]| -> Result<Tensor> {
+                Ok(Tensor::f_rand(shape, cpu)?
+                    .f_mul(&Tensor::from(2.0 * bound))?
+                    .f_sub(&Tensor::from(bound))?)
+            };
+            params.push((format!("mlp.{j}.weight"), leaf(u(&[out, fan_in])?)?));
+            params.push((format!("mlp.{j}.bias"), leaf(u(&[out])?)?));
+            fan_in = out;
+        }
+        Ok(Self {
+            config,
+            params,
+            device,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Named parameters (shallow handles).
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| RecforgeError::config(format!("no parameter {name}")))
+    }
+
+    /// Copies parameter values by name (missing or mis-shaped tensors are errors).
+    pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, p) in &mut self.params {
+            let src = tensors
+                .get(name.as_str())
+                .ok_or_else(|| RecforgeError::data(format!("missing tensor {name}")))?;
+            if src.size() != p.size() {
+                return Err(RecforgeError::data(format!(
+                    "tensor {name} has shape {:?}, this model needs {:?}",
+                    src.size(),
+                    p.size()
+                )));
+            }
+            let src = src.f_to_kind(Kind::Float)?.f_to(self.device)?;
+            tch::no_grad(|| p.f_copy_(&src))?;
+        }
+        Ok(())
+    }
+
+    /// Sums over the feature rows `rows` (a `[B]` index tensor into `features`).
+    pub fn aggregate(&self, features: &FeatureRows, rows: &Tensor) -> Result<Aggregates> {
+        let idx = features.idx.f_index_select(0, rows)?; // [B, L]
+        let val = features.val.f_index_select(0, rows)?; // [B, L]
+        let shape = idx.size();
+        let flat = idx.f_reshape([-1])?;
+        let w = self
+            .get("linear")?
+            .f_index_select(0, &flat)?
+            .f_view([shape[0], shape[1]])?;
+        let lin = w.f_mul(&val)?.f_sum_dim_intlist(1, false, Kind::Float)?;
+        let v = self.get("factors")?.f_index_select(0, &flat)?.f_view([
+            shape[0],
+            shape[1],
+            self.config.dim,
+        ])?;
+        let vx = v.f_mul(&val.f_unsqueeze(2)?)?;
+        Ok(Aggregates {
+            lin,
+            sum: vx.f_sum_dim_intlist(1, false, Kind::Float)?,
+            sq: vx.f_square()?.f_sum_dim_intlist(1, false, Kind::Float)?,
+        })
+    }
+
+    /// The bi-interaction vectors `[..., k]` -> interaction score `[...]` (FM: sum; NFM: MLP).
+    fn interaction(&self, bi: &Tensor, train: bool) -> Result<Tensor> {
+        if self.config.hidden.is_empty() {
+            return Ok(bi.f_sum_dim_intlist(-1, false, Kind::Float)?);
+        }
+        let p = self.config.dropout;
+        let mut h = if train && p > 0.0 {
+            bi.f_dropout(p, true)?
+        } else {
+            bi.shallow_clone()
+        };
+        let n_layers = self.config.hidden.len() + 1;
+        for j in 0..n_layers {
+            let w = self.get(&format!("mlp.{j}.weight"))?;
+            let b = self.get(&format!("mlp.{j}.bias"))?;
+            h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
+            if j + 1 < n_layers {
+                h = h.f_relu()?;
+                if train && p > 0.0 {
+                    h = h.f_dropout(p, true)?;
+                }
+            }
+        }
+        Ok(h.f_squeeze_dim(-1)?)
+    }
+
+    /// Scores of aligned pairs: user aggregates row b with item aggregates row b -> `[B]`.
+    pub fn score_pairs(&self, u: &Aggregates, i: &Aggregates, train: bool) -> Result<Tensor> {
+        let sum = u.sum.f_add(&i.sum)?;
+        let bi = sum
+            .f_square()?
+            .f_sub(&u.sq)?
+            .f_sub(&i.sq)?
+            .f_mul(&Tensor::from(0.5))?;
+        let lin = u.lin.f_add(&i.lin)?.f_add(self.get("bias")?)?;
+        Ok(lin.f_add(&self.interaction(&bi, train)?)?)
+    }
+
+    /// Scores of every user row against every item row -> `[B, I]` (no dropout).
+    pub fn score_grid(&self, u: &Aggregates, i: &Aggregates) -> Result<Tensor> {
+        let lin = u
+            .lin
+            .f_unsqueeze(1)?
+            .f_add(&i.lin.f_unsqueeze(0)?)?
+            .f_add(self.get("bias")?)?;
+        if self.config.hidden.is_empty() {
+            // 0.5 * (|s_u|^2 - sum q_u) + 0.5 * (|s_i|^2 - sum q_i) + s_u . s_i
+            let half = |a: &Aggregates| -> Result<Tensor> {
+                Ok(a.sum
+                    .f_square()?
+                    .f_sub(&a.sq)?
+                    .f_sum_dim_intlist(1, false, Kind::Float)?
+                    .f_mul(&Tensor::from(0.5))?)
+            };
+            let cross = u.sum.f_matmul(&i.sum.f_transpose(0, 1)?)?;
+            return Ok(lin
+                .f_add(&half(u)?.f_unsqueeze(1)?)?
+                .f_add(&half(i)?.f_unsqueeze(0)?)?
+                .f_add(&cross)?);
+        }
+        let sum = u.sum.f_unsqueeze(1)?.f_add(&i.sum.f_unsqueeze(0)?)?;
+        let bi = sum
+            .f_square()?
+            .f_sub(&u.sq.f_unsqueeze(1)?)?
+            .f_sub(&i.sq.f_unsqueeze(0)?)?
+            .f_mul(&Tensor::from(0.5))?;
+        Ok(lin.f_add(&self.interaction(&bi, false)?)?)
+    }
+}
+
+impl Fm {
+    /// Checks user and item ids against the feature rows.
+    pub fn check_ids(users: &FeatureRows, items: &FeatureRows, u: &[i64], i: &[i64]) -> Result<()> {
+        let (nu, ni) = (users.n_rows(), items.n_rows());
+        if let Some(&x) = u.iter().find(|&&x| x < 0 || x >= nu) {
+            return Err(RecforgeError::data(format!(
+                "user {x} is out of range (n_users = {nu})"
+            )));
+        }
+        if let Some(&x) = i.iter().find(|&&x| x < 0 || x >= ni) {
+            return Err(RecforgeError::data(format!(
+                "item {x} is out of range (n_items = {ni})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scores of `users` (a `[B]` index tensor) against every item, `[B, n_items]`, in item chunks
+    /// so an NFM's `[B, chunk, k]` intermediate stays near 32 MB.
+    pub fn score_all(
+        &self,
+        users: &FeatureRows,
+        items: &FeatureRows,
+        u: &Tensor,
+    ) -> Result<Tensor> {
+        let ua = self.aggregate(users, u)?;
+        let n_items = items.n_rows();
+        let b = u.size()[0].max(1);
+        let chunk = if self.config.hidden.is_empty() {
+            n_items
+        } else {
+            (8_000_000 / (b * self.config.dim)).clamp(1, n_items.max(1))
+        };
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n_items {
+            let len = chunk.min(n_items - start);
+            let ids = Tensor::f_arange_start(start, start + len, (Kind::Int64, self.device))?;
+            parts.push(self.score_grid(&ua, &self.aggregate(items, &ids)?)?);
+            start += len;
+        }
+        Ok(Tensor::f_cat(&parts, 1)?)
+    }
+}
+
+/// Training objective of an FM / NFM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FmLoss {
+    /// Squared error against ratings.
+    Mse,
+    /// BPR against one sampled negative item per positive.
+    Bpr,
+    /// Binary cross-entropy: positives labelled 1, sampled negatives 0.
+    Bce,
+}
+
+/// Mini-batch loss over examples `idx` of (`users`, `items`, `targets` for MSE, `negatives` for
+/// BPR/BCE), plus `reg` times the batch-mean squared norm of the factors used.
+#[allow(clippy::too_many_arguments)]
+pub fn loss(
+    fm: &Fm,
+    user_rows: &FeatureRows,
+    item_rows: &FeatureRows,
+    users: &Tensor,
+    items: &Tensor,
+    targets: Option<&Tensor>,
+    negatives: Option<&Tensor>,
+    objective: FmLoss,
+    idx: &Tensor,
+    reg: f64,
+) -> Result<Tensor> {
+    let idx = idx.f_to(fm.device())?;
+    let u = users.f_index_select(0, &idx)?;
+    let i = items.f_index_select(0, &idx)?;
+    let ua = fm.aggregate(user_rows, &u)?;
+    let ia = fm.aggregate(item_rows, &i)?;
+    let pos = fm.score_pairs(&ua, &ia, true)?;
+    let mut penalty = ua
+        .sq
+        .f_sum(Kind::Float)?
+        .f_add(&ia.sq.f_sum(Kind::Float)?)?;
+    let base = match objective {
+        FmLoss::Mse => {
+            let y = targets
+                .ok_or_else(|| RecforgeError::data("a rating objective needs ratings"))?
+                .f_index_select(0, &idx)?;
+            pos.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?
+        }
+        FmLoss::Bpr | FmLoss::Bce => {
+            let j = negatives
+                .ok_or_else(|| RecforgeError::data("a ranking objective needs negatives"))?
+                .f_index_select(0, &idx)?;
+            let ja = fm.aggregate(item_rows, &j)?;
+            penalty = penalty.f_add(&ja.sq.f_sum(Kind::Float)?)?;
+            let neg = fm.score_pairs(&ua, &ja, true)?;
+            if objective == FmLoss::Bpr {
+                pos.f_sub(&neg)?
+                    .f_log_sigmoid()?
+                    .f_mean(Kind::Float)?
+                    .f_neg()?
+            } else {
+                let ones = pos.f_ones_like()?;
+                let l1 = pos.f_binary_cross_entropy_with_logits::<Tensor>(
+                    &ones,
+                    None,
+                    None,
+                    tch::Reduction::Mean,
+                )?;
+                let l0 = neg.f_binary_cross_entropy_with_logits::<Tensor>(
+                    &ones.f_zeros_like()?,
+                    None,
+                    None,
+                    tch::Reduction::Mean,
+                )?;
+                l1.f_add(&l0)?
+            }
+        }
+    };
+    if reg > 0.0 {
+        let n = idx.size()[0] as f64;
+        Ok(base.f_add(&penalty.f_mul(&Tensor::from(reg / n))?)?)
+    } else {
+        Ok(base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(hidden: Vec<i64>) -> (Fm, FeatureRows, FeatureRows) {
+        let cfg = FmConfig {
+            n_features: 7,
+            dim: 3,
+            hidden,
+            dropout: 0.0,
+            init_std: 0.5,
+            seed: 1,
+        };
+        let fm = Fm::new(cfg, Device::Cpu).unwrap();
+        // Users 0, 1 = features 0, 1 (+ side feature 6 with value 0.5 for user 1).
+        let users =
+            FeatureRows::new(&[0, 6, 1, 6], &[1.0, 0.0, 1.0, 0.5], 2, 7, Device::Cpu).unwrap();
+        // Items 0..2 = features 2..4, item 0 and 2 with genre feature 5.
+        let items = FeatureRows::new(
+            &[2, 5, 3, 5, 4, 5],
+            &[1.0, 1.0, 1.0, 0.0, 1.0, 1.0],
+            2,
+            7,
+            Device::Cpu,
+        )
+        .unwrap();
+        (fm, users, items)
+    }
+
+    /// Direct formula with an explicit double loop over feature pairs.
+    fn direct(fm: &Fm, feats: &[(i64, f64)]) -> f64 {
+        let w = Vec::<f32>::try_from(fm.get("linear").unwrap()).unwrap();
+        let v = Vec::<f32>::try_from(fm.get("factors").unwrap().reshape([-1])).unwrap();
+        let k = fm.config.dim as usize;
+        let mut y = fm.get("bias").unwrap().double_value(&[0]);
+        for (a, &(f, x)) in feats.iter().enumerate() {
+            y += w[f as usize] as f64 * x;
+            for &(g, z) in &feats[a + 1..] {
+                let dot: f64 = (0..k)
+                    .map(|d| v[f as usize * k + d] as f64 * v[g as usize * k + d] as f64)
+                    .sum();
+                y += dot * x * z;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn fm_equals_the_pairwise_formula_and_grid_equals_pairs() {
+        let (fm, users, items) = tiny(vec![]);
+        tch::no_grad(|| {
+            let _ = fm
+                .get("linear")
+                .unwrap()
+                .shallow_clone()
+                .f_normal_(0.0, 0.3)
+                .unwrap();
+        });
+        let u = Tensor::from_slice(&[0i64, 1, 1]);
+        let i = Tensor::from_slice(&[0i64, 1, 2]);
+        let s = fm
+            .score_pairs(
+                &fm.aggregate(&users, &u).unwrap(),
+                &fm.aggregate(&items, &i).unwrap(),
+                false,
+            )
+            .unwrap();
+        let got = Vec::<f32>::try_from(s).unwrap();
+        let want = [
+            direct(&fm, &[(0, 1.0), (2, 1.0), (5, 1.0)]),
+            direct(&fm, &[(1, 1.0), (6, 0.5), (3, 1.0)]),
+            direct(&fm, &[(1, 1.0), (6, 0.5), (4, 1.0), (5, 1.0)]),
+        ];
+        for (a, b) in got.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let all_i = Tensor::from_slice(&[0i64, 1, 2]);
+        let grid = fm
+            .score_grid(
+                &fm.aggregate(&users, &Tensor::from_slice(&[1i64])).unwrap(),
+                &fm.aggregate(&items, &all_i).unwrap(),
+            )
+            .unwrap();
+        let g = Vec::<f32>::try_from(grid.reshape([-1])).unwrap();
+        assert!((g[1] - got[1]).abs() < 1e-5 && (g[2] - got[2]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for hidden in [vec![], vec![4]] {
+            let (fm, users, items) = tiny(hidden);
+            let u = Tensor::from_slice(&[0i64, 1]);
+            let i = Tensor::from_slice(&[2i64, 0]);
+            let y = Tensor::from_slice(&[1.0f32, -0.5]);
+            let loss = |fm: &Fm| {
+                let s = fm
+                    .score_pairs(
+                        &fm.aggregate(&users, &u).unwrap(),
+                        &fm.aggregate(&items, &i).unwrap(),
+                        false,
+                    )
+                    .unwrap();
+                s.f_sub(&y).unwrap().square().sum(Kind::Double)
+            };
+            loss(&fm).backward();
+            for (name, p) in fm.params() {
+                let grad = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
+                for (e, &g) in grad.iter().enumerate().take(6) {
+                    let flat = p.reshape([-1]);
+                    let orig = flat.double_value(&[e as i64]);
+                    let h = 1e-2;
+                    let set = |v: f64| {
+                        tch::no_grad(|| {
+                            let _ = flat.get(e as i64).fill_(v);
+                        })
+                    };
+                    set(orig + h);
+                    let up = loss(&fm).double_value(&[]);
+                    set(orig - h);
+                    let down = loss(&fm).double_value(&[]);
+                    set(orig);
+                    let fd = (up - down) / (2.0 * h);
+                    let g = g as f64;
+                    assert!(
+                        (fd - g).abs() < 2e-2 * (1.0 + g.abs()),
+                        "{name}[{e}]: fd {fd} vs grad {g}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_feature_rows_are_errors() {
+        assert!(FeatureRows::new(&[0, 9], &[1.0, 1.0], 2, 7, Device::Cpu).is_err());
+        assert!(FeatureRows::new(&[0, 1, 2], &[1.0, 1.0, 1.0], 2, 7, Device::Cpu).is_err());
+        assert!(FeatureRows::new(&[0], &[f32::NAN], 1, 7, Device::Cpu).is_err());
+    }
+}
