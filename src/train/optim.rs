@@ -193,6 +193,7 @@ impl Optimizer {
                     }
                 }
             }
+            let missing = || RecforgeError::config("optimizer state is missing a tensor");
             for (((_, p), state), grad) in self.params.iter_mut().zip(&mut self.state).zip(grads) {
                 let Some(mut g) = grad else { continue };
                 if c.weight_decay > 0.0 && c.kind != Kind::AdamW {
@@ -205,22 +206,22 @@ impl Optimizer {
                             let decayed = p.f_mul(&Tensor::from(1.0 - c.lr * c.weight_decay))?;
                             p.f_copy_(&decayed)?;
                         }
-                        let m = &state["exp_avg"];
-                        let v = &state["exp_avg_sq"];
-                        let m_new = (m * b1).f_add(&(&g * (1.0 - b1)))?;
-                        let v_new = (v * b2).f_add(&(g.f_square()? * (1.0 - b2)))?;
-                        state
-                            .get_mut("exp_avg")
-                            .map(|m| m.f_copy_(&m_new))
-                            .transpose()?;
-                        state
-                            .get_mut("exp_avg_sq")
-                            .map(|v| v.f_copy_(&v_new))
-                            .transpose()?;
+                        // In place, as torch.optim.Adam does: m = b1 m + (1 - b1) g,
+                        // v = b2 v + (1 - b2) g^2, p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
                         let bc1 = 1.0 - b1.powi(t);
                         let bc2 = 1.0 - b2.powi(t);
-                        let denom = (v_new.f_sqrt()? / bc2.sqrt()).f_add(&Tensor::from(c.eps))?;
-                        (m_new / denom) * (c.lr / bc1)
+                        let m = state.get_mut("exp_avg").ok_or_else(missing)?;
+                        let _ = m.f_mul_(&Tensor::from(b1))?;
+                        let _ = m.f_add_(&g.f_mul(&Tensor::from(1.0 - b1))?)?;
+                        let m = m.shallow_clone();
+                        let v = state.get_mut("exp_avg_sq").ok_or_else(missing)?;
+                        let _ = v.f_mul_(&Tensor::from(b2))?;
+                        let _ = v.f_addcmul_(&g, &g.f_mul(&Tensor::from(1.0 - b2))?)?;
+                        let mut denom = v.f_sqrt()?;
+                        let _ = denom.f_div_(&Tensor::from(bc2.sqrt()))?;
+                        let _ = denom.f_add_(&Tensor::from(c.eps))?;
+                        let _ = p.f_addcdiv_(&m.f_mul(&Tensor::from(-c.lr / bc1))?, &denom)?;
+                        continue;
                     }
                     Kind::Sgd if c.momentum > 0.0 => {
                         let buf = &state["momentum"];
