@@ -200,13 +200,17 @@ def test_fm_with_genres_and_nfm_beat_popularity(loo) -> None:  # type: ignore[no
         assert r["ndcg@10"] > 1.15 * pop["ndcg@10"], name
 
 
-def test_fm_regression_with_genres(ratings_split) -> None:  # type: ignore[no-untyped-def]
+def test_fm_regression_with_genres(ratings_split, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train, valid, test = ratings_split
     ds = recforge.datasets.movielens_small()
     m = models.FM(loss="mse", epochs=15, reg=0.1).fit(train, valid, item_features=_genres(ds), progress=False)
     ours = rmse(m, test)  # type: ignore[arg-type]
     print(f"test RMSE: FM+genres {ours:.4f}")
     assert ours < numpy_bias_baseline(train, test) - 0.005
+    m.save(tmp_path / "fm")
+    back = models.FM.load(tmp_path / "fm")
+    a = test.to_arrays()
+    assert np.allclose(back.predict(a["users"][:50], a["items"][:50]), m.predict(a["users"][:50], a["items"][:50]))
     with pytest.raises(ConfigError, match="loss"):
         models.FM(loss="hinge")
     with pytest.raises(DataError, match="item_features has 2 rows"):

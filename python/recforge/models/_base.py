@@ -64,6 +64,8 @@ class TorchModel(Recommender):
     #: validation metric monitored by default, and whether larger is better
     monitor: str = "ndcg@10"
     higher_is_better: bool = True
+    #: config entries that :meth:`load` sets as attributes instead of passing to the constructor
+    data_attributes: tuple[str, ...] = ()
 
     def __init__(self, *, epochs: int, batch_size: int, seed: int, device: str) -> None:
         if epochs < 1 or batch_size < 1:
@@ -230,7 +232,12 @@ class TorchModel(Recommender):
         state = json.loads((p / "state.json").read_text())
         if state.get("model") != cls.__name__:
             raise DataError(f"{p} holds a {state.get('model')}, not a {cls.__name__}")
-        model = cls(**{**state["config"], "device": device})
+        config = dict(state["config"])
+        # Data-dependent settings (e.g. an FM's side features) are attributes, not arguments.
+        data = {k: config.pop(k) for k in cls.data_attributes if k in config}
+        model = cls(**config, device=device)
+        for k, v in data.items():
+            setattr(model, k, v)
         model.n_users, model.n_items = state["n_users"], state["n_items"]
         model._native = model._build(model.n_users, model.n_items)
         model._native.load(str(p))

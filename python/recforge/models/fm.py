@@ -59,6 +59,7 @@ class FM(TorchModel):
     """
 
     default_hidden: tuple[int, ...] = ()
+    data_attributes = ("user_features", "item_features")
 
     def __init__(
         self,
