@@ -108,21 +108,7 @@ impl Factors {
     /// Copies parameter values from `tensors` (checkpoint or state dict); a missing or mis-shaped
     /// tensor is an error naming it.
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, p) in &mut self.params {
-            let src = tensors
-                .get(name.as_str())
-                .ok_or_else(|| RecforgeError::data(format!("missing tensor {name}")))?;
-            if src.size() != p.size() {
-                return Err(RecforgeError::data(format!(
-                    "tensor {name} has shape {:?}, this model needs {:?}",
-                    src.size(),
-                    p.size()
-                )));
-            }
-            let src = src.f_to_kind(Kind::Float)?.f_to(self.device)?;
-            tch::no_grad(|| p.f_copy_(&src))?;
-        }
-        Ok(())
+        super::load_named(&mut self.params, tensors, self.device)
     }
 
     /// Checks that ids lie in range.

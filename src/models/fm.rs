@@ -189,21 +189,7 @@ impl Fm {
 
     /// Copies parameter values by name (missing or mis-shaped tensors are errors).
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, p) in &mut self.params {
-            let src = tensors
-                .get(name.as_str())
-                .ok_or_else(|| RecforgeError::data(format!("missing tensor {name}")))?;
-            if src.size() != p.size() {
-                return Err(RecforgeError::data(format!(
-                    "tensor {name} has shape {:?}, this model needs {:?}",
-                    src.size(),
-                    p.size()
-                )));
-            }
-            let src = src.f_to_kind(Kind::Float)?.f_to(self.device)?;
-            tch::no_grad(|| p.f_copy_(&src))?;
-        }
-        Ok(())
+        super::load_named(&mut self.params, tensors, self.device)
     }
 
     /// Sums over the feature rows `rows` (a `[B]` index tensor into `features`).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -30,15 +31,16 @@ def _interactions(x: object, name: str) -> Interactions:
     return x
 
 
-class Recommender:
+class Recommender(ABC):
     """Common API: ``fit``, ``predict``, ``score_all``, ``recommend``, ``save`` / ``load``."""
 
     n_users: int
     n_items: int
     _train: Interactions | None = None
 
-    def score_all(self, users: npt.ArrayLike) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def score_all(self, users: npt.ArrayLike) -> torch.Tensor:
+        """``[len(users), n_items]`` scores."""
 
     def recommend(
         self, users: npt.ArrayLike, k: int = 10, exclude_seen: bool = True
@@ -94,14 +96,17 @@ class TorchModel(Recommender):
             raise ConfigError(f"optimizer must be adam, adamw, sgd or adagrad, got {optimizer!r}")
 
     # Subclasses: build the native model, evaluate on validation data, report their config.
-    def _build(self, n_users: int, n_items: int) -> Any:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _build(self, n_users: int, n_items: int) -> Any:
+        """The native model for this many users and items."""
 
-    def _validate(self, valid: Interactions) -> dict[str, float]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _validate(self, valid: Interactions) -> dict[str, float]:
+        """Validation metrics (must include ``self.monitor``)."""
 
-    def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, as saved in checkpoints."""
 
     def _better(self, a: float, b: float | None) -> bool:
         if b is None or math.isnan(b):
