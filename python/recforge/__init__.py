@@ -15,7 +15,7 @@ import torch as _torch  # noqa: F401
 
 from . import _native
 from ._native import IdMap, Interactions, num_threads
-from . import errors, split, datasets, metrics, sampling, stats, models
+from . import errors, split, datasets, metrics, sampling, stats, models, tuning
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -49,4 +49,5 @@ __all__ = [
     "sampling",
     "split",
     "stats",
+    "tuning",
 ]

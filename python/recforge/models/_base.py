@@ -125,7 +125,7 @@ class TorchModel(Recommender):
         patience: int | None = None,
         progress: bool = True,
     ) -> "TorchModel":
-        """Train on ``train``; with ``valid``, evaluate each epoch (``self.monitor``), keep the best
+        """Train on ``train`` from a fresh initialisation; with ``valid``, evaluate each epoch (``self.monitor``), keep the best
         weights and stop after ``patience`` epochs without improvement.
 
         ``callbacks`` are called as ``cb(epoch, logs)`` after each epoch (``logs`` holds the loss and
@@ -141,10 +141,10 @@ class TorchModel(Recommender):
             if (valid.n_users, valid.n_items) != (train.n_users, train.n_items):
                 raise DataError("train and valid must share one id space")
         total = self.epochs if epochs is None else int(epochs)
-        if self._native is None or (self.n_users, self.n_items) != (train.n_users, train.n_items):
-            self.n_users, self.n_items = train.n_users, train.n_items
-            self._native = self._build(train.n_users, train.n_items)
-            self.history, self.best_epoch = [], None
+        # fit() trains from scratch (same seed, same result); resume=True continues a checkpoint.
+        self.n_users, self.n_items = train.n_users, train.n_items
+        self._native = self._build(train.n_users, train.n_items)
+        self.history, self.best_epoch = [], None
         self._train = train
         ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
         start, best_value, best_state = 0, None, None

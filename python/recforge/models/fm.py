@@ -110,10 +110,9 @@ class FM(TorchModel):
         item_features: SideFeatures | None = None,
         **kwargs: Any,
     ) -> "FM":
-        if user_features is not None or item_features is not None or self._native is None:
+        if user_features is not None or item_features is not None:
             self.user_features = [list(r) if not isinstance(r, Mapping) else dict(r) for r in user_features] if user_features is not None else None  # type: ignore[misc]
             self.item_features = [list(r) if not isinstance(r, Mapping) else dict(r) for r in item_features] if item_features is not None else None  # type: ignore[misc]
-            self._native = None  # features changed: rebuild
         return super().fit(train, valid, **kwargs)  # type: ignore[return-value]
 
     def _build(self, n_users: int, n_items: int) -> Any:
