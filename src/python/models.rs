@@ -115,6 +115,33 @@ pub struct PyFactorization {
 }
 
 impl PyFactorization {
+    /// Wraps a built network with its optimiser and training settings.
+    fn assemble(
+        model: Net,
+        optim: OptimConfig,
+        bpr: bool,
+        reg: f64,
+        batch_size: usize,
+        seed: u64,
+    ) -> PyResult<Self> {
+        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
+            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
+        }
+        let opt = Optimizer::new(optim, &model.params())?;
+        let state = State {
+            model,
+            opt,
+            bpr,
+            reg,
+            batch_size,
+            seed,
+            data: None,
+        };
+        Ok(Self {
+            state: Mutex::new(state),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -151,9 +178,6 @@ impl PyFactorization {
             "bpr" => true,
             other => return Err(ConfigError::new_err(format!("unknown objective {other:?}"))),
         };
-        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
-            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
-        }
         let device = crate::device::resolve(device)?;
         let config = FactorsConfig {
             n_users,
@@ -164,7 +188,7 @@ impl PyFactorization {
             seed,
         };
         let model = Net::Mf(Factors::new(config, device)?);
-        let oc = OptimConfig {
+        let optim = OptimConfig {
             kind: optimizer.parse()?,
             lr,
             weight_decay,
@@ -172,18 +196,7 @@ impl PyFactorization {
             clip_grad_norm,
             ..OptimConfig::default()
         };
-        let opt = Optimizer::new(oc, &model.params())?;
-        Ok(Self {
-            state: Mutex::new(State {
-                model,
-                opt,
-                bpr,
-                reg,
-                batch_size,
-                seed,
-                data: None,
-            }),
-        })
+        Self::assemble(model, optim, bpr, reg, batch_size, seed)
     }
 
     /// An FM (`hidden` empty) or NFM over padded user / item feature rows (`[rows, width]`
@@ -223,9 +236,6 @@ impl PyFactorization {
                 )))
             }
         };
-        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
-            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
-        }
         let device = crate::device::resolve(device)?;
         let rows = |idx: &Bound<'_, PyAny>,
                     val: &Bound<'_, PyAny>,
@@ -252,31 +262,21 @@ impl PyFactorization {
             seed,
         };
         let fm = Fm::new(config, device)?;
-        let oc = OptimConfig {
+        let optim = OptimConfig {
             kind: optimizer.parse()?,
             lr,
             weight_decay,
             clip_grad_norm,
             ..OptimConfig::default()
         };
-        let opt = Optimizer::new(oc, &fm.params())?;
         let bpr = objective != FmLoss::Mse;
-        Ok(Self {
-            state: Mutex::new(State {
-                model: Net::Fm {
-                    fm,
-                    users,
-                    items,
-                    objective,
-                },
-                opt,
-                bpr,
-                reg,
-                batch_size,
-                seed,
-                data: None,
-            }),
-        })
+        let model = Net::Fm {
+            fm,
+            users,
+            items,
+            objective,
+        };
+        Self::assemble(model, optim, bpr, reg, batch_size, seed)
     }
 
     /// Sets the training interactions (moved to the model's device once).

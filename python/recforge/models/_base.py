@@ -252,6 +252,31 @@ class TorchModel(Recommender):
 
 
 
+class FactorModel(TorchModel):
+    """A TorchModel with the hyperparameters every factor model shares; subclasses keep explicit
+    constructor signatures (their defaults) and hand them to :meth:`_set_hparams`."""
+
+    _common = ("dim", "epochs", "batch_size", "lr", "reg", "optimizer", "weight_decay",
+               "clip_grad_norm", "init_std", "seed")  # fmt: skip
+    #: further constructor arguments a subclass saves in its config
+    _extra: tuple[str, ...] = ()
+
+    def _set_hparams(self, values: dict[str, Any]) -> None:
+        TorchModel.__init__(
+            self, epochs=values["epochs"], batch_size=values["batch_size"],
+            seed=values["seed"], device=values["device"],
+        )  # fmt: skip
+        self._check_hparams(values["dim"], values["lr"], values["reg"], values["optimizer"])
+        self.dim, self.lr, self.reg = int(values["dim"]), float(values["lr"]), float(values["reg"])
+        self.optimizer = values["optimizer"]
+        self.weight_decay = float(values["weight_decay"])
+        self.clip_grad_norm = float(values["clip_grad_norm"])
+        self.init_std = float(values["init_std"])
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._common + self._extra}
+
+
 def rmse_logs(model: TorchModel, valid: Interactions) -> dict[str, float]:
     """Validation RMSE of a rating model."""
     a = valid.to_arrays()

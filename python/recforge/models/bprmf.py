@@ -6,11 +6,10 @@ from typing import Any
 
 from .. import _native
 from .._native import Interactions
-from ..errors import ConfigError
-from ._base import TorchModel, ranking_logs
+from ._base import FactorModel, ranking_logs
 
 
-class BPRMF(TorchModel):
+class BPRMF(FactorModel):
     """``score(u, i) = p_u . q_i``, trained so each observed item scores above one uniformly
     sampled unobserved item (fresh negatives every epoch), with L2 regularisation.
 
@@ -33,17 +32,7 @@ class BPRMF(TorchModel):
         seed: int = 0,
         device: str = "auto",
     ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
-        self._check_hparams(dim, lr, reg, optimizer)
-        self.dim, self.lr, self.reg, self.optimizer = int(dim), float(lr), float(reg), optimizer
-        self.weight_decay, self.clip_grad_norm, self.init_std = weight_decay, clip_grad_norm, init_std
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "dim": self.dim, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-            "reg": self.reg, "optimizer": self.optimizer, "weight_decay": self.weight_decay,
-            "clip_grad_norm": self.clip_grad_norm, "init_std": self.init_std, "seed": self.seed,
-        }  # fmt: skip
+        self._set_hparams(locals())
 
     def _build(self, n_users: int, n_items: int) -> Any:
         return _native._Factorization(

@@ -9,7 +9,7 @@ import numpy as np
 from .. import _native
 from .._native import Interactions
 from ..errors import ConfigError, DataError
-from ._base import TorchModel, ranking_logs, rmse_logs
+from ._base import FactorModel, ranking_logs, rmse_logs
 
 #: Per-entity side features: for each user (or item) a list of feature ids, or a mapping
 #: ``{feature id: value}``; feature ids are 0-based within that side.
@@ -49,7 +49,7 @@ def _rows(
     return idx, val, width, n_side
 
 
-class FM(TorchModel):
+class FM(FactorModel):
     """Factorization Machine (Rendle 2010) over the user id, the item id and optional multi-hot
     side features (genres, keywords, ...), for ratings (``loss="mse"``) or top-K ranking
     (``loss="bpr"`` or ``"bce"`` with one sampled negative item per positive, fresh every epoch).
@@ -60,6 +60,7 @@ class FM(TorchModel):
 
     default_hidden: tuple[int, ...] = ()
     data_attributes = ("user_features", "item_features")
+    _extra = ("loss", "hidden", "dropout", "user_features", "item_features")
 
     def __init__(
         self,
@@ -79,27 +80,16 @@ class FM(TorchModel):
         seed: int = 0,
         device: str = "auto",
     ) -> None:
-        super().__init__(epochs=epochs, batch_size=batch_size, seed=seed, device=device)
-        self._check_hparams(dim, lr, reg, optimizer)
+        self._set_hparams(locals())
         if loss not in ("mse", "bpr", "bce"):
             raise ConfigError(f"loss must be 'mse', 'bpr' or 'bce', got {loss!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        self.dim, self.loss, self.lr, self.reg, self.optimizer = int(dim), loss, float(lr), float(reg), optimizer
+        self.loss, self.dropout = loss, float(dropout)
         self.hidden = list(self.default_hidden if hidden is None else hidden)
-        self.dropout, self.weight_decay, self.clip_grad_norm, self.init_std = dropout, weight_decay, clip_grad_norm, init_std
         self.monitor, self.higher_is_better = ("rmse", False) if loss == "mse" else ("ndcg@10", True)
         self.user_features: SideFeatures | None = None
         self.item_features: SideFeatures | None = None
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "dim": self.dim, "loss": self.loss, "hidden": self.hidden, "dropout": self.dropout,
-            "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "reg": self.reg,
-            "optimizer": self.optimizer, "weight_decay": self.weight_decay,
-            "clip_grad_norm": self.clip_grad_norm, "init_std": self.init_std, "seed": self.seed,
-            "user_features": self.user_features, "item_features": self.item_features,
-        }  # fmt: skip
 
     def fit(  # type: ignore[override]
         self,
