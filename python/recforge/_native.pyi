@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``src/python/``)."""
 
-from typing import Any, Sequence, final
+from typing import Any, Callable, Sequence, final
 
 
 import numpy as np
@@ -172,8 +172,9 @@ def _paired_bootstrap(
 
 @final
 class _Factorization:
-    """Matrix factorisation (objective ``"ratings"`` or ``"bpr"``) with its optimiser, trained in
-    Rust on libtorch. Used by ``recforge.models.SVD`` and ``recforge.models.BPRMF``."""
+    """A model with its optimiser, trained in Rust on libtorch: matrix factorisation (objective
+    ``"ratings"`` or ``"bpr"``), an FM / NFM (:meth:`fm`) or SASRec (:meth:`sasrec`). Used by
+    ``recforge.models``."""
 
     def __new__(
         cls,
@@ -215,12 +216,39 @@ class _Factorization:
         clip_grad_norm: float,
         reg: float,
         batch_size: int,
+        batch_norm: bool = False,
     ) -> _Factorization:
         """An FM (``hidden`` empty) or NFM over padded user/item feature rows."""
-    def set_train(self, train: Interactions) -> None: ...
-    def train_epoch(self, epoch: int) -> tuple[float, int, bool]: ...
+    @staticmethod
+    def sasrec(
+        objective: str,
+        n_items: int,
+        dim: int,
+        n_layers: int,
+        n_heads: int,
+        max_len: int,
+        dropout: float,
+        init_std: float,
+        seed: int,
+        device: str,
+        optimizer: str,
+        lr: float,
+        weight_decay: float,
+        clip_grad_norm: float,
+        batch_size: int,
+    ) -> _Factorization:
+        """A SASRec model; ``objective`` is ``"bce"`` or ``"ce"``."""
+    def set_train(self, train: Interactions) -> int:
+        """Sets the training data; returns the number of batches per epoch."""
+    def set_schedule(
+        self, name: str, warmup: int, total: int, end: float = 0.0, every: int = 1, gamma: float = 0.1
+    ) -> None:
+        """Learning-rate schedule over ``total`` optimiser steps."""
+    def train_epoch(
+        self, epoch: int, progress: Callable[[int, int, float], Any] | None = None
+    ) -> tuple[float, int, bool]: ...
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
-    def score_all(self, users: npt.ArrayLike) -> torch.Tensor: ...
+    def score_all(self, users: npt.ArrayLike, history: Interactions | None = None) -> torch.Tensor: ...
     def fold_in(self, items: npt.ArrayLike, ratings: npt.ArrayLike, reg: float) -> torch.Tensor: ...
     def state_dict(self) -> dict[str, torch.Tensor]: ...
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None: ...
@@ -228,6 +256,8 @@ class _Factorization:
     def load(self, dir: str) -> str: ...
     @property
     def steps(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
     @property
     def device(self) -> str: ...
     @property

@@ -130,8 +130,8 @@ impl Factors {
 
     /// Scores of (user, item) pairs (index tensors on this device): `[B]`.
     pub fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
-        let p = self.get("user_factors")?.f_index_select(0, users)?;
-        let q = self.get("item_factors")?.f_index_select(0, items)?;
+        let p = super::lookup(self.get("user_factors")?, users)?;
+        let q = super::lookup(self.get("item_factors")?, items)?;
         let mut s = p.f_mul(&q)?.f_sum_dim_intlist(1, false, Kind::Float)?;
         if self.config.biases {
             s = s
@@ -144,7 +144,7 @@ impl Factors {
 
     /// Scores of every item for each user: `[B, n_items]`.
     pub fn score_all(&self, users: &Tensor) -> Result<Tensor> {
-        let p = self.get("user_factors")?.f_index_select(0, users)?;
+        let p = super::lookup(self.get("user_factors")?, users)?;
         let mut s = p.f_matmul(&self.get("item_factors")?.f_transpose(0, 1)?)?;
         if self.config.biases {
             let bu = self

@@ -8,7 +8,10 @@
 //! - FM: `y = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g`, the pairwise term computed in
 //!   O(k n) as `0.5 * sum_k ((sum_f v_fk x_f)^2 - sum_f v_fk^2 x_f^2)`.
 //! - NFM: the bi-interaction vector `0.5 * ((sum_f v_f x_f)^2 - sum_f (v_f x_f)^2)` (length k) goes
-//!   through dropout and an MLP (ReLU) to a scalar, added to `w0 + sum_f w_f x_f`.
+//!   through dropout and an MLP (ReLU) to a scalar, added to `w0 + sum_f w_f x_f`. With
+//!   `batch_norm`, batch normalisation follows the bi-interaction pooling and every hidden layer
+//!   (before its ReLU), as in the authors' code; its running statistics are saved with the
+//!   weights.
 //!
 //! Because the sums split into a user part and an item part, full-ranking scores of a user over
 //! all items need the item aggregates once per batch, not per pair.
@@ -35,7 +38,13 @@ pub struct FmConfig {
     pub init_std: f64,
     /// Initialisation seed.
     pub seed: u64,
+    /// Batch normalisation in the NFM's MLP.
+    #[serde(default)]
+    pub batch_norm: bool,
 }
+
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
 
 /// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`.
 #[derive(Debug)]
@@ -102,6 +111,8 @@ pub struct Fm {
     /// Configuration.
     pub config: FmConfig,
     params: Vec<(String, Tensor)>,
+    /// Batch-norm running statistics (not trained).
+    buffers: Vec<(String, Tensor)>,
     device: Device,
 }
 
@@ -137,6 +148,22 @@ impl Fm {
                 )?,
             ),
         ];
+        let mut buffers = Vec::new();
+        if config.batch_norm && !config.hidden.is_empty() {
+            let bn_sizes = std::iter::once(config.dim).chain(config.hidden.iter().copied());
+            for (j, n) in bn_sizes.enumerate() {
+                params.push((format!("bn.{j}.weight"), leaf(Tensor::f_ones([n], cpu)?)?));
+                params.push((format!("bn.{j}.bias"), leaf(Tensor::f_zeros([n], cpu)?)?));
+                buffers.push((
+                    format!("bn.{j}.running_mean"),
+                    Tensor::f_zeros([n], cpu)?.f_to(device)?,
+                ));
+                buffers.push((
+                    format!("bn.{j}.running_var"),
+                    Tensor::f_ones([n], cpu)?.f_to(device)?,
+                ));
+            }
+        }
         let mut fan_in = config.dim;
         let layers: Vec<i64> = config
             .hidden
@@ -162,6 +189,7 @@ impl Fm {
         Ok(Self {
             config,
             params,
+            buffers,
             device,
         })
     }
@@ -179,17 +207,62 @@ impl Fm {
             .collect()
     }
 
+    /// Named buffers: batch-norm running statistics (shallow handles).
+    pub fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.buffers
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
     fn get(&self, name: &str) -> Result<&Tensor> {
         self.params
             .iter()
+            .chain(&self.buffers)
             .find(|(n, _)| n == name)
             .map(|(_, t)| t)
             .ok_or_else(|| RecforgeError::config(format!("no parameter {name}")))
     }
 
-    /// Copies parameter values by name (missing or mis-shaped tensors are errors).
+    /// Copies parameter and buffer values by name (missing or mis-shaped tensors are errors).
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        super::load_named(&mut self.params, tensors, self.device)
+        super::load_named(&mut self.params, tensors, self.device)?;
+        super::load_named(&mut self.buffers, tensors, self.device)
+    }
+
+    /// Batch normalisation `j` over the last dimension: batch statistics (updating the running
+    /// ones) when training, the running statistics otherwise; identity without `batch_norm`.
+    fn batch_norm(&self, x: Tensor, j: usize, train: bool) -> Result<Tensor> {
+        if self.buffers.is_empty() {
+            return Ok(x);
+        }
+        let w = self.get(&format!("bn.{j}.weight"))?;
+        let b = self.get(&format!("bn.{j}.bias"))?;
+        let mean = self.get(&format!("bn.{j}.running_mean"))?;
+        let var = self.get(&format!("bn.{j}.running_var"))?;
+        if train {
+            let shape = x.size();
+            let flat = x.f_reshape([-1, shape[shape.len() - 1]])?;
+            if flat.size()[0] < 2 {
+                return Err(RecforgeError::config(
+                    "batch norm needs at least 2 examples per batch",
+                ));
+            }
+            let y = Tensor::f_batch_norm(
+                &flat,
+                Some(w),
+                Some(b),
+                Some(mean),
+                Some(var),
+                true,
+                BN_MOMENTUM,
+                BN_EPS,
+                false,
+            )?;
+            return Ok(y.f_reshape(shape)?);
+        }
+        let scale = var.f_add(&Tensor::from(BN_EPS))?.f_rsqrt()?.f_mul(w)?;
+        Ok(x.f_sub(mean)?.f_mul(&scale)?.f_add(b)?)
     }
 
     /// Sums over the feature rows `rows` (a `[B]` index tensor into `features`).
@@ -203,7 +276,7 @@ impl Fm {
             .f_index_select(0, &flat)?
             .f_view([shape[0], shape[1]])?;
         let lin = w.f_mul(&val)?.f_sum_dim_intlist(1, false, Kind::Float)?;
-        let v = self.get("factors")?.f_index_select(0, &flat)?.f_view([
+        let v = super::lookup(self.get("factors")?, &flat)?.f_view([
             shape[0],
             shape[1],
             self.config.dim,
@@ -222,10 +295,11 @@ impl Fm {
             return Ok(bi.f_sum_dim_intlist(-1, false, Kind::Float)?);
         }
         let p = self.config.dropout;
+        let bi = self.batch_norm(bi.shallow_clone(), 0, train)?;
         let mut h = if train && p > 0.0 {
             bi.f_dropout(p, true)?
         } else {
-            bi.shallow_clone()
+            bi
         };
         let n_layers = self.config.hidden.len() + 1;
         for j in 0..n_layers {
@@ -233,7 +307,7 @@ impl Fm {
             let b = self.get(&format!("mlp.{j}.bias"))?;
             h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
             if j + 1 < n_layers {
-                h = h.f_relu()?;
+                h = self.batch_norm(h, j + 1, train)?.f_relu()?;
                 if train && p > 0.0 {
                     h = h.f_dropout(p, true)?;
                 }
@@ -424,6 +498,7 @@ mod tests {
             dropout: 0.0,
             init_std: 0.5,
             seed: 1,
+            batch_norm: false,
         };
         let fm = Fm::new(cfg, Device::Cpu).unwrap();
         // Users 0, 1 = features 0, 1 (+ side feature 6 with value 0.5 for user 1).

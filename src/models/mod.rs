@@ -3,6 +3,7 @@
 pub mod bprmf;
 pub mod factors;
 pub mod fm;
+pub mod sasrec;
 pub mod svd;
 
 pub use factors::{Factors, FactorsConfig};
@@ -12,6 +13,19 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
+
+/// Rows `idx` of a 2-D embedding table. When the table is trained, its gradient is sparse (only
+/// the rows used), so a step never allocates a dense table-sized gradient; the optimiser scatters
+/// it into a buffer it keeps.
+pub(crate) fn lookup(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::f_embedding(
+        table,
+        idx,
+        -1,
+        false,
+        table.requires_grad(),
+    )?)
+}
 
 /// Copies values from `tensors` into the named parameters `params` (moved to `device` as float32);
 /// a missing or mis-shaped tensor is an error naming it.

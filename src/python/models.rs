@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
@@ -17,9 +18,10 @@ use super::tensor::PyTensor;
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::models::fm::{self, FeatureRows, Fm, FmConfig, FmLoss};
+use crate::models::sasrec::{self, SasRec, SasRecConfig, SeqLoss};
 use crate::models::{bprmf, svd, Factors, FactorsConfig};
 use crate::sampling::{self, Strategy};
-use crate::train::{self, OptimConfig, Optimizer};
+use crate::train::{self, LrSchedule, OptimConfig, Optimizer, Schedule};
 
 enum Data {
     Ratings(svd::Ratings),
@@ -28,9 +30,11 @@ enum Data {
         users: Tensor,
         pos: Tensor,
     },
+    Sequences(Arc<Interactions>),
 }
 
-/// The network: matrix factorisation, or an FM / NFM with its user and item feature rows.
+/// The network: matrix factorisation, an FM / NFM with its user and item feature rows, or a
+/// sequential model with the interactions its users' histories come from.
 enum Net {
     Mf(Factors),
     Fm {
@@ -39,6 +43,11 @@ enum Net {
         items: FeatureRows,
         objective: FmLoss,
     },
+    Seq {
+        model: SasRec,
+        objective: SeqLoss,
+        history: Option<Arc<Interactions>>,
+    },
 }
 
 impl Net {
@@ -46,30 +55,51 @@ impl Net {
         match self {
             Net::Mf(m) => m.params(),
             Net::Fm { fm, .. } => fm.params(),
+            Net::Seq { model, .. } => model.params(),
+        }
+    }
+    /// Tensors saved with the parameters but not trained (batch-norm running statistics).
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        match self {
+            Net::Fm { fm, .. } => fm.buffers(),
+            _ => Vec::new(),
         }
     }
     fn device(&self) -> tch::Device {
         match self {
             Net::Mf(m) => m.device(),
             Net::Fm { fm, .. } => fm.device(),
+            Net::Seq { model, .. } => model.device(),
         }
     }
     fn load(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
         match self {
             Net::Mf(m) => m.load(t),
             Net::Fm { fm, .. } => fm.load(t),
+            Net::Seq { model, .. } => model.load(t),
         }
     }
-    fn sizes(&self) -> (i64, i64) {
+    /// Users (None: any) and items the model was built for.
+    fn sizes(&self) -> (Option<i64>, i64) {
         match self {
-            Net::Mf(m) => (m.config.n_users, m.config.n_items),
-            Net::Fm { users, items, .. } => (users.n_rows(), items.n_rows()),
+            Net::Mf(m) => (Some(m.config.n_users), m.config.n_items),
+            Net::Fm { users, items, .. } => (Some(users.n_rows()), items.n_rows()),
+            Net::Seq { model, .. } => (None, model.config.n_items),
         }
     }
     fn check_ids(&self, u: &[i64], i: &[i64]) -> Result<()> {
         match self {
             Net::Mf(m) => m.check_ids(u, i),
             Net::Fm { users, items, .. } => Fm::check_ids(users, items, u, i),
+            Net::Seq { model, .. } => {
+                let n = model.config.n_items;
+                match i.iter().find(|&&x| x < 0 || x >= n) {
+                    Some(x) => Err(RecforgeError::data(format!(
+                        "item {x} is out of range (n_items = {n})"
+                    ))),
+                    None => Ok(()),
+                }
+            }
         }
     }
     fn predict(&self, u: &Tensor, i: &Tensor) -> Result<Tensor> {
@@ -78,14 +108,33 @@ impl Net {
             Net::Fm {
                 fm, users, items, ..
             } => fm.score_pairs(&fm.aggregate(users, u)?, &fm.aggregate(items, i)?, false),
+            Net::Seq { .. } => self
+                .score_all(u, None)?
+                .f_gather(1, &i.f_unsqueeze(1)?, false)?
+                .f_squeeze_dim(1)
+                .map_err(Into::into),
         }
     }
-    fn score_all(&self, u: &Tensor) -> Result<Tensor> {
+    /// Scores of every item for users `u`; a sequential model reads the users' histories from
+    /// `history` (default: its training interactions).
+    fn score_all(&self, u: &Tensor, history: Option<&Interactions>) -> Result<Tensor> {
         match self {
             Net::Mf(m) => m.score_all(u),
             Net::Fm {
                 fm, users, items, ..
             } => fm.score_all(users, items, u),
+            Net::Seq {
+                model,
+                history: own,
+                ..
+            } => {
+                let h = history.or(own.as_deref()).ok_or_else(|| {
+                    RecforgeError::config("this model has no interaction history: fit it first")
+                })?;
+                let users = Vec::<i64>::try_from(u.f_to(tch::Device::Cpu)?)?;
+                let seq = sasrec::history_rows(h, &users, model.config.max_len)?;
+                model.score_sequences(&seq.f_to(model.device())?)
+            }
         }
     }
     /// Whether training uses ratings (else sampled negatives).
@@ -93,6 +142,7 @@ impl Net {
         match self {
             Net::Mf(_) => !bpr,
             Net::Fm { objective, .. } => *objective == FmLoss::Mse,
+            Net::Seq { .. } => false,
         }
     }
 }
@@ -202,7 +252,7 @@ impl PyFactorization {
     /// An FM (`hidden` empty) or NFM over padded user / item feature rows (`[rows, width]`
     /// row-major index and value buffers); `objective` is `mse`, `bpr` or `bce`.
     #[staticmethod]
-    #[pyo3(signature = (objective, user_idx, user_val, user_width, item_idx, item_val, item_width, n_features, dim, hidden, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, reg, batch_size))]
+    #[pyo3(signature = (objective, user_idx, user_val, user_width, item_idx, item_val, item_width, n_features, dim, hidden, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, reg, batch_size, batch_norm=false))]
     #[allow(clippy::too_many_arguments)]
     fn fm(
         objective: &str,
@@ -225,6 +275,7 @@ impl PyFactorization {
         clip_grad_norm: f64,
         reg: f64,
         batch_size: usize,
+        batch_norm: bool,
     ) -> PyResult<Self> {
         let objective = match objective {
             "mse" => FmLoss::Mse,
@@ -260,6 +311,7 @@ impl PyFactorization {
             dropout,
             init_std,
             seed,
+            batch_norm,
         };
         let fm = Fm::new(config, device)?;
         let optim = OptimConfig {
@@ -279,20 +331,86 @@ impl PyFactorization {
         Self::assemble(model, optim, bpr, reg, batch_size, seed)
     }
 
-    /// Sets the training interactions (moved to the model's device once).
-    fn set_train(&self, py: Python<'_>, train: &PyInteractions) -> PyResult<()> {
+    /// A SASRec sequential model over `n_items` items; `objective` is `bce` or `ce`.
+    #[staticmethod]
+    #[pyo3(signature = (objective, n_items, dim, n_layers, n_heads, max_len, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, batch_size))]
+    #[allow(clippy::too_many_arguments)]
+    fn sasrec(
+        objective: &str,
+        n_items: i64,
+        dim: i64,
+        n_layers: i64,
+        n_heads: i64,
+        max_len: i64,
+        dropout: f64,
+        init_std: f64,
+        seed: u64,
+        device: &str,
+        optimizer: &str,
+        lr: f64,
+        weight_decay: f64,
+        clip_grad_norm: f64,
+        batch_size: usize,
+    ) -> PyResult<Self> {
+        let objective = match objective {
+            "bce" => SeqLoss::Bce,
+            "ce" => SeqLoss::Ce,
+            other => {
+                return Err(ConfigError::new_err(format!(
+                    "loss must be 'bce' or 'ce', got {other:?}"
+                )))
+            }
+        };
+        let device = crate::device::resolve(device)?;
+        let config = SasRecConfig {
+            n_items,
+            dim,
+            n_layers,
+            n_heads,
+            max_len,
+            dropout,
+            init_std,
+            seed,
+        };
+        let model = Net::Seq {
+            model: SasRec::new(config, device)?,
+            objective,
+            history: None,
+        };
+        let optim = OptimConfig {
+            kind: optimizer.parse()?,
+            lr,
+            weight_decay,
+            clip_grad_norm,
+            betas: (0.9, 0.98),
+            ..OptimConfig::default()
+        };
+        Self::assemble(model, optim, true, 0.0, batch_size, seed)
+    }
+
+    /// Sets the training interactions (moved to the model's device once); returns the number of
+    /// batches an epoch has.
+    fn set_train(&self, py: Python<'_>, train: &PyInteractions) -> PyResult<usize> {
         let train = train.inner.clone();
         let mut st = self.lock();
         let st = &mut *st;
         let (n_users, n_items) = st.model.sizes();
-        if train.n_users() as i64 != n_users || train.n_items() as i64 != n_items {
+        if n_users.is_some_and(|n| n != train.n_users() as i64) || train.n_items() as i64 != n_items
+        {
             return Err(super::errors::data_error(format!(
                 "train has {} users x {} items but the model was built for {} x {}",
                 train.n_users(),
                 train.n_items(),
-                n_users,
+                n_users.map_or("any".to_string(), |n| n.to_string()),
                 n_items
             )));
+        }
+        if let Net::Seq { history, model, .. } = &mut st.model {
+            let rows = sasrec::training_rows(&train, None, model.config.max_len)?;
+            let n = rows.input.size()[0] as usize;
+            *history = Some(train.clone());
+            st.data = Some(Data::Sequences(train));
+            return Ok(n.div_ceil(st.batch_size));
         }
         let on_ratings = st.model.on_ratings(st.bpr);
         let dev = st.model.device();
@@ -326,19 +444,89 @@ impl PyFactorization {
             let _ =
                 tch::no_grad(|| g.shallow_clone().f_fill_(r.mean)).map_err(RecforgeError::from)?;
         }
+        let n = match &data {
+            Data::Ratings(r) => r.ratings.size()[0],
+            Data::Implicit { pos, .. } => pos.size()[0],
+            Data::Sequences(_) => 0,
+        } as usize;
         st.data = Some(data);
+        Ok(n.div_ceil(st.batch_size))
+    }
+
+    /// Sets the learning-rate schedule over `total` optimiser steps: `name` is `constant`,
+    /// `linear`, `cosine` (decaying to `end` times the rate) or `step` (times `gamma` every
+    /// `every` steps), after `warmup` linear warm-up steps.
+    #[pyo3(signature = (name, warmup, total, end=0.0, every=1, gamma=0.1))]
+    fn set_schedule(
+        &self,
+        name: &str,
+        warmup: u64,
+        total: u64,
+        end: f64,
+        every: u64,
+        gamma: f64,
+    ) -> PyResult<()> {
+        let schedule = match name {
+            "constant" => Schedule::Constant,
+            "linear" => Schedule::Linear { end },
+            "cosine" => Schedule::Cosine { end },
+            "step" => Schedule::Step { every, gamma },
+            other => {
+                return Err(ConfigError::new_err(format!(
+                    "lr_schedule must be constant, linear, cosine or step, got {other:?}"
+                )))
+            }
+        };
+        self.lock().opt.set_schedule(Some(LrSchedule {
+            schedule,
+            warmup,
+            total,
+        }))?;
         Ok(())
     }
 
-    /// One epoch; returns `(mean loss, batches, interrupted)`. Ctrl-C ends it between batches.
-    fn train_epoch(&self, py: Python<'_>, epoch: u64) -> PyResult<(f64, usize, bool)> {
+    /// The learning rate of the next optimiser step.
+    #[getter]
+    fn lr(&self) -> f64 {
+        self.lock().opt.lr()
+    }
+
+    /// One epoch; returns `(mean loss, batches, interrupted)`. `progress(done, total, loss)` is
+    /// called at most every 0.1 s and after the last batch; Ctrl-C ends the epoch between batches,
+    /// and an exception raised by `progress` stops it and propagates.
+    #[pyo3(signature = (epoch, progress=None))]
+    fn train_epoch(
+        &self,
+        py: Python<'_>,
+        epoch: u64,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(f64, usize, bool)> {
         let mut guard = self.lock();
         let st = &mut *guard;
+        let mut failure: Option<PyErr> = None;
+        let failed = &mut failure;
         let stats = without_gil(py, move || -> Result<train::EpochStats> {
-            let mut calls = 0u32;
-            let should_stop = || {
-                calls += 1;
-                calls % 16 == 0 && Python::attach(|py| py.check_signals().is_err())
+            let mut last = Instant::now();
+            let mut after = |done: usize, total: usize, loss: f64| -> bool {
+                if done < total && last.elapsed() < Duration::from_millis(100) {
+                    return false;
+                }
+                last = Instant::now();
+                Python::attach(|py| {
+                    if py.check_signals().is_err() {
+                        return true;
+                    }
+                    match progress
+                        .as_ref()
+                        .map(|cb| cb.call1(py, (done, total, loss)))
+                    {
+                        Some(Err(e)) => {
+                            *failed = Some(e);
+                            true
+                        }
+                        _ => false,
+                    }
+                })
             };
             let (model, opt, reg, bs, seed) =
                 (&st.model, &mut st.opt, st.reg, st.batch_size, st.seed);
@@ -351,7 +539,7 @@ impl PyFactorization {
                     epoch,
                     opt,
                     |idx| svd::loss(m, d, idx, reg),
-                    should_stop,
+                    &mut after,
                 ),
                 (
                     Some(Data::Ratings(d)),
@@ -381,8 +569,36 @@ impl PyFactorization {
                             reg,
                         )
                     },
-                    should_stop,
+                    &mut after,
                 ),
+                (
+                    Some(Data::Sequences(train)),
+                    Net::Seq {
+                        model, objective, ..
+                    },
+                ) => {
+                    let neg = match objective {
+                        SeqLoss::Bce => Some(sampling::training_negatives(
+                            train,
+                            1,
+                            &Strategy::Uniform,
+                            true,
+                            seed,
+                            epoch,
+                        )?),
+                        SeqLoss::Ce => None,
+                    };
+                    let rows = sasrec::training_rows(train, neg.as_deref(), model.config.max_len)?;
+                    train::run_epoch(
+                        rows.input.size()[0] as usize,
+                        bs,
+                        seed,
+                        epoch,
+                        opt,
+                        |idx| model.loss(&rows, idx, *objective),
+                        &mut after,
+                    )
+                }
                 (Some(Data::Implicit { train, users, pos }), net) => {
                     let neg = sampling::training_negatives(
                         train,
@@ -408,7 +624,7 @@ impl PyFactorization {
                                 epoch,
                                 opt,
                                 |idx| bprmf::loss(m, &triples, idx, reg),
-                                should_stop,
+                                &mut after,
                             )
                         }
                         Net::Fm {
@@ -436,12 +652,21 @@ impl PyFactorization {
                                     reg,
                                 )
                             },
-                            should_stop,
+                            &mut after,
                         ),
+                        Net::Seq { .. } => Err(RecforgeError::config(
+                            "a sequential model needs sequence data",
+                        )),
                     }
                 }
+                _ => Err(RecforgeError::config(
+                    "this model cannot train on this kind of data",
+                )),
             }
         })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
         Ok((stats.loss, stats.batches, stats.interrupted))
     }
 
@@ -477,14 +702,30 @@ impl PyFactorization {
     }
 
     /// Scores of every item for `users`: a `[B, n_items]` torch tensor on the model's device.
-    fn score_all(&self, py: Python<'_>, users: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    /// A sequential model reads the users' histories from `history` (default: the training data).
+    #[pyo3(signature = (users, history=None))]
+    fn score_all(
+        &self,
+        py: Python<'_>,
+        users: &Bound<'_, PyAny>,
+        history: Option<PyRef<'_, PyInteractions>>,
+    ) -> PyResult<PyTensor> {
         let u = ids(users, "users")?;
+        let history = history.map(|h| h.inner.clone());
         let mut guard = self.lock();
         let st = &mut *guard;
         let t = without_gil(py, move || -> Result<Tensor> {
             st.model.check_ids(&u, &[])?;
+            if let (Some(h), (_, n_items)) = (&history, st.model.sizes()) {
+                if h.n_items() as i64 != n_items {
+                    return Err(RecforgeError::data(format!(
+                        "history has {} items but the model was built for {n_items}",
+                        h.n_items()
+                    )));
+                }
+            }
             let idx = Tensor::from_slice(&u).f_to(st.model.device())?;
-            tch::no_grad(|| st.model.score_all(&idx))
+            tch::no_grad(|| st.model.score_all(&idx, history.as_deref()))
         })?;
         Ok(PyTensor(t))
     }
@@ -505,7 +746,7 @@ impl PyFactorization {
         let st = &mut *guard;
         let t = without_gil(py, move || match &st.model {
             Net::Mf(m) => svd::fold_in(m, &items, &ratings, reg),
-            Net::Fm { .. } => Err(RecforgeError::config("fold_in is available for SVD only")),
+            _ => Err(RecforgeError::config("fold_in is available for SVD only")),
         })?;
         Ok(PyTensor(t))
     }
@@ -513,7 +754,8 @@ impl PyFactorization {
     /// Copies of the parameters by name.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for (name, t) in self.lock().model.params() {
+        let st = self.lock();
+        for (name, t) in st.model.params().into_iter().chain(st.model.buffers()) {
             let copy = t.detach().copy();
             d.set_item(name, PyTensor(copy))?;
         }
@@ -533,6 +775,7 @@ impl PyFactorization {
         let st = &mut *guard;
         without_gil(py, move || {
             let mut tensors = st.model.params();
+            tensors.extend(st.model.buffers());
             tensors.extend(st.opt.state_tensors());
             train::save_checkpoint(&dir, &tensors, state_json)
         })

@@ -20,8 +20,9 @@ pub struct EpochStats {
 
 /// Runs one epoch over `n_examples` examples: the order is a permutation drawn from
 /// `Rng::new(seed, epoch)`, so epoch `e` sees the same batches (and dropout masks) whether or not
-/// training was resumed in between. `batch_loss` gets the example indices of a batch (as an int64 CPU tensor) and
-/// returns a scalar loss. `should_stop` is asked between batches.
+/// training was resumed in between. `batch_loss` gets the example indices of a batch (as an int64
+/// CPU tensor) and returns a scalar loss. `after_batch(done, total, mean_loss)` is called after
+/// every batch (progress reporting); when it returns `true` the epoch stops there (e.g. Ctrl-C).
 pub fn run_epoch(
     n_examples: usize,
     batch_size: usize,
@@ -29,7 +30,7 @@ pub fn run_epoch(
     epoch: u64,
     optimizer: &mut Optimizer,
     mut batch_loss: impl FnMut(&Tensor) -> Result<Tensor>,
-    mut should_stop: impl FnMut() -> bool,
+    mut after_batch: impl FnMut(usize, usize, f64) -> bool,
 ) -> Result<EpochStats> {
     if batch_size == 0 {
         return Err(RecforgeError::config("batch_size must be >= 1"));
@@ -44,16 +45,9 @@ pub fn run_epoch(
     let mut order: Vec<i64> = (0..n_examples as i64).collect();
     rng.shuffle(&mut order);
     let (mut total, mut batches) = (0.0, 0usize);
+    let n_batches = n_examples.div_ceil(batch_size);
     for chunk in order.chunks(batch_size) {
-        if should_stop() {
-            return Ok(EpochStats {
-                loss: total / batches.max(1) as f64,
-                batches,
-                interrupted: true,
-            });
-        }
         let idx = Tensor::from_slice(chunk);
-        optimizer.zero_grad();
         let loss = batch_loss(&idx)?;
         let value = loss.f_double_value(&[])?;
         if !value.is_finite() {
@@ -61,10 +55,16 @@ pub fn run_epoch(
                 "the training loss became {value} at epoch {epoch}, batch {batches}; lower the learning rate"
             )));
         }
-        loss.f_backward()?;
-        optimizer.step()?;
+        optimizer.backward_step(&loss)?;
         total += value;
         batches += 1;
+        if after_batch(batches, n_batches, total / batches as f64) {
+            return Ok(EpochStats {
+                loss: total / batches as f64,
+                batches,
+                interrupted: true,
+            });
+        }
     }
     Ok(EpochStats {
         loss: total / batches as f64,

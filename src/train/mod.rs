@@ -7,4 +7,4 @@ pub mod optim;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use epoch::{run_epoch, EpochStats};
-pub use optim::{Kind as OptimKind, OptimConfig, Optimizer};
+pub use optim::{Kind as OptimKind, LrSchedule, OptimConfig, Optimizer, Schedule};

@@ -102,13 +102,91 @@ impl OptimConfig {
     }
 }
 
+/// How the learning rate changes over optimiser steps: `lr_t = lr * factor(t)` where `t` counts
+/// the steps already taken, so a resumed run continues the same curve. After `warmup` steps of
+/// linear warm-up (`(t + 1) / warmup`) the decay runs over the remaining `total - warmup` steps
+/// with PyTorch's closed forms: `Linear` as `LinearLR(1, end, T)`, `Cosine` as
+/// `CosineAnnealingLR(T, eta_min = end * lr)`, `Step` as `StepLR(every, gamma)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Schedule {
+    /// Constant after warm-up.
+    Constant,
+    /// Linear from 1 to `end` times the base rate.
+    Linear {
+        /// Final factor.
+        end: f64,
+    },
+    /// Half a cosine from 1 down to `end` times the base rate.
+    Cosine {
+        /// Final factor.
+        end: f64,
+    },
+    /// Multiply by `gamma` every `every` steps.
+    Step {
+        /// Steps between decays.
+        every: u64,
+        /// Decay factor.
+        gamma: f64,
+    },
+}
+
+/// A schedule with its warm-up and length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrSchedule {
+    /// The decay after warm-up.
+    pub schedule: Schedule,
+    /// Linear warm-up steps.
+    pub warmup: u64,
+    /// Steps of the whole run (warm-up included).
+    pub total: u64,
+}
+
+impl LrSchedule {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        let ok = match self.schedule {
+            Schedule::Constant => true,
+            Schedule::Linear { end } | Schedule::Cosine { end } => end.is_finite() && end >= 0.0,
+            Schedule::Step { every, gamma } => every >= 1 && gamma.is_finite() && gamma > 0.0,
+        };
+        if !ok {
+            return Err(RecforgeError::config(format!(
+                "learning-rate schedule {:?} is out of range",
+                self.schedule
+            )));
+        }
+        Ok(())
+    }
+
+    /// The factor applied to the base rate once `t` steps have been taken.
+    pub fn factor(&self, t: u64) -> f64 {
+        if t < self.warmup {
+            return (t + 1) as f64 / self.warmup as f64;
+        }
+        let s = (t - self.warmup) as f64;
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        match self.schedule {
+            Schedule::Constant => 1.0,
+            Schedule::Linear { end } => 1.0 + (end - 1.0) * (s / span).min(1.0),
+            Schedule::Cosine { end } => {
+                end + (1.0 - end) * (1.0 + (std::f64::consts::PI * s.min(span) / span).cos()) / 2.0
+            }
+            Schedule::Step { every, gamma } => gamma.powi(((t - self.warmup) / every) as i32),
+        }
+    }
+}
+
 /// An optimiser over named parameters.
 #[derive(Debug)]
 pub struct Optimizer {
     config: OptimConfig,
+    schedule: Option<LrSchedule>,
     params: Vec<(String, Tensor)>,
     /// Per parameter: state tensors by name (`exp_avg`, `exp_avg_sq`, `momentum`, `sum`).
     state: Vec<HashMap<&'static str, Tensor>>,
+    /// Per parameter: reused buffers (a dense gradient for sparse ones, a work tensor), so a step
+    /// allocates no parameter-sized memory (fresh pages cost more than the arithmetic).
+    scratch: Vec<[Option<Tensor>; 2]>,
     step: u64,
 }
 
@@ -141,12 +219,29 @@ impl Optimizer {
                 s
             })
             .collect();
+        let scratch = params.iter().map(|_| [None, None]).collect();
         Ok(Self {
             config,
+            schedule: None,
             params,
             state,
+            scratch,
             step: 0,
         })
+    }
+
+    /// Sets (or with `None` removes) the learning-rate schedule.
+    pub fn set_schedule(&mut self, schedule: Option<LrSchedule>) -> Result<()> {
+        if let Some(s) = &schedule {
+            s.validate()?;
+        }
+        self.schedule = schedule;
+        Ok(())
+    }
+
+    /// The learning rate the next step will use.
+    pub fn lr(&self) -> f64 {
+        self.config.lr * self.schedule.as_ref().map_or(1.0, |s| s.factor(self.step))
     }
 
     /// The settings.
@@ -168,22 +263,59 @@ impl Optimizer {
 
     /// One update from the current gradients (parameters without a gradient are left alone).
     pub fn step(&mut self) -> Result<()> {
+        let grads = self
+            .params
+            .iter()
+            .map(|(_, p)| {
+                let g = p.grad();
+                g.defined().then_some(g)
+            })
+            .collect();
+        self.apply(grads)
+    }
+
+    /// Back-propagates `loss` and updates: the gradients come straight from the autograd engine
+    /// (like PyTorch's `zero_grad(set_to_none=True)`), so no `.grad` buffer is zeroed or
+    /// accumulated into.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let inputs: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
+        let grads = Tensor::f_run_backward(&[loss], &inputs, false, false)?
+            .into_iter()
+            .map(|g| g.defined().then_some(g))
+            .collect();
+        self.apply(grads)
+    }
+
+    fn apply(&mut self, mut grads: Vec<Option<Tensor>>) -> Result<()> {
+        let mut c = self.config.clone();
+        c.lr = self.lr();
         self.step += 1;
-        let c = self.config.clone();
         let t = self.step as i32;
         tch::no_grad(|| -> Result<()> {
-            let mut grads: Vec<Option<Tensor>> = self
-                .params
-                .iter()
-                .map(|(_, p)| {
-                    let g = p.grad();
-                    g.defined().then_some(g)
-                })
-                .collect();
+            // Sparse gradients (embedding rows) are summed into a kept dense buffer.
+            for ((g, (_, p)), scratch) in grads.iter_mut().zip(&self.params).zip(&mut self.scratch)
+            {
+                let Some(sparse) = g.as_ref().filter(|g| g.is_sparse()) else {
+                    continue;
+                };
+                let buf = match &scratch[0] {
+                    Some(b) => b.shallow_clone(),
+                    None => {
+                        let b = p.f_zeros_like()?;
+                        scratch[0] = Some(b.shallow_clone());
+                        b
+                    }
+                };
+                let mut dense = buf.shallow_clone();
+                let _ = dense.f_zero_()?;
+                let rows = sparse.f_internal_indices()?.f_select(0, 0)?;
+                let _ = dense.f_index_add_(0, &rows, &sparse.f_internal_values()?)?;
+                *g = Some(buf);
+            }
             if c.clip_grad_norm > 0.0 {
                 let mut total = 0.0;
                 for g in grads.iter().flatten() {
-                    total += g.f_square()?.f_sum(tch::Kind::Double)?.double_value(&[]);
+                    total += g.f_norm()?.double_value(&[]).powi(2);
                 }
                 let norm = total.sqrt();
                 if norm > c.clip_grad_norm {
@@ -194,7 +326,13 @@ impl Optimizer {
                 }
             }
             let missing = || RecforgeError::config("optimizer state is missing a tensor");
-            for (((_, p), state), grad) in self.params.iter_mut().zip(&mut self.state).zip(grads) {
+            for ((((_, p), state), grad), scratch) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.state)
+                .zip(grads)
+                .zip(&mut self.scratch)
+            {
                 let Some(mut g) = grad else { continue };
                 if c.weight_decay > 0.0 && c.kind != Kind::AdamW {
                     g = g.f_add(&p.f_mul(&Tensor::from(c.weight_decay))?)?;
@@ -210,17 +348,27 @@ impl Optimizer {
                         // v = b2 v + (1 - b2) g^2, p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps).
                         let bc1 = 1.0 - b1.powi(t);
                         let bc2 = 1.0 - b2.powi(t);
+                        // Shapes match by construction, so the Scalar-taking ops cannot fail.
                         let m = state.get_mut("exp_avg").ok_or_else(missing)?;
-                        let _ = m.f_mul_(&Tensor::from(b1))?;
-                        let _ = m.f_add_(&g.f_mul(&Tensor::from(1.0 - b1))?)?;
+                        let _ = m.f_lerp_(&g, 1.0 - b1)?;
                         let m = m.shallow_clone();
                         let v = state.get_mut("exp_avg_sq").ok_or_else(missing)?;
-                        let _ = v.f_mul_(&Tensor::from(b2))?;
-                        let _ = v.f_addcmul_(&g, &g.f_mul(&Tensor::from(1.0 - b2))?)?;
-                        let mut denom = v.f_sqrt()?;
+                        let work = match &scratch[1] {
+                            Some(w) => w.shallow_clone(),
+                            None => {
+                                let w = p.f_empty_like()?;
+                                scratch[1] = Some(w.shallow_clone());
+                                w
+                            }
+                        };
+                        let _ = g.f_square_out(&work)?;
+                        let _ = v.f_lerp_(&work, 1.0 - b2)?;
+                        // p -= m / denom with denom = -(sqrt(v) / sqrt(bc2) + eps) * bc1 / lr.
+                        let mut denom = v.f_sqrt_out(&work)?;
                         let _ = denom.f_div_(&Tensor::from(bc2.sqrt()))?;
                         let _ = denom.f_add_(&Tensor::from(c.eps))?;
-                        let _ = p.f_addcdiv_(&m.f_mul(&Tensor::from(-c.lr / bc1))?, &denom)?;
+                        let _ = denom.f_mul_(&Tensor::from(-bc1 / c.lr))?;
+                        let _ = p.f_addcdiv_(&m, &denom)?;
                         continue;
                     }
                     Kind::Sgd if c.momentum > 0.0 => {

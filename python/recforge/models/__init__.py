@@ -5,10 +5,11 @@ Every model has ``fit(train, valid=None, ...)``, ``predict(users, items)``, ``sc
 ``recommend(users, k, exclude_seen=True)``, ``save(path)`` and ``load(path)``.
 """
 
-from ._base import FactorModel, Recommender, TorchModel
+from ._base import FactorModel, LrSchedule, Recommender, TorchModel
 from .bprmf import BPRMF
 from .fm import FM, NFM
 from .popularity import Popularity
+from .sasrec import SASRec
 from .svd import SVD
 
-__all__ = ["BPRMF", "FM", "FactorModel", "NFM", "Popularity", "Recommender", "SVD", "TorchModel"]
+__all__ = ["BPRMF", "FM", "FactorModel", "LrSchedule", "NFM", "Popularity", "Recommender", "SASRec", "SVD", "TorchModel"]

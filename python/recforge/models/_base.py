@@ -24,6 +24,54 @@ log = logging.getLogger("recforge")
 
 Callback = Callable[[int, dict[str, float]], Any]
 
+#: A learning-rate schedule: ``None`` (constant), a name (``"linear"``, ``"cosine"``, ``"step"``,
+#: ``"constant"``) or a dict with ``name`` and options: ``warmup_epochs`` (linear warm-up, may be
+#: fractional), ``end`` (final factor of ``linear``/``cosine``, default 0), ``every_epochs`` and
+#: ``gamma`` (``step``: multiply the rate by ``gamma`` every ``every_epochs`` epochs).
+LrSchedule = str | dict[str, Any] | None
+
+_SCHEDULE_KEYS = {"name", "warmup_epochs", "end", "every_epochs", "gamma"}
+
+
+def _check_schedule(schedule: LrSchedule) -> LrSchedule:
+    if schedule is None:
+        return None
+    spec = {"name": schedule} if isinstance(schedule, str) else schedule
+    if not isinstance(spec, dict) or spec.get("name") not in ("constant", "linear", "cosine", "step"):
+        raise ConfigError(
+            f"lr_schedule must be None, 'constant', 'linear', 'cosine', 'step' or a dict with one of them as 'name', got {schedule!r}"
+        )
+    unknown = set(spec) - _SCHEDULE_KEYS
+    if unknown:
+        raise ConfigError(f"lr_schedule has unknown keys {sorted(unknown)}; known: {sorted(_SCHEDULE_KEYS)}")
+    for key in ("warmup_epochs", "end", "every_epochs", "gamma"):
+        v = spec.get(key, 0)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"lr_schedule[{key!r}] must be a non-negative number, got {v!r}")
+    if spec["name"] == "step" and not spec.get("every_epochs", 1) > 0:
+        raise ConfigError("lr_schedule 'step' needs every_epochs > 0")
+    return dict(spec)
+
+
+class _BatchBar:
+    """The within-epoch progress bar, fed from Rust (``progress(done, total, loss)``)."""
+
+    def __init__(self, enabled: bool, desc: str) -> None:
+        self.bar = tqdm(total=0, desc=desc, unit="batch", position=1, leave=False, disable=not enabled)
+
+    def start(self, epoch: int) -> None:
+        self.bar.reset(total=0)
+        self.bar.set_description(f"epoch {epoch}")
+
+    def __call__(self, done: int, total: int, loss: float) -> None:
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
 
 def _interactions(x: object, name: str) -> Interactions:
     if not isinstance(x, Interactions):
@@ -79,6 +127,7 @@ class TorchModel(Recommender):
         self.seed = int(seed)
         self.device = _native.resolve_device(device)
         self._native: Any = None
+        self.lr_schedule: LrSchedule = None
         self.history: list[dict[str, float]] = []
         self.best_epoch: int | None = None
         self.interrupted = False
@@ -158,13 +207,16 @@ class TorchModel(Recommender):
             start = state["epoch"] + 1
             self.history = state["history"]
             self.best_epoch, best_value = state["best_epoch"], state["best_value"]
-        self._native.set_train(train)
+        batches = self._native.set_train(train)
+        self._set_schedule(batches, total)
         self.interrupted = False
         since_best = 0
         bar = tqdm(range(start, total), desc=type(self).__name__, unit="epoch", disable=not progress, leave=False)
+        batch_bar = _BatchBar(progress, type(self).__name__)
         try:
             for epoch in bar:
-                loss, _batches, interrupted = self._native.train_epoch(epoch)
+                batch_bar.start(epoch)
+                loss, _batches, interrupted = self._native.train_epoch(epoch, batch_bar if progress else None)
                 if interrupted:
                     self.interrupted = True
                     log.warning("training interrupted at epoch %d; keeping the best weights", epoch)
@@ -189,10 +241,30 @@ class TorchModel(Recommender):
                 if patience is not None and valid is not None and since_best > patience:
                     break
         finally:
+            batch_bar.close()
             bar.close()
             if best_state is not None:
                 self._native.load_state_dict(best_state)
         return self
+
+    def _set_schedule(self, batches_per_epoch: int, epochs: int) -> None:
+        spec = _check_schedule(self.lr_schedule)
+        if spec is None:
+            return
+        assert isinstance(spec, dict)
+        self._native.set_schedule(
+            spec["name"],
+            warmup=round(float(spec.get("warmup_epochs", 0)) * batches_per_epoch),
+            total=epochs * batches_per_epoch,
+            end=float(spec.get("end", 0.0)),
+            every=max(1, round(float(spec.get("every_epochs", 1)) * batches_per_epoch)),
+            gamma=float(spec.get("gamma", 0.1)),
+        )
+
+    @property
+    def current_lr(self) -> float:
+        """The learning rate the next optimiser step will use (after the schedule)."""
+        return float(self._require_fit().lr)
 
     def _save_checkpoint(self, path: Path, epoch: int, best_value: float | None) -> None:
         state = {
@@ -257,7 +329,7 @@ class FactorModel(TorchModel):
     constructor signatures (their defaults) and hand them to :meth:`_set_hparams`."""
 
     _common = ("dim", "epochs", "batch_size", "lr", "reg", "optimizer", "weight_decay",
-               "clip_grad_norm", "init_std", "seed")  # fmt: skip
+               "clip_grad_norm", "init_std", "seed", "lr_schedule")  # fmt: skip
     #: further constructor arguments a subclass saves in its config
     _extra: tuple[str, ...] = ()
 
@@ -272,6 +344,7 @@ class FactorModel(TorchModel):
         self.weight_decay = float(values["weight_decay"])
         self.clip_grad_norm = float(values["clip_grad_norm"])
         self.init_std = float(values["init_std"])
+        self.lr_schedule = _check_schedule(values.get("lr_schedule"))
 
     def config(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._common + self._extra}

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import _native
 from .._native import Interactions
-from ._base import FactorModel, ranking_logs
+from ._base import FactorModel, LrSchedule, ranking_logs
 
 
 class BPRMF(FactorModel):
@@ -28,6 +28,7 @@ class BPRMF(FactorModel):
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         clip_grad_norm: float = 0.0,
+        lr_schedule: LrSchedule = None,
         init_std: float = 0.1,
         seed: int = 0,
         device: str = "auto",

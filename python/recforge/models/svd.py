@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from .. import _native
 from .._native import Interactions
-from ._base import FactorModel, rmse_logs
+from ._base import FactorModel, LrSchedule, rmse_logs
 
 
 class SVD(FactorModel):
@@ -22,6 +22,8 @@ class SVD(FactorModel):
         lr: learning rate (0.005).
         reg: L2 weight on the factors and biases each rating touches (0.1).
         optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"`` or ``"adagrad"``.
+        lr_schedule: ``None`` (constant), ``"linear"``, ``"cosine"``, ``"step"`` or a dict such as
+            ``{"name": "cosine", "warmup_epochs": 1, "end": 0.1}`` (see ``recforge.models.LrSchedule``).
         init_std: standard deviation of the initial factors (0.1).
         seed: initialisation and shuffling seed (0): the same seed gives the same model on CPU.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
@@ -44,6 +46,7 @@ class SVD(FactorModel):
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         clip_grad_norm: float = 0.0,
+        lr_schedule: LrSchedule = None,
         init_std: float = 0.1,
         seed: int = 0,
         device: str = "auto",

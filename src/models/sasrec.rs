@@ -1,0 +1,467 @@
+//! SASRec (Kang & McAuley 2018): causal self-attention over a user's item sequence; the hidden
+//! state at each position scores the next item by a dot product with the item embeddings.
+//!
+//! Layout (pre-LayerNorm blocks, as in the authors' code):
+//!
+//! ```text
+//! x = dropout(item_emb[seq] + pos_emb) * valid
+//! for each block:  x = x + dropout(attn(ln1(x)));  x = (x + dropout(ffn(ln2(x)))) * valid
+//! h = final_ln(x);  score(next = i) = h . item_emb[i]
+//! ```
+//!
+//! Sequences are left-padded to `max_len` with item 0 (the padding row; real item `i` is row
+//! `i + 1`). Attention is causal and never looks at padding (a position may always see itself, so
+//! no row of the attention matrix is empty). Parameters use the names of `torch.nn`
+//! (`blocks.0.attn.in_proj_weight`, ...), so a PyTorch module with the same layout loads them.
+//! Training: each position predicts the next item, with one sampled negative and binary
+//! cross-entropy (the paper's loss) or a softmax over all items (cross-entropy).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::Interactions;
+use crate::error::{RecforgeError, Result};
+
+/// Sizes and options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SasRecConfig {
+    /// Number of items (the embedding table has one more row, for padding).
+    pub n_items: i64,
+    /// Hidden size.
+    pub dim: i64,
+    /// Number of self-attention blocks.
+    pub n_layers: i64,
+    /// Attention heads (must divide `dim`).
+    pub n_heads: i64,
+    /// Longest sequence seen (older items are cut).
+    pub max_len: i64,
+    /// Dropout on embeddings, attention weights and block outputs.
+    pub dropout: f64,
+    /// Standard deviation of the normal initialisation of embeddings and weights.
+    pub init_std: f64,
+    /// Initialisation seed.
+    pub seed: u64,
+}
+
+impl SasRecConfig {
+    /// Checks sizes.
+    pub fn validate(&self) -> Result<()> {
+        if self.n_items < 1 || self.dim < 1 || self.n_layers < 1 || self.max_len < 1 {
+            return Err(RecforgeError::config(
+                "n_items, dim, n_layers and max_len must be >= 1",
+            ));
+        }
+        if self.n_heads < 1 || self.dim % self.n_heads != 0 {
+            return Err(RecforgeError::config(format!(
+                "n_heads must divide dim: dim = {}, n_heads = {}",
+                self.dim, self.n_heads
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(RecforgeError::config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        if !(self.init_std.is_finite() && self.init_std > 0.0) {
+            return Err(RecforgeError::config("init_std must be a positive number"));
+        }
+        Ok(())
+    }
+}
+
+/// Training objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeqLoss {
+    /// One sampled negative per position, binary cross-entropy (Kang & McAuley).
+    Bce,
+    /// Softmax cross-entropy over all items.
+    Ce,
+}
+
+/// The network.
+#[derive(Debug)]
+pub struct SasRec {
+    /// Configuration.
+    pub config: SasRecConfig,
+    params: Vec<(String, Tensor)>,
+    device: Device,
+}
+
+/// One epoch's training examples (CPU tensors, one row per user with at least two items):
+/// input sequences, next-item targets and sampled negatives, all `[E, max_len]` in padded ids.
+#[derive(Debug)]
+pub struct SeqBatches {
+    /// Inputs (`item + 1`, 0 = padding).
+    pub input: Tensor,
+    /// Next item at each position (`item + 1`, 0 = no target).
+    pub target: Tensor,
+    /// A negative item per position (`item + 1`, 0 = none).
+    pub negative: Tensor,
+}
+
+/// The last `max_len` items of every user in `users`, left-padded: `[B, max_len]` padded ids.
+pub fn history_rows(history: &Interactions, users: &[i64], max_len: i64) -> Result<Tensor> {
+    let l = max_len as usize;
+    let mut out = vec![0i64; users.len() * l];
+    for (row, &u) in users.iter().enumerate() {
+        if u < 0 || u >= history.n_users() as i64 {
+            return Err(RecforgeError::data(format!(
+                "user {u} is out of range (n_users = {})",
+                history.n_users()
+            )));
+        }
+        let items = history.user_items(u as u32)?;
+        let tail = &items[items.len().saturating_sub(l)..];
+        let dst = &mut out[row * l + (l - tail.len())..(row + 1) * l];
+        for (d, &i) in dst.iter_mut().zip(tail) {
+            *d = i as i64 + 1;
+        }
+    }
+    Ok(Tensor::from_slice(&out).f_view([users.len() as i64, max_len])?)
+}
+
+/// Training rows: for each user with `n >= 2` items, inputs `items[..n-1]` and targets
+/// `items[1..]` (the last `max_len` of them), with `negatives[k]` (one per interaction in the
+/// CSR order of `train`, or `None`) aligned to the targets.
+pub fn training_rows(
+    train: &Interactions,
+    negatives: Option<&[i64]>,
+    max_len: i64,
+) -> Result<SeqBatches> {
+    let l = max_len as usize;
+    let users: Vec<u32> = (0..train.n_users())
+        .filter(|&u| train.user_range(u).len() >= 2)
+        .collect();
+    if users.is_empty() {
+        return Err(RecforgeError::data(
+            "SASRec needs at least one user with two or more training interactions",
+        ));
+    }
+    let n = users.len() * l;
+    let (mut input, mut target, mut negative) = (vec![0i64; n], vec![0i64; n], vec![0i64; n]);
+    let items = train.items();
+    for (row, &u) in users.iter().enumerate() {
+        let r = train.user_range(u);
+        // Target positions r.start+1 .. r.end, the last l of them.
+        let first = (r.start + 1).max(r.end.saturating_sub(l));
+        let len = r.end - first;
+        let base = row * l + (l - len);
+        for (k, pos) in (first..r.end).enumerate() {
+            input[base + k] = items[pos - 1] as i64 + 1;
+            target[base + k] = items[pos] as i64 + 1;
+            if let Some(neg) = negatives {
+                negative[base + k] = neg[pos] + 1;
+            }
+        }
+    }
+    let shape = [users.len() as i64, max_len];
+    Ok(SeqBatches {
+        input: Tensor::from_slice(&input).f_view(shape)?,
+        target: Tensor::from_slice(&target).f_view(shape)?,
+        negative: Tensor::from_slice(&negative).f_view(shape)?,
+    })
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?)
+}
+
+impl SasRec {
+    /// Fresh parameters from `config.seed`: embeddings and weights normal(0, init_std), biases 0,
+    /// LayerNorm scales 1.
+    pub fn new(config: SasRecConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        tch::manual_seed(config.seed as i64);
+        let cpu = (Kind::Float, Device::Cpu);
+        let d = config.dim;
+        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
+        let normal = |shape: &[i64]| -> Result<Tensor> {
+            leaf(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
+        };
+        let zeros = |n: i64| -> Result<Tensor> { leaf(Tensor::f_zeros([n], cpu)?) };
+        let ones = |n: i64| -> Result<Tensor> { leaf(Tensor::f_ones([n], cpu)?) };
+        let mut params = vec![
+            (
+                "item_emb.weight".to_string(),
+                normal(&[config.n_items + 1, d])?,
+            ),
+            ("pos_emb.weight".to_string(), normal(&[config.max_len, d])?),
+        ];
+        for j in 0..config.n_layers {
+            let p = format!("blocks.{j}");
+            params.push((format!("{p}.ln1.weight"), ones(d)?));
+            params.push((format!("{p}.ln1.bias"), zeros(d)?));
+            params.push((format!("{p}.attn.in_proj_weight"), normal(&[3 * d, d])?));
+            params.push((format!("{p}.attn.in_proj_bias"), zeros(3 * d)?));
+            params.push((format!("{p}.attn.out_proj.weight"), normal(&[d, d])?));
+            params.push((format!("{p}.attn.out_proj.bias"), zeros(d)?));
+            params.push((format!("{p}.ln2.weight"), ones(d)?));
+            params.push((format!("{p}.ln2.bias"), zeros(d)?));
+            params.push((format!("{p}.ffn.0.weight"), normal(&[d, d])?));
+            params.push((format!("{p}.ffn.0.bias"), zeros(d)?));
+            params.push((format!("{p}.ffn.1.weight"), normal(&[d, d])?));
+            params.push((format!("{p}.ffn.1.bias"), zeros(d)?));
+        }
+        params.push(("final_ln.weight".to_string(), ones(d)?));
+        params.push(("final_ln.bias".to_string(), zeros(d)?));
+        Ok(Self {
+            config,
+            params,
+            device,
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Named parameters (shallow handles).
+    pub fn params(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .ok_or_else(|| RecforgeError::config(format!("no parameter {name}")))
+    }
+
+    /// Copies parameter values by name (missing or mis-shaped tensors are errors).
+    pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        super::load_named(&mut self.params, tensors, self.device)
+    }
+
+    fn layer_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let w = self.get(&format!("{name}.weight"))?;
+        let b = self.get(&format!("{name}.bias"))?;
+        Ok(x.f_layer_norm([self.config.dim], Some(w), Some(b), 1e-5, false)?)
+    }
+
+    fn dropout(&self, x: Tensor, train: bool) -> Result<Tensor> {
+        let p = self.config.dropout;
+        Ok(if train && p > 0.0 {
+            x.f_dropout(p, true)?
+        } else {
+            x
+        })
+    }
+
+    /// Hidden states `[B, L, dim]` of padded sequences `seq` (`[B, L]` int64 on this device,
+    /// `L <= max_len`, left-padded with 0).
+    pub fn forward(&self, seq: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, l) = match seq.size()[..] {
+            [b, l] if l >= 1 && l <= self.config.max_len => (b, l),
+            ref s => {
+                return Err(RecforgeError::data(format!(
+                    "sequences must be [batch, length <= {}], got {s:?}",
+                    self.config.max_len
+                )))
+            }
+        };
+        let (d, h) = (self.config.dim, self.config.n_heads);
+        let dh = d / h;
+        let valid = seq.f_ne(0)?; // [B, L]
+        let vmask = valid.f_unsqueeze(-1)?.f_to_kind(Kind::Float)?;
+        let pos = self.get("pos_emb.weight")?.f_narrow(0, 0, l)?;
+        let emb = super::lookup(self.get("item_emb.weight")?, &seq.f_reshape([-1])?)?
+            .f_view([b, l, d])?;
+        let mut x = self.dropout(emb.f_add(&pos)?, train)?.f_mul(&vmask)?;
+        // Allowed attention: causal, not to padding, always to itself: [B, 1, L, L].
+        let causal = Tensor::f_ones([l, l], (Kind::Bool, self.device))?.f_tril(0)?;
+        let eye = Tensor::f_eye(l, (Kind::Bool, self.device))?;
+        let mask = causal
+            .f_unsqueeze(0)?
+            .f_logical_and(&valid.f_unsqueeze(1)?)?
+            .f_logical_or(&eye.f_unsqueeze(0)?)?
+            .f_unsqueeze(1)?;
+        let p_attn = if train { self.config.dropout } else { 0.0 };
+        for j in 0..self.config.n_layers {
+            let p = format!("blocks.{j}");
+            let q_in = self.layer_norm(&x, &format!("{p}.ln1"))?;
+            let qkv = linear(
+                &q_in,
+                self.get(&format!("{p}.attn.in_proj_weight"))?,
+                self.get(&format!("{p}.attn.in_proj_bias"))?,
+            )?;
+            let heads =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.f_view([b, l, h, dh])?.f_transpose(1, 2)?) };
+            let parts = qkv.f_split(d, -1)?;
+            let a = Tensor::f_scaled_dot_product_attention(
+                &heads(&parts[0])?,
+                &heads(&parts[1])?,
+                &heads(&parts[2])?,
+                Some(&mask),
+                p_attn,
+                false,
+                None,
+                false,
+            )?
+            .f_transpose(1, 2)?
+            .f_reshape([b, l, d])?;
+            let a = linear(
+                &a,
+                self.get(&format!("{p}.attn.out_proj.weight"))?,
+                self.get(&format!("{p}.attn.out_proj.bias"))?,
+            )?;
+            x = x.f_add(&self.dropout(a, train)?)?;
+            let f_in = self.layer_norm(&x, &format!("{p}.ln2"))?;
+            let f = linear(
+                &f_in,
+                self.get(&format!("{p}.ffn.0.weight"))?,
+                self.get(&format!("{p}.ffn.0.bias"))?,
+            )?
+            .f_relu()?;
+            let f = linear(
+                &self.dropout(f, train)?,
+                self.get(&format!("{p}.ffn.1.weight"))?,
+                self.get(&format!("{p}.ffn.1.bias"))?,
+            )?;
+            x = x.f_add(&self.dropout(f, train)?)?.f_mul(&vmask)?;
+        }
+        self.layer_norm(&x, "final_ln")
+    }
+
+    /// Next-item scores over all items `[B, n_items]` from padded sequences `[B, L]`.
+    pub fn score_sequences(&self, seq: &Tensor) -> Result<Tensor> {
+        let h = self.forward(seq, false)?;
+        let last = h.f_select(1, h.size()[1] - 1)?;
+        let items = self
+            .get("item_emb.weight")?
+            .f_narrow(0, 1, self.config.n_items)?;
+        Ok(last.f_matmul(&items.f_transpose(0, 1)?)?)
+    }
+
+    /// Mean training loss of the examples `idx` (CPU int64) of `data`.
+    pub fn loss(&self, data: &SeqBatches, idx: &Tensor, objective: SeqLoss) -> Result<Tensor> {
+        let dev = self.device;
+        let input = data.input.f_index_select(0, idx)?.f_to(dev)?;
+        let target = data.target.f_index_select(0, idx)?.f_to(dev)?;
+        let h = self.forward(&input, true)?;
+        let d = self.config.dim;
+        // Only positions with a target count.
+        let at = target
+            .f_reshape([-1])?
+            .f_ne(0)?
+            .f_nonzero()?
+            .f_squeeze_dim(1)?;
+        let hv = h.f_reshape([-1, d])?.f_index_select(0, &at)?;
+        let tv = target.f_reshape([-1])?.f_index_select(0, &at)?;
+        let emb = self.get("item_emb.weight")?;
+        match objective {
+            SeqLoss::Ce => {
+                let logits =
+                    hv.f_matmul(&emb.f_narrow(0, 1, self.config.n_items)?.f_transpose(0, 1)?)?;
+                Ok(logits.f_cross_entropy_loss::<Tensor>(
+                    &tv.f_sub(&Tensor::from(1i64).f_to(dev)?)?,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    0.0,
+                )?)
+            }
+            SeqLoss::Bce => {
+                let neg = data
+                    .negative
+                    .f_index_select(0, idx)?
+                    .f_to(dev)?
+                    .f_reshape([-1])?
+                    .f_index_select(0, &at)?;
+                let score = |items: &Tensor| -> Result<Tensor> {
+                    Ok(hv.f_mul(&super::lookup(emb, items)?)?.f_sum_dim_intlist(
+                        1,
+                        false,
+                        Kind::Float,
+                    )?)
+                };
+                let pos = score(&tv)?.f_log_sigmoid()?;
+                let negl = score(&neg)?.f_neg()?.f_log_sigmoid()?;
+                Ok(pos.f_add(&negl)?.f_mean(Kind::Float)?.f_neg()?)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Interactions {
+        // user 0: items 3, 1, 4 (in time order); user 1: item 2 only; user 2: 0, 1.
+        Interactions::from_arrays(
+            &[0, 0, 0, 1, 2, 2],
+            &[3, 1, 4, 2, 0, 1],
+            None,
+            Some(&[1, 2, 3, 1, 1, 2]),
+            Some(3),
+            Some(5),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn training_rows_shift_by_one_and_left_pad() {
+        let x = toy();
+        let neg: Vec<i64> = (0..x.n_interactions() as i64).map(|k| 10 + k).collect();
+        let r = training_rows(&x, Some(&neg), 3).unwrap();
+        let rows = |t: &Tensor| Vec::<i64>::try_from(t.f_reshape([-1]).unwrap()).unwrap();
+        // user 1 has one item: no example.
+        assert_eq!(rows(&r.input), vec![0, 4, 2, 0, 0, 1]);
+        assert_eq!(rows(&r.target), vec![0, 2, 5, 0, 0, 2]);
+        assert_eq!(rows(&r.negative), vec![0, 12, 13, 0, 0, 16]);
+        let r = training_rows(&x, None, 1).unwrap();
+        assert_eq!(rows(&r.input), vec![2, 1]);
+        assert_eq!(rows(&r.target), vec![5, 2]);
+        let h = history_rows(&x, &[0, 1, 2], 2).unwrap();
+        assert_eq!(rows(&h), vec![2, 5, 0, 3, 1, 2]);
+        assert!(history_rows(&x, &[3], 2).is_err());
+    }
+
+    #[test]
+    fn attention_is_causal_and_ignores_padding() {
+        let cfg = SasRecConfig {
+            n_items: 6,
+            dim: 8,
+            n_layers: 2,
+            n_heads: 2,
+            max_len: 4,
+            dropout: 0.0,
+            init_std: 0.5,
+            seed: 1,
+        };
+        let m = SasRec::new(cfg, Device::Cpu).unwrap();
+        let a = Tensor::from_slice(&[0i64, 2, 3, 4]).view([1, 4]);
+        let b = Tensor::from_slice(&[0i64, 2, 3, 6]).view([1, 4]);
+        let c = Tensor::from_slice(&[5i64, 2, 3, 4]).view([1, 4]);
+        let (ha, hb, hc) = (
+            m.forward(&a, false).unwrap(),
+            m.forward(&b, false).unwrap(),
+            m.forward(&c, false).unwrap(),
+        );
+        // A later item does not change earlier positions.
+        assert!(ha
+            .narrow(1, 1, 2)
+            .allclose(&hb.narrow(1, 1, 2), 1e-6, 1e-6, false));
+        assert!(!ha
+            .narrow(1, 3, 1)
+            .allclose(&hb.narrow(1, 3, 1), 1e-6, 1e-6, false));
+        // A real item where padding was changes later positions.
+        assert!(!ha
+            .narrow(1, 3, 1)
+            .allclose(&hc.narrow(1, 3, 1), 1e-6, 1e-6, false));
+        assert!(ha.isfinite().all().int64_value(&[]) == 1);
+        let s = m.score_sequences(&a).unwrap();
+        assert_eq!(s.size(), vec![1, 6]);
+        assert!(m
+            .forward(&Tensor::zeros([1, 5], (Kind::Int64, Device::Cpu)), false)
+            .is_err());
+    }
+}
