@@ -193,8 +193,8 @@ def test_fm_with_genres_and_nfm_beat_popularity(loo) -> None:  # type: ignore[no
     seen = Interactions.concat([train, valid])
     pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10,), metrics=("ndcg",))
     fm = models.FM(epochs=15).fit(train, valid, item_features=_genres(ds), progress=False)
-    nfm = models.NFM(epochs=12).fit(train, valid, progress=False)
-    for name, m in (("FM+genres", fm), ("NFM", nfm)):
+    nfm = models.NFM(epochs=12).fit(train, valid, item_features=_genres(ds), progress=False)
+    for name, m in (("FM+genres", fm), ("NFM+genres", nfm)):
         r = metrics.full_ranking(m.score_all, test, [seen], ks=(10,), metrics=("ndcg",))
         print(f"NDCG@10: {name} {r['ndcg@10']:.4f}, popularity {pop['ndcg@10']:.4f}")
         assert r["ndcg@10"] > 1.15 * pop["ndcg@10"], name
@@ -215,3 +215,128 @@ def test_fm_regression_with_genres(ratings_split, tmp_path) -> None:  # type: ig
         models.FM(loss="hinge")
     with pytest.raises(DataError, match="item_features has 2 rows"):
         models.FM(epochs=1).fit(train, item_features=[[0], [1]], progress=False)
+
+
+# --- the shared contract, learning-rate schedules, batch norm, progress ------------------------
+
+
+def _small() -> tuple[Interactions, Interactions]:
+    rng = np.random.default_rng(1)
+    n = 600
+    u, i = rng.integers(0, 40, n), rng.integers(0, 60, n)
+    r = rng.integers(1, 6, n).astype(np.float32)
+    x = Interactions.from_arrays(u, i, ratings=r, timestamps=np.arange(n), n_users=40, n_items=60)
+    train, valid, _ = recforge.split.leave_one_out(x)
+    return train, valid
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: models.SVD(dim=8, epochs=2, device="cpu"),
+        lambda: models.BPRMF(dim=8, epochs=2, device="cpu"),
+        lambda: models.FM(dim=8, epochs=2, device="cpu"),
+        lambda: models.NFM(dim=8, epochs=2, batch_norm=True, device="cpu"),
+        lambda: models.SASRec(dim=8, max_len=10, epochs=2, device="cpu"),
+        lambda: models.Popularity(),
+    ],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "Popularity"],
+)
+def test_every_model_fulfils_the_contract(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train, valid = _small()
+    model = make()
+    assert model.fit(train, valid, progress=False) is model
+    users = np.array([0, 3, 7])
+    scores = model.score_all(users)
+    assert isinstance(scores, torch.Tensor) and scores.shape == (3, train.n_items)
+    assert torch.isfinite(scores).all()
+    pred = model.predict(users, [1, 2, 3])
+    assert np.allclose(pred, scores.numpy()[np.arange(3), [1, 2, 3]], atol=1e-4)
+    items, top = model.recommend(users, k=5)
+    assert items.shape == (3, 5) and np.all(np.diff(top, axis=1) <= 0)
+    for row, u in zip(items, users):
+        assert not set(row) & set(train.user_items(u))
+    model.save(tmp_path / "m")
+    loaded = type(model).load(tmp_path / "m")
+    assert torch.allclose(loaded.score_all(users).cpu(), scores.cpu(), atol=1e-5)
+
+
+def _torch_lrs(sched_factory, lr: float, steps: int) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    sched = sched_factory(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_lr_schedules_follow_torch_schedulers() -> None:
+    train, _ = _small()
+    lr, epochs, bs = 0.01, 6, 64
+    batches = -(-train.n_interactions // bs)
+    total = epochs * batches
+    sched = torch.optim.lr_scheduler
+    cases = {
+        "cosine": ({"name": "cosine", "end": 0.1}, lambda o: sched.CosineAnnealingLR(o, T_max=total, eta_min=0.1 * lr)),
+        "linear": ("linear", lambda o: sched.LinearLR(o, start_factor=1.0, end_factor=0.0, total_iters=total)),
+        "step": ({"name": "step", "every_epochs": 2, "gamma": 0.5}, lambda o: sched.StepLR(o, step_size=2 * batches, gamma=0.5)),
+        "constant": (None, lambda o: sched.ConstantLR(o, factor=1.0, total_iters=0)),
+    }
+    for name, (spec, factory) in cases.items():
+        m = models.BPRMF(dim=4, epochs=epochs, batch_size=bs, lr=lr, lr_schedule=spec, device="cpu").fit(train, progress=False)
+        want = _torch_lrs(factory, lr, total)
+        got = [h["lr"] for h in m.history]
+        assert got == pytest.approx([want[(e + 1) * batches] for e in range(epochs)], rel=1e-6, abs=1e-12), name
+    # Warm-up: linear from lr / warmup to lr over the first epoch, then cosine to 0.
+    m = models.BPRMF(dim=4, epochs=3, batch_size=bs, lr=lr, lr_schedule={"name": "cosine", "warmup_epochs": 1}, device="cpu")
+    m.fit(train, progress=False)
+    assert [h["lr"] for h in m.history] == pytest.approx([lr, lr / 2, 0.0], abs=1e-12)
+    assert m.current_lr == m.history[-1]["lr"]
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        models.SVD(lr_schedule="exponential")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        models.SVD(lr_schedule={"name": "cosine", "T_max": 3})
+
+
+def test_nfm_batch_norm_forward_equals_numpy_and_survives_save(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train, _ = _small()
+    m = models.NFM(dim=4, hidden=[6], batch_norm=True, dropout=0.1, epochs=2, device="cpu").fit(train, progress=False)
+    sd = {k: v.double().numpy() for k, v in m.state_dict().items()}
+    assert np.abs(sd["bn.0.running_mean"]).sum() > 0 and not np.allclose(sd["bn.1.running_var"], 1)
+
+    def bn(x: np.ndarray, j: int) -> np.ndarray:
+        return (x - sd[f"bn.{j}.running_mean"]) / np.sqrt(sd[f"bn.{j}.running_var"] + 1e-5) * sd[f"bn.{j}.weight"] + sd[f"bn.{j}.bias"]
+
+    users, items = np.array([0, 5, 9]), np.array([3, 3, 50])
+    want = []
+    for u, i in zip(users, items):
+        feats = [u, train.n_users + i]
+        v = sd["factors"][feats]
+        bi = 0.5 * (v.sum(0) ** 2 - (v**2).sum(0))
+        h = np.maximum(bn(bn(bi, 0) @ sd["mlp.0.weight"].T + sd["mlp.0.bias"], 1), 0)
+        want.append(sd["bias"][0] + sd["linear"][feats].sum() + (h @ sd["mlp.1.weight"].T + sd["mlp.1.bias"])[0])
+    assert np.allclose(m.predict(users, items), want, atol=1e-5)
+    m.save(tmp_path / "nfm")
+    assert np.allclose(models.NFM.load(tmp_path / "nfm").predict(users, items), want, atol=1e-5)
+    with pytest.raises(ConfigError, match="hidden layers"):
+        models.FM(batch_norm=True)
+
+
+def test_progress_reaches_python_every_epoch(loo) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = loo
+    m = models.BPRMF(dim=8, epochs=1, batch_size=64, device="cpu").fit(train, progress=False)
+    calls: list[tuple[int, int, float]] = []
+    loss, batches, interrupted = m._native.train_epoch(1, lambda d, t, l: calls.append((d, t, l)))
+    assert not interrupted and calls[-1][:2] == (batches, batches) and calls[-1][2] == pytest.approx(loss)
+    assert all(0 < d <= t for d, t, _ in calls)
+
+    def boom(d: int, t: int, l: float) -> None:
+        raise ValueError("stop here")
+
+    with pytest.raises(ValueError, match="stop here"):
+        m._native.train_epoch(2, boom)
+    m.fit(train, progress=True)  # the bars run without error

@@ -432,30 +432,38 @@ pub fn loss(
     reg: f64,
 ) -> Result<Tensor> {
     let idx = idx.f_to(fm.device())?;
+    let b = idx.size()[0];
     let u = users.f_index_select(0, &idx)?;
     let i = items.f_index_select(0, &idx)?;
     let ua = fm.aggregate(user_rows, &u)?;
-    let ia = fm.aggregate(item_rows, &i)?;
-    let pos = fm.score_pairs(&ua, &ia, true)?;
-    let mut penalty = ua
-        .sq
-        .f_sum(Kind::Float)?
-        .f_add(&ia.sq.f_sum(Kind::Float)?)?;
-    let base = match objective {
+    let user_sq = ua.sq.f_sum(Kind::Float)?;
+    let (base, penalty) = match objective {
         FmLoss::Mse => {
+            let ia = fm.aggregate(item_rows, &i)?;
             let y = targets
                 .ok_or_else(|| RecforgeError::data("a rating objective needs ratings"))?
                 .f_index_select(0, &idx)?;
-            pos.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?
+            let pos = fm.score_pairs(&ua, &ia, true)?;
+            let mse = pos.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?;
+            (mse, user_sq.f_add(&ia.sq.f_sum(Kind::Float)?)?)
         }
         FmLoss::Bpr | FmLoss::Bce => {
             let j = negatives
                 .ok_or_else(|| RecforgeError::data("a ranking objective needs negatives"))?
                 .f_index_select(0, &idx)?;
-            let ja = fm.aggregate(item_rows, &j)?;
-            penalty = penalty.f_add(&ja.sq.f_sum(Kind::Float)?)?;
-            let neg = fm.score_pairs(&ua, &ja, true)?;
-            if objective == FmLoss::Bpr {
+            // Positive and negative items in one embedding lookup (one sparse gradient).
+            let both = fm.aggregate(item_rows, &Tensor::f_cat(&[&i, &j], 0)?)?;
+            let half = |start: i64| -> Result<Aggregates> {
+                Ok(Aggregates {
+                    lin: both.lin.f_narrow(0, start, b)?,
+                    sum: both.sum.f_narrow(0, start, b)?,
+                    sq: both.sq.f_narrow(0, start, b)?,
+                })
+            };
+            let pos = fm.score_pairs(&ua, &half(0)?, true)?;
+            let neg = fm.score_pairs(&ua, &half(b)?, true)?;
+            let penalty = user_sq.f_add(&both.sq.f_sum(Kind::Float)?)?;
+            let base = if objective == FmLoss::Bpr {
                 pos.f_sub(&neg)?
                     .f_log_sigmoid()?
                     .f_mean(Kind::Float)?
@@ -475,7 +483,8 @@ pub fn loss(
                     tch::Reduction::Mean,
                 )?;
                 l1.f_add(&l0)?
-            }
+            };
+            (base, penalty)
         }
     };
     if reg > 0.0 {
@@ -593,7 +602,14 @@ mod tests {
             };
             loss(&fm).backward();
             for (name, p) in fm.params() {
-                let grad = Vec::<f32>::try_from(p.grad().reshape([-1])).unwrap();
+                let g = p.grad();
+                // Embedding tables get sparse gradients.
+                let g = if g.is_sparse() {
+                    g.to_dense(None, false)
+                } else {
+                    g
+                };
+                let grad = Vec::<f32>::try_from(g.reshape([-1])).unwrap();
                 for (e, &g) in grad.iter().enumerate().take(6) {
                     let flat = p.reshape([-1]);
                     let orig = flat.double_value(&[e as i64]);

@@ -363,11 +363,11 @@ impl Optimizer {
                         };
                         let _ = g.f_square_out(&work)?;
                         let _ = v.f_lerp_(&work, 1.0 - b2)?;
-                        // p -= m / denom with denom = -(sqrt(v) / sqrt(bc2) + eps) * bc1 / lr.
+                        // p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+                        //    = m / denom, denom = -(sqrt(v) + eps sqrt(bc2)) * bc1 / (lr sqrt(bc2)).
                         let mut denom = v.f_sqrt_out(&work)?;
-                        let _ = denom.f_div_(&Tensor::from(bc2.sqrt()))?;
-                        let _ = denom.f_add_(&Tensor::from(c.eps))?;
-                        let _ = denom.f_mul_(&Tensor::from(-bc1 / c.lr))?;
+                        let _ = denom.f_add_scalar_(c.eps * bc2.sqrt())?;
+                        let _ = denom.f_mul_scalar_(-bc1 / (c.lr * bc2.sqrt()))?;
                         let _ = p.f_addcdiv_(&m, &denom)?;
                         continue;
                     }

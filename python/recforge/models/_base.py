@@ -48,7 +48,7 @@ def _check_schedule(schedule: LrSchedule) -> LrSchedule:
         v = spec.get(key, 0)
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ConfigError(f"lr_schedule[{key!r}] must be a non-negative number, got {v!r}")
-    if spec["name"] == "step" and not spec.get("every_epochs", 1) > 0:
+    if spec["name"] == "step" and not float(spec.get("every_epochs", 1)) > 0:
         raise ConfigError("lr_schedule 'step' needs every_epochs > 0")
     return dict(spec)
 
@@ -221,7 +221,7 @@ class TorchModel(Recommender):
                     self.interrupted = True
                     log.warning("training interrupted at epoch %d; keeping the best weights", epoch)
                     break
-                logs: dict[str, float] = {"epoch": epoch, "loss": loss}
+                logs: dict[str, float] = {"epoch": epoch, "loss": loss, "lr": float(self._native.lr)}
                 if valid is not None:
                     logs.update(self._validate(valid))
                     value = logs[self.monitor]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from .. import _native
 from .._native import Interactions
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ._base import LrSchedule, TorchModel, _check_schedule, ranking_logs
 
 
@@ -100,3 +101,30 @@ class SASRec(TorchModel):
         if history is not None and not isinstance(history, Interactions):
             raise ConfigError(f"history must be recforge.Interactions, got {type(history).__name__}")
         return self._require_fit().score_all(np.atleast_1d(np.asarray(users)), history)
+
+    def save(self, path: str | Path) -> None:
+        """Write the model and its users' training histories (``history.npz``) into ``path``, so
+        the loaded model recommends for them (and skips their seen items) at once."""
+        super().save(path)
+        h = self._train
+        if h is not None:
+            np.savez(Path(path) / "history.npz", indptr=h.indptr, indices=h.indices,
+                     n_users=h.n_users, n_items=h.n_items)  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Any:
+        """Load a model written by :meth:`save`, with its users' histories when saved."""
+        model = super().load(path, device)
+        f = Path(path) / "history.npz"
+        if f.is_file():
+            with np.load(f) as z:
+                indptr, indices = z["indptr"], z["indices"]
+                n_users, n_items = int(z["n_users"]), int(z["n_items"])
+            if len(indptr) != n_users + 1 or n_items != model.n_items:
+                raise DataError(f"{f} does not match the model ({n_items} items, expected {model.n_items})")
+            users = np.repeat(np.arange(n_users), np.diff(indptr))
+            hist = Interactions.from_arrays(users, indices, timestamps=np.arange(len(indices)),
+                                            n_users=n_users, n_items=n_items)  # fmt: skip
+            model._native.set_train(hist)
+            model._train = hist
+        return model

@@ -28,7 +28,7 @@ class SVD(FactorModel):
         seed: initialisation and shuffling seed (0): the same seed gives the same model on CPU.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
 
-    On ml-latest-small (80/10/10 random split) it reaches test RMSE 0.857, against 0.874 for the
+    On ml-latest-small (80/10/10 random split) it reaches test RMSE 0.858, against 0.881 for the
     user/item-bias baseline and 1.050 for the global mean.
     """
 
