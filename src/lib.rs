@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod llm;
 pub mod models;
 pub mod parallel;
 pub mod rng;

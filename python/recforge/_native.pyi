@@ -262,3 +262,30 @@ class _Factorization:
     def device(self) -> str: ...
     @property
     def n_parameters(self) -> int: ...
+
+@final
+class _LlmClient:
+    """OpenAI-compatible chat client in Rust (reqwest on tokio); see ``recforge.llm.Client``."""
+
+    def __new__(
+        cls,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        max_concurrency: int = 16,
+        requests_per_minute: float | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        cache: str | None = None,
+    ) -> _LlmClient: ...
+    def chat_batch(
+        self,
+        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None]],
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> tuple[
+        list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float]],
+        dict[str, float],
+    ]: ...
+    @property
+    def cache_len(self) -> int: ...

@@ -8,6 +8,7 @@ mod data;
 mod errors;
 mod eval;
 mod gil;
+mod llm;
 mod models;
 mod tensor;
 
@@ -39,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::PyInteractions>()?;
     m.add_class::<data::PyIdMap>()?;
     m.add_class::<models::PyFactorization>()?;
+    m.add_class::<llm::PyLlmClient>()?;
     m.add_function(wrap_pyfunction!(data::k_core, m)?)?;
     m.add_function(wrap_pyfunction!(data::leave_one_out, m)?)?;
     m.add_function(wrap_pyfunction!(data::ratio_split, m)?)?;

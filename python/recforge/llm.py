@@ -1,0 +1,181 @@
+"""The batched LLM client: many OpenAI-compatible chat completions at once, from Rust (reqwest on
+tokio), with bounded concurrency, a request-rate limit, timeouts, retries with backoff, and a
+crash-safe response cache.
+
+```python
+from recforge.llm import Client
+client = Client("http://127.0.0.1:8000/v1", "local", cache="runs/llm-cache.jsonl")
+out = client.chat_batch([[{"role": "user", "content": f"Describe movie {t}"}] for t in titles])
+[r.text for r in out if r.ok]; out.report["cache_hits"]
+```
+
+Settings not given come from the environment (or a ``.env`` file in the working directory):
+``RECFORGE_LLM_BASE_URL``, ``RECFORGE_LLM_MODEL``, ``OPENAI_API_KEY``. The key is sent as a bearer
+token and is never logged, cached, shown by ``repr`` or put into an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from . import _native
+from .errors import ConfigError
+
+__all__ = ["BatchResult", "ChatResult", "Client"]
+
+
+def _dotenv(name: str) -> str | None:
+    """``name`` from the environment, else from ``./.env`` (``KEY=value`` lines)."""
+    if os.environ.get(name):
+        return os.environ[name]
+    env = Path(".env")
+    if env.is_file():
+        for line in env.read_text().splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key.strip().removeprefix("export ").strip() == name:
+                return value.strip().strip("'\"")
+    return None
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """One request's outcome: ``text`` when ``ok``, else ``error``."""
+
+    ok: bool
+    text: str | None
+    error: str | None
+    usage: dict[str, int] | None
+    cached: bool
+    attempts: int
+    latency: float
+
+
+class BatchResult(list[ChatResult]):
+    """The results in input order, plus ``report``: requests, ok, failed, cache_hits,
+    cache_misses, retries, prompt/completion tokens, latency percentiles and seconds."""
+
+    report: dict[str, float]
+
+    @property
+    def texts(self) -> list[str | None]:
+        """Each request's text (None where it failed)."""
+        return [r.text for r in self]
+
+
+Messages = Sequence[Mapping[str, str]]
+
+
+class Client:
+    """An OpenAI-compatible chat client (llama.cpp's server, vLLM, Ollama, hosted APIs).
+
+    Args:
+        base_url: URL up to the API version, e.g. ``http://127.0.0.1:8000/v1``
+            (default ``$RECFORGE_LLM_BASE_URL``).
+        model: model name (default ``$RECFORGE_LLM_MODEL``).
+        api_key: bearer token (default ``$OPENAI_API_KEY``; none if unset).
+        max_concurrency: requests in flight at once (16).
+        requests_per_minute: limit on request starts per minute (None: no limit).
+        timeout: seconds per attempt (60).
+        max_retries: retries after the first attempt (5) on connect errors, timeouts, 429, 5xx and
+            bodies that are not a valid completion; other 4xx are not retried.
+        backoff: first retry delay in seconds (0.5), doubled per retry with jitter, capped at
+            30 s; a server's ``Retry-After`` is honoured.
+        cache: path of a JSON-lines response cache; a batch run again (e.g. after a crash) sends
+            only the requests it has no answer for.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key: str | None = None,
+        *,
+        max_concurrency: int = 16,
+        requests_per_minute: float | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        cache: str | Path | None = None,
+    ) -> None:
+        base_url = base_url or _dotenv("RECFORGE_LLM_BASE_URL")
+        model = model or _dotenv("RECFORGE_LLM_MODEL")
+        if not base_url:
+            raise ConfigError("no base_url: pass one or set RECFORGE_LLM_BASE_URL")
+        if not model:
+            raise ConfigError("no model: pass one or set RECFORGE_LLM_MODEL")
+        if max_concurrency < 1 or max_retries < 0:
+            raise ConfigError("max_concurrency must be >= 1 and max_retries >= 0")
+        self.base_url, self.model = base_url, model
+        self.cache = None if cache is None else Path(cache)
+        self._native = _native._LlmClient(
+            base_url, model, api_key if api_key is not None else _dotenv("OPENAI_API_KEY"),
+            int(max_concurrency), requests_per_minute, float(timeout), int(max_retries),
+            float(backoff), None if cache is None else str(cache),
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self.base_url!r}, model={self.model!r}, cache={self.cache!r})"
+
+    @property
+    def cache_size(self) -> int:
+        """Answers held by the response cache."""
+        return int(self._native.cache_len)
+
+    def chat_batch(
+        self,
+        requests: Iterable[Messages | Mapping[str, Any]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> BatchResult:
+        """Send every request concurrently (GIL released) and return the results in input order.
+
+        Each item is a list of ``{"role", "content"}`` messages, or a dict with ``messages`` and
+        per-request ``temperature`` / ``max_tokens`` / ``response_format``. One failing item never
+        loses the others: its result has ``ok=False`` and the error.
+        """
+        rows = []
+        for k, item in enumerate(requests):
+            opts: Mapping[str, Any] = {}
+            if isinstance(item, Mapping):
+                opts, msgs = item, item.get("messages")
+                unknown = set(item) - {"messages", "temperature", "max_tokens", "response_format"}
+                if unknown:
+                    raise ConfigError(f"request {k} has unknown keys {sorted(unknown)}")
+            else:
+                msgs = item
+            if not isinstance(msgs, Sequence) or isinstance(msgs, str) or not msgs:
+                raise ConfigError(f"request {k}: messages must be a non-empty list of {{'role', 'content'}} dicts")
+            pairs = []
+            for m in msgs:
+                if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise ConfigError(f"request {k}: each message needs string 'role' and 'content', got {m!r}")
+                pairs.append((m["role"], m["content"]))
+            fmt = opts.get("response_format", response_format)
+            rows.append((
+                pairs, float(opts.get("temperature", temperature)), opts.get("max_tokens", max_tokens),
+                None if fmt is None else json.dumps(fmt),
+            ))  # fmt: skip
+        bar = tqdm(total=len(rows), desc="LLM", unit="req", disable=not progress, leave=False)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            out, report = self._native.chat_batch(rows, tick if progress else None)
+        finally:
+            bar.close()
+        result = BatchResult(
+            ChatResult(ok, text, err, None if u is None else {"prompt_tokens": u[0], "completion_tokens": u[1]}, cached, attempts, lat)
+            for ok, text, err, u, cached, attempts, lat in out
+        )
+        result.report = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
+        return result

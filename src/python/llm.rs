@@ -1,0 +1,163 @@
+//! Bindings of the batched LLM client (`recforge.llm`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::prelude::*;
+
+use super::errors::ConfigError;
+use super::gil::without_gil;
+use crate::llm::{ChatRequest, Client, ClientConfig, Message};
+
+/// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
+/// response_format as JSON text)`.
+type PyRequest = (Vec<(String, String)>, f64, Option<u64>, Option<String>);
+/// One result: `(ok, text, error, (prompt_tokens, completion_tokens), cached, attempts, latency)`.
+type PyResultRow = (
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<(u64, u64)>,
+    bool,
+    u32,
+    f64,
+);
+
+/// An OpenAI-compatible chat client; see `recforge.llm.Client`.
+#[pyclass(module = "recforge._native", name = "_LlmClient")]
+pub struct PyLlmClient {
+    inner: Arc<Client>,
+}
+
+#[pymethods]
+impl PyLlmClient {
+    #[new]
+    #[pyo3(signature = (base_url, model, api_key=None, max_concurrency=16, requests_per_minute=None, timeout=60.0, max_retries=5, backoff=0.5, cache=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        base_url: String,
+        model: String,
+        api_key: Option<String>,
+        max_concurrency: usize,
+        requests_per_minute: Option<f64>,
+        timeout: f64,
+        max_retries: u32,
+        backoff: f64,
+        cache: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        if !(timeout.is_finite() && timeout > 0.0 && backoff.is_finite() && backoff >= 0.0) {
+            return Err(ConfigError::new_err(
+                "timeout must be positive and backoff non-negative",
+            ));
+        }
+        let config = ClientConfig {
+            base_url,
+            model,
+            api_key,
+            max_concurrency,
+            requests_per_minute,
+            timeout: Duration::from_secs_f64(timeout),
+            max_retries,
+            backoff: Duration::from_secs_f64(backoff),
+            cache,
+        };
+        Ok(Self {
+            inner: Arc::new(Client::new(config)?),
+        })
+    }
+
+    /// Runs the requests concurrently with the GIL released; returns one row per request (input
+    /// order) and the batch report. `progress(done, total)` is called as results arrive.
+    #[pyo3(signature = (requests, progress=None))]
+    fn chat_batch(
+        &self,
+        py: Python<'_>,
+        requests: Vec<PyRequest>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(Vec<PyResultRow>, HashMap<String, f64>)> {
+        let mut reqs = Vec::with_capacity(requests.len());
+        for (k, (messages, temperature, max_tokens, fmt)) in requests.into_iter().enumerate() {
+            let response_format = match fmt {
+                Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
+                    ConfigError::new_err(format!("request {k}: response_format is not JSON: {e}"))
+                })?),
+                None => None,
+            };
+            let messages = messages
+                .into_iter()
+                .map(|(role, content)| Message { role, content })
+                .collect();
+            reqs.push(ChatRequest {
+                messages,
+                temperature,
+                max_tokens,
+                response_format,
+            });
+        }
+        let client = Arc::clone(&self.inner);
+        let mut failure: Option<PyErr> = None;
+        let mut interrupted = false;
+        let (failed, stopped) = (&mut failure, &mut interrupted);
+        let out = without_gil(py, move || {
+            client.chat_batch(reqs, |done, total| {
+                Python::attach(|py| {
+                    if let Err(e) = py.check_signals() {
+                        *failed = Some(e);
+                        *stopped = true;
+                        return true;
+                    }
+                    if let Some(Err(e)) = progress.as_ref().map(|cb| cb.call1(py, (done, total))) {
+                        *failed = Some(e);
+                        return true;
+                    }
+                    false
+                })
+            })
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if interrupted {
+            return Err(PyKeyboardInterrupt::new_err("chat_batch interrupted"));
+        }
+        let (results, report) = out?;
+        let rows = results
+            .into_iter()
+            .map(|r| {
+                let (ok, text, error) = match r.outcome {
+                    Ok(t) => (true, Some(t), None),
+                    Err(e) => (false, None, Some(e)),
+                };
+                let usage = r.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+                (ok, text, error, usage, r.cached, r.attempts, r.latency)
+            })
+            .collect();
+        let rep = HashMap::from([
+            ("requests".to_string(), report.requests as f64),
+            ("ok".to_string(), report.ok as f64),
+            ("failed".to_string(), report.failed as f64),
+            ("cache_hits".to_string(), report.cache_hits as f64),
+            ("cache_misses".to_string(), report.cache_misses as f64),
+            ("retries".to_string(), report.retries as f64),
+            ("prompt_tokens".to_string(), report.prompt_tokens as f64),
+            (
+                "completion_tokens".to_string(),
+                report.completion_tokens as f64,
+            ),
+            ("latency_p50".to_string(), report.latency_p50),
+            ("latency_p90".to_string(), report.latency_p90),
+            ("latency_p99".to_string(), report.latency_p99),
+            ("seconds".to_string(), report.seconds),
+        ]);
+        Ok((rows, rep))
+    }
+
+    /// Answers held by the response cache.
+    #[getter]
+    fn cache_len(&self) -> usize {
+        self.inner.cache_len()
+    }
+}

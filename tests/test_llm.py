@@ -1,0 +1,206 @@
+"""recforge.llm against a local fault-injecting OpenAI-compatible server: retries (429 with
+Retry-After, 500, timeouts, truncated and non-JSON bodies, dropped connections), no retry on 400,
+the cache (a rerun sends nothing; a batch cut short and rerun sends only what is missing),
+bounded concurrency, input order, and the API key kept out of every message."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from recforge.errors import ConfigError
+from recforge.llm import Client
+
+KEY = "sk-test-SECRET-1234567890"
+
+
+class FaultServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.auth: set[str] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: FaultServer
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _leave(self) -> None:
+        """This request stops counting as in flight (before its response is written, so the
+        client's next request cannot overlap it in the count)."""
+        if getattr(self, "_counted", False):
+            with self.server.lock:
+                self.server.in_flight -= 1
+            self._counted = False
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None, length: int | None = None) -> None:
+        self._leave()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        s = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        with s.lock:
+            s.calls[prompt] += 1
+            n = s.calls[prompt]
+            s.in_flight += 1
+            self._counted = True
+            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+            s.auth.add(self.headers.get("Authorization", ""))
+        try:
+            kind = prompt.split(":")[0]
+            if kind == "slowok":
+                time.sleep(0.05)
+            if kind == "r429" and n == 1:
+                return self._send(429, b'{"error": "rate limited"}', {"Retry-After": "0.2"})
+            if kind == "r500" and n <= 2:
+                return self._send(500, b'{"error": "boom"}')
+            if kind == "timeout" and n == 1:
+                time.sleep(1.5)
+            if kind == "trunc" and n == 1:
+                return self._send(200, b'{"choices": [{"message": {"cont')
+            if kind == "notjson" and n == 1:
+                return self._send(200, b"<html>gateway</html>")
+            if kind == "reset" and n == 1:
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                return
+            if kind == "bad400":
+                return self._send(400, f'{{"error": "bad request; you sent {self.headers.get("Authorization")}"}}'.encode())
+            answer = {
+                "choices": [{"message": {"role": "assistant", "content": f"echo {prompt} t={body['temperature']}"}}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": 3, "total_tokens": len(prompt) + 3},
+            }
+            self._send(200, json.dumps(answer).encode())
+        finally:
+            self._leave()
+
+
+@pytest.fixture()
+def server() -> Iterator[FaultServer]:
+    s = FaultServer()
+    t = threading.Thread(target=s.serve_forever, daemon=True)
+    t.start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def msgs(text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": text}]
+
+
+def test_every_fault_is_retried_and_results_keep_input_order(server: FaultServer, tmp_path: Path) -> None:
+    c = Client(server.url, "tiny", api_key=KEY, timeout=1.0, max_retries=4, backoff=0.05, cache=tmp_path / "c.jsonl")
+    prompts = ["ok:1", "r429:a", "r500:b", "timeout:c", "trunc:d", "notjson:e", "reset:f", "bad400:g", "ok:2"]
+    out = c.chat_batch([msgs(p) for p in prompts], progress=False)
+    assert [r.ok for r in out] == [True] * 7 + [False, True]
+    for p, r in zip(prompts, out):
+        if r.ok:
+            assert r.text == f"echo {p} t=0.0" and not r.cached
+    assert server.calls["r429:a"] == 2 and server.calls["r500:b"] == 3 and server.calls["timeout:c"] == 2
+    assert server.calls["trunc:d"] == 2 and server.calls["notjson:e"] == 2 and server.calls["reset:f"] == 2
+    assert server.calls["bad400:g"] == 1  # a 4xx other than 429 is not retried
+    bad = out[7]
+    assert bad.error is not None and "HTTP 400" in bad.error and KEY not in bad.error and "***" in bad.error
+    assert server.auth == {f"Bearer {KEY}"}
+    rep = out.report
+    assert rep["requests"] == 9 and rep["ok"] == 8 and rep["failed"] == 1 and rep["cache_misses"] == 9
+    assert rep["retries"] == sum(r.attempts - 1 for r in out) >= 1 + 2 + 1 + 1 + 1 + 1
+    assert rep["prompt_tokens"] == sum(len(p) for p, r in zip(prompts, out) if r.ok)
+    assert 0 < rep["latency_p50"] <= rep["latency_p99"]
+    # The same batch again: answers from the cache, only the failed request is sent again.
+    before = sum(server.calls.values())
+    again = Client(server.url, "tiny", api_key=KEY, cache=tmp_path / "c.jsonl", max_retries=0).chat_batch(
+        [msgs(p) for p in prompts], progress=False
+    )
+    assert sum(server.calls.values()) - before == 1 and again.report["cache_hits"] == 8
+    assert [r.text for r in again] == [r.text for r in out]
+    # Each answer is in the cache file once, and the key is nowhere in it.
+    text = (tmp_path / "c.jsonl").read_text()
+    assert len(text.splitlines()) == 8 and KEY not in text
+    assert KEY not in repr(c)
+
+
+def test_gives_up_after_max_retries_and_reports_the_error(server: FaultServer) -> None:
+    c = Client(server.url, "tiny", max_retries=1, backoff=0.01)
+    out = c.chat_batch([msgs("r500:z")], progress=False)
+    assert not out[0].ok and "HTTP 500" in (out[0].error or "") and "after 2 attempts" in (out[0].error or "")
+    assert server.calls["r500:z"] == 2
+    dead = Client("http://127.0.0.1:9/v1", "tiny", max_retries=1, backoff=0.01, timeout=2.0)
+    r = dead.chat_batch([msgs("x")], progress=False)[0]
+    assert not r.ok and "connect" in (r.error or "")
+
+
+def test_a_batch_cut_short_resumes_with_only_the_missing_requests(server: FaultServer, tmp_path: Path) -> None:
+    cache = tmp_path / "cache.jsonl"
+    prompts = [f"ok:{i}" for i in range(60)]
+    Client(server.url, "tiny", cache=cache).chat_batch([msgs(p) for p in prompts[:25]], progress=False)
+    # A crash while writing the next answer leaves a torn line at the end of the file.
+    with cache.open("a") as f:
+        f.write('{"key": "abc", "text": "half an ans')
+    sent = Counter(server.calls)
+    out = Client(server.url, "tiny", cache=cache).chat_batch([msgs(p) for p in prompts], progress=False)
+    assert all(r.ok for r in out) and [r.cached for r in out] == [True] * 25 + [False] * 35
+    assert all(server.calls[p] - sent[p] == (0 if i < 25 else 1) for i, p in enumerate(prompts))
+    # Temperature is part of the key: a different setting is a different request.
+    t = Client(server.url, "tiny", cache=cache).chat_batch([msgs("ok:0")], temperature=0.7, progress=False)
+    assert not t[0].cached and t[0].text == "echo ok:0 t=0.7"
+
+
+def test_concurrency_is_bounded_and_rate_limit_spaces_requests(server: FaultServer) -> None:
+    c = Client(server.url, "tiny", max_concurrency=4)
+    out = c.chat_batch([msgs(f"slowok:{i}") for i in range(40)], progress=False)
+    assert all(r.ok for r in out) and [r.text for r in out] == [f"echo slowok:{i} t=0.0" for i in range(40)]
+    assert 1 < server.max_in_flight <= 4
+    t0 = time.perf_counter()
+    Client(server.url, "tiny", requests_per_minute=600).chat_batch([msgs(f"ok:rl{i}") for i in range(6)], progress=False)
+    assert time.perf_counter() - t0 >= 0.45  # 6 starts 0.1 s apart
+
+
+def test_per_request_options_and_bad_input(server: FaultServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    c = Client(server.url, "tiny")
+    out = c.chat_batch([{"messages": msgs("ok:x"), "temperature": 0.5}, msgs("ok:y")], progress=True)
+    assert out.texts == ["echo ok:x t=0.5", "echo ok:y t=0.0"]
+    with pytest.raises(ConfigError, match="request 0"):
+        c.chat_batch([[{"role": "user"}]])
+    with pytest.raises(ConfigError, match="unknown keys"):
+        c.chat_batch([{"messages": msgs("a"), "temp": 1}])
+    with pytest.raises(ConfigError, match="base_url"):
+        Client("localhost:8000", "m")
+    monkeypatch.delenv("RECFORGE_LLM_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="RECFORGE_LLM_BASE_URL"):
+        Client(model="m")
+    (tmp_path / ".env").write_text(f"RECFORGE_LLM_BASE_URL={server.url}\nRECFORGE_LLM_MODEL=tiny\nOPENAI_API_KEY='{KEY}'\n")
+    monkeypatch.delenv("RECFORGE_LLM_MODEL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    env_client = Client()
+    assert env_client.chat_batch([msgs("ok:env")], progress=False)[0].ok
+    assert f"Bearer {KEY}" in server.auth and KEY not in repr(env_client)
