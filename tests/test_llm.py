@@ -5,6 +5,7 @@ bounded concurrency, input order, and the API key kept out of every message."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -204,3 +205,16 @@ def test_per_request_options_and_bad_input(server: FaultServer, monkeypatch: pyt
     env_client = Client()
     assert env_client.chat_batch([msgs("ok:env")], progress=False)[0].ok
     assert f"Bearer {KEY}" in server.auth and KEY not in repr(env_client)
+
+
+def test_async_chat_shares_limits_retries_and_cache(server: FaultServer, tmp_path: Path) -> None:
+    c = Client(server.url, "tiny", max_concurrency=3, backoff=0.01, cache=tmp_path / "a.jsonl")
+
+    async def go() -> list[Any]:
+        return list(await asyncio.gather(*(c.chat(msgs(f"slowok:a{i}")) for i in range(12)), c.chat(msgs("r500:async"))))
+
+    out = asyncio.run(go())
+    assert [r.text for r in out[:12]] == [f"echo slowok:a{i} t=0.0" for i in range(12)]
+    assert out[12].ok and out[12].attempts == 3 and server.max_in_flight <= 3
+    again = asyncio.run(c.chat(msgs("slowok:a5")))
+    assert again.cached and again.text == "echo slowok:a5 t=0.0"

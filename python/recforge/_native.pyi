@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``src/python/``)."""
 
-from typing import Any, Callable, Sequence, final
+from typing import Any, Awaitable, Callable, Sequence, final
 
 
 import numpy as np
@@ -287,5 +287,12 @@ class _LlmClient:
         list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float]],
         dict[str, float],
     ]: ...
+    def chat(
+        self,
+        messages: Sequence[tuple[str, str]],
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        response_format: str | None = None,
+    ) -> Awaitable[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float]]: ...
     @property
     def cache_len(self) -> int: ...

@@ -71,6 +71,23 @@ class BatchResult(list[ChatResult]):
 Messages = Sequence[Mapping[str, str]]
 
 
+def _pairs(msgs: Any, k: int) -> list[tuple[str, str]]:
+    if not isinstance(msgs, Sequence) or isinstance(msgs, str) or not msgs:
+        raise ConfigError(f"request {k}: messages must be a non-empty list of {{'role', 'content'}} dicts")
+    pairs = []
+    for m in msgs:
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ConfigError(f"request {k}: each message needs string 'role' and 'content', got {m!r}")
+        pairs.append((m["role"], m["content"]))
+    return pairs
+
+
+def _result(row: tuple[Any, ...]) -> ChatResult:
+    ok, text, err, u, cached, attempts, lat = row
+    usage = None if u is None else {"prompt_tokens": u[0], "completion_tokens": u[1]}
+    return ChatResult(ok, text, err, usage, cached, attempts, lat)
+
+
 class Client:
     """An OpenAI-compatible chat client (llama.cpp's server, vLLM, Ollama, hosted APIs).
 
@@ -152,13 +169,7 @@ class Client:
                     raise ConfigError(f"request {k} has unknown keys {sorted(unknown)}")
             else:
                 msgs = item
-            if not isinstance(msgs, Sequence) or isinstance(msgs, str) or not msgs:
-                raise ConfigError(f"request {k}: messages must be a non-empty list of {{'role', 'content'}} dicts")
-            pairs = []
-            for m in msgs:
-                if not isinstance(m, Mapping) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise ConfigError(f"request {k}: each message needs string 'role' and 'content', got {m!r}")
-                pairs.append((m["role"], m["content"]))
+            pairs = _pairs(msgs, k)
             fmt = opts.get("response_format", response_format)
             rows.append((
                 pairs, float(opts.get("temperature", temperature)), opts.get("max_tokens", max_tokens),
@@ -173,9 +184,22 @@ class Client:
             out, report = self._native.chat_batch(rows, tick if progress else None)
         finally:
             bar.close()
-        result = BatchResult(
-            ChatResult(ok, text, err, None if u is None else {"prompt_tokens": u[0], "completion_tokens": u[1]}, cached, attempts, lat)
-            for ok, text, err, u, cached, attempts, lat in out
-        )
+        result = BatchResult(_result(row) for row in out)
         result.report = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
         return result
+
+    async def chat(
+        self,
+        messages: Messages,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> ChatResult:
+        """One request, awaitable (runs on recforge's tokio runtime; shares the client's
+        concurrency bound, rate limit, retries and cache with :meth:`chat_batch`)."""
+        fut = self._native.chat(
+            _pairs(messages, 0), float(temperature), max_tokens,
+            None if response_format is None else json.dumps(response_format),
+        )  # fmt: skip
+        return _result(await fut)

@@ -134,7 +134,7 @@ impl std::fmt::Debug for ClientConfig {
 }
 
 /// The runtime every client shares (created on first use).
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -183,6 +183,8 @@ pub struct Client {
     http: reqwest::Client,
     cache: Option<ResponseCache>,
     limit: Option<RateLimit>,
+    /// In-flight bound shared by every call of this client (batches and single calls).
+    slots: Arc<Semaphore>,
     seed: Mutex<u64>,
 }
 
@@ -224,6 +226,7 @@ impl Client {
             .map_or(0, |d| d.as_nanos() as u64)
             ^ std::process::id() as u64;
         Ok(Self {
+            slots: Arc::new(Semaphore::new(config.max_concurrency)),
             config,
             http,
             cache,
@@ -399,6 +402,32 @@ impl Client {
         }
     }
 
+    /// One request, for async callers (run on [`runtime`]): the cached answer, or the server's
+    /// (within the client's concurrency bound and rate limit).
+    pub async fn chat(self: Arc<Self>, request: ChatRequest) -> ChatResult {
+        let body = self.body(&request);
+        let key = self.cache_key(&body);
+        if let Some(e) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            return ChatResult {
+                outcome: Ok(e.text),
+                usage: e.usage,
+                cached: true,
+                attempts: 0,
+                latency: 0.0,
+            };
+        }
+        match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(_permit) => self.run_one(body, key).await,
+            Err(_) => ChatResult {
+                outcome: Err("the client was closed".into()),
+                usage: None,
+                cached: false,
+                attempts: 0,
+                latency: 0.0,
+            },
+        }
+    }
+
     /// Sends every request (cache hits excepted) and returns the results in input order.
     /// `progress(done, total)` is called on the calling thread as results arrive and at least
     /// every 0.2 s; when it returns `true` the call returns `Interrupted` at once (requests in
@@ -434,7 +463,7 @@ impl Client {
             return Err(interrupted());
         }
         let rt = runtime()?;
-        let sem = Arc::new(Semaphore::new(self.config.max_concurrency));
+        let sem = Arc::clone(&self.slots);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (i, body, key) in pending {
             let (me, sem, tx) = (Arc::clone(self), Arc::clone(&sem), tx.clone());

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use super::errors::ConfigError;
 use super::gil::without_gil;
-use crate::llm::{ChatRequest, Client, ClientConfig, Message};
+use crate::llm::{ChatRequest, ChatResult, Client, ClientConfig, Message};
 
 /// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
 /// response_format as JSON text)`.
@@ -25,6 +25,35 @@ type PyResultRow = (
     u32,
     f64,
 );
+
+fn to_request(k: usize, r: PyRequest) -> PyResult<ChatRequest> {
+    let (messages, temperature, max_tokens, fmt) = r;
+    let response_format = match fmt {
+        Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
+            ConfigError::new_err(format!("request {k}: response_format is not JSON: {e}"))
+        })?),
+        None => None,
+    };
+    let messages = messages
+        .into_iter()
+        .map(|(role, content)| Message { role, content })
+        .collect();
+    Ok(ChatRequest {
+        messages,
+        temperature,
+        max_tokens,
+        response_format,
+    })
+}
+
+fn row(r: ChatResult) -> PyResultRow {
+    let (ok, text, error) = match r.outcome {
+        Ok(t) => (true, Some(t), None),
+        Err(e) => (false, None, Some(e)),
+    };
+    let usage = r.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
+    (ok, text, error, usage, r.cached, r.attempts, r.latency)
+}
 
 /// An OpenAI-compatible chat client; see `recforge.llm.Client`.
 #[pyclass(module = "recforge._native", name = "_LlmClient")]
@@ -78,25 +107,11 @@ impl PyLlmClient {
         requests: Vec<PyRequest>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<(Vec<PyResultRow>, HashMap<String, f64>)> {
-        let mut reqs = Vec::with_capacity(requests.len());
-        for (k, (messages, temperature, max_tokens, fmt)) in requests.into_iter().enumerate() {
-            let response_format = match fmt {
-                Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
-                    ConfigError::new_err(format!("request {k}: response_format is not JSON: {e}"))
-                })?),
-                None => None,
-            };
-            let messages = messages
-                .into_iter()
-                .map(|(role, content)| Message { role, content })
-                .collect();
-            reqs.push(ChatRequest {
-                messages,
-                temperature,
-                max_tokens,
-                response_format,
-            });
-        }
+        let reqs = requests
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| to_request(k, r))
+            .collect::<PyResult<Vec<_>>>()?;
         let client = Arc::clone(&self.inner);
         let mut failure: Option<PyErr> = None;
         let mut interrupted = false;
@@ -124,17 +139,7 @@ impl PyLlmClient {
             return Err(PyKeyboardInterrupt::new_err("chat_batch interrupted"));
         }
         let (results, report) = out?;
-        let rows = results
-            .into_iter()
-            .map(|r| {
-                let (ok, text, error) = match r.outcome {
-                    Ok(t) => (true, Some(t), None),
-                    Err(e) => (false, None, Some(e)),
-                };
-                let usage = r.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-                (ok, text, error, usage, r.cached, r.attempts, r.latency)
-            })
-            .collect();
+        let rows = results.into_iter().map(row).collect();
         let rep = HashMap::from([
             ("requests".to_string(), report.requests as f64),
             ("ok".to_string(), report.ok as f64),
@@ -153,6 +158,27 @@ impl PyLlmClient {
             ("seconds".to_string(), report.seconds),
         ]);
         Ok((rows, rep))
+    }
+
+    /// One request as an awaitable (pyo3-async-runtimes on recforge's tokio runtime); resolves to
+    /// the same row as `chat_batch` gives per request.
+    #[pyo3(signature = (messages, temperature=0.0, max_tokens=None, response_format=None))]
+    fn chat<'py>(
+        &self,
+        py: Python<'py>,
+        messages: Vec<(String, String)>,
+        temperature: f64,
+        max_tokens: Option<u64>,
+        response_format: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = to_request(0, (messages, temperature, max_tokens, response_format))?;
+        let rt = crate::llm::client::runtime()?;
+        // Futures from Python run on recforge's runtime (set once; later calls keep it).
+        let _ = pyo3_async_runtimes::tokio::init_with_runtime(rt);
+        let client = Arc::clone(&self.inner);
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            Ok(row(client.chat(request).await))
+        })
     }
 
     /// Answers held by the response cache.
