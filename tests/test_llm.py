@@ -218,3 +218,20 @@ def test_async_chat_shares_limits_retries_and_cache(server: FaultServer, tmp_pat
     assert out[12].ok and out[12].attempts == 3 and server.max_in_flight <= 3
     again = asyncio.run(c.chat(msgs("slowok:a5")))
     assert again.cached and again.text == "echo slowok:a5 t=0.0"
+
+
+def test_tokens_per_minute_bucket_delays_requests(server: FaultServer) -> None:
+    # A bucket of 6,000 tokens refilled at 100/s. Each request is charged ~2,100 up front
+    # (max_tokens) and then its reported usage (~11 tokens), so 8 answered requests pass at once.
+    c = Client(server.url, "tiny", tokens_per_minute=6000)
+    t0 = time.perf_counter()
+    out = c.chat_batch([msgs(f"ok:tpm{i}") for i in range(8)], max_tokens=2100, progress=False)
+    assert all(r.ok for r in out) and time.perf_counter() - t0 < 2.0
+    # Failed requests report no usage and keep their full charge: three of them need ~6,330
+    # tokens, ~400 more than the bucket holds, so the third waits ~4 s for the refill.
+    t0 = time.perf_counter()
+    out = c.chat_batch([msgs(f"bad400:tpm{i}") for i in range(3)], max_tokens=2100, progress=False)
+    waited = time.perf_counter() - t0
+    assert not any(r.ok for r in out) and 2.5 < waited < 15
+    with pytest.raises(ConfigError, match="tokens_per_minute"):
+        Client(server.url, "tiny", tokens_per_minute=0.5)

@@ -274,6 +274,7 @@ class _LlmClient:
         api_key: str | None = None,
         max_concurrency: int = 16,
         requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         timeout: float = 60.0,
         max_retries: int = 5,
         backoff: float = 0.5,

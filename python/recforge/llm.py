@@ -98,6 +98,9 @@ class Client:
         api_key: bearer token (default ``$OPENAI_API_KEY``; none if unset).
         max_concurrency: requests in flight at once (16).
         requests_per_minute: limit on request starts per minute (None: no limit).
+        tokens_per_minute: limit on prompt + completion tokens per minute (None: no limit), a
+            token bucket charged before each request with an estimate (prompt characters / 4 +
+            ``max_tokens``, 256 when unset) and corrected with the usage the server reports.
         timeout: seconds per attempt (60).
         max_retries: retries after the first attempt (5) on connect errors, timeouts, 429, 5xx and
             bodies that are not a valid completion; other 4xx are not retried.
@@ -115,6 +118,7 @@ class Client:
         *,
         max_concurrency: int = 16,
         requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         timeout: float = 60.0,
         max_retries: int = 5,
         backoff: float = 0.5,
@@ -132,7 +136,7 @@ class Client:
         self.cache = None if cache is None else Path(cache)
         self._native = _native._LlmClient(
             base_url, model, api_key if api_key is not None else _dotenv("OPENAI_API_KEY"),
-            int(max_concurrency), requests_per_minute, float(timeout), int(max_retries),
+            int(max_concurrency), requests_per_minute, tokens_per_minute, float(timeout), int(max_retries),
             float(backoff), None if cache is None else str(cache),
         )  # fmt: skip
 

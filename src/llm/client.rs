@@ -108,6 +108,10 @@ pub struct ClientConfig {
     pub max_concurrency: usize,
     /// Requests started per minute (None: no limit).
     pub requests_per_minute: Option<f64>,
+    /// Tokens (prompt + completion) per minute (None: no limit): a token bucket charged with an
+    /// estimate before each request (prompt characters / 4 + `max_tokens`) and corrected with
+    /// the usage the server reports.
+    pub tokens_per_minute: Option<f64>,
     /// Per-attempt timeout.
     pub timeout: Duration,
     /// Retries after the first attempt.
@@ -126,6 +130,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("max_concurrency", &self.max_concurrency)
             .field("requests_per_minute", &self.requests_per_minute)
+            .field("tokens_per_minute", &self.tokens_per_minute)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
             .field("cache", &self.cache)
@@ -168,6 +173,49 @@ impl RateLimit {
     }
 }
 
+/// A token bucket refilled at `per_minute / 60` tokens a second, holding at most `per_minute`.
+#[derive(Debug)]
+struct TokenBucket {
+    per_minute: f64,
+    state: tokio::sync::Mutex<(f64, Instant)>,
+    /// Wakes waiters when tokens come back early (a request used less than its estimate).
+    refunded: tokio::sync::Notify,
+}
+
+impl TokenBucket {
+    /// Waits until `n` tokens (at most the bucket's size) are available and takes them.
+    async fn take(&self, n: f64) {
+        let n = n.min(self.per_minute);
+        let rate = self.per_minute / 60.0;
+        loop {
+            let wait = {
+                let mut st = self.state.lock().await;
+                let now = Instant::now();
+                st.0 = (st.0 + now.duration_since(st.1).as_secs_f64() * rate).min(self.per_minute);
+                st.1 = now;
+                if st.0 >= n {
+                    st.0 -= n;
+                    return;
+                }
+                (n - st.0) / rate
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                _ = self.refunded.notified() => {}
+            }
+        }
+    }
+
+    /// Returns `n` tokens (negative: charges more), after the real usage is known.
+    async fn settle(&self, n: f64) {
+        let mut st = self.state.lock().await;
+        st.0 = (st.0 + n).min(self.per_minute);
+        if n > 0.0 {
+            self.refunded.notify_waiters();
+        }
+    }
+}
+
 /// What one attempt got.
 enum Attempt {
     Answer(String, Option<Usage>),
@@ -183,9 +231,23 @@ pub struct Client {
     http: reqwest::Client,
     cache: Option<ResponseCache>,
     limit: Option<RateLimit>,
+    tokens: Option<TokenBucket>,
     /// In-flight bound shared by every call of this client (batches and single calls).
     slots: Arc<Semaphore>,
     seed: Mutex<u64>,
+}
+
+/// Tokens a request may use: prompt characters / 4 plus `max_tokens` (256 when unset).
+fn estimate_tokens(body: &Value) -> f64 {
+    let chars: usize = body["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| m["content"].as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    chars as f64 / 4.0 + body["max_tokens"].as_u64().unwrap_or(256) as f64
 }
 
 impl Client {
@@ -215,6 +277,19 @@ impl Client {
             }),
             None => None,
         };
+        let tokens = match config.tokens_per_minute {
+            Some(t) if !(t.is_finite() && t >= 1.0) => {
+                return Err(RecforgeError::config(format!(
+                    "tokens_per_minute must be >= 1, got {t}"
+                )))
+            }
+            Some(t) => Some(TokenBucket {
+                per_minute: t,
+                state: tokio::sync::Mutex::new((t, Instant::now())),
+                refunded: tokio::sync::Notify::new(),
+            }),
+            None => None,
+        };
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .pool_max_idle_per_host(config.max_concurrency)
@@ -231,6 +306,7 @@ impl Client {
             http,
             cache,
             limit,
+            tokens,
             seed: Mutex::new(seed),
         })
     }
@@ -358,8 +434,20 @@ impl Client {
             if let Some(l) = &self.limit {
                 l.wait().await;
             }
+            let estimate = self.tokens.as_ref().map(|_| estimate_tokens(&body));
+            if let (Some(b), Some(e)) = (&self.tokens, estimate) {
+                b.take(e).await;
+            }
             attempts += 1;
-            let (msg, after) = match self.attempt(&body).await {
+            let attempt = self.attempt(&body).await;
+            if let (Some(b), Some(e)) = (&self.tokens, estimate) {
+                let used = match &attempt {
+                    Attempt::Answer(_, Some(u)) => (u.prompt_tokens + u.completion_tokens) as f64,
+                    _ => e,
+                };
+                b.settle(e - used).await;
+            }
+            let (msg, after) = match attempt {
                 Attempt::Answer(text, usage) => {
                     let stored = self.cache.as_ref().map(|c| {
                         c.put(Entry {

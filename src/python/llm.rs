@@ -64,7 +64,7 @@ pub struct PyLlmClient {
 #[pymethods]
 impl PyLlmClient {
     #[new]
-    #[pyo3(signature = (base_url, model, api_key=None, max_concurrency=16, requests_per_minute=None, timeout=60.0, max_retries=5, backoff=0.5, cache=None))]
+    #[pyo3(signature = (base_url, model, api_key=None, max_concurrency=16, requests_per_minute=None, tokens_per_minute=None, timeout=60.0, max_retries=5, backoff=0.5, cache=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         base_url: String,
@@ -72,6 +72,7 @@ impl PyLlmClient {
         api_key: Option<String>,
         max_concurrency: usize,
         requests_per_minute: Option<f64>,
+        tokens_per_minute: Option<f64>,
         timeout: f64,
         max_retries: u32,
         backoff: f64,
@@ -88,6 +89,7 @@ impl PyLlmClient {
             api_key,
             max_concurrency,
             requests_per_minute,
+            tokens_per_minute,
             timeout: Duration::from_secs_f64(timeout),
             max_retries,
             backoff: Duration::from_secs_f64(backoff),
