@@ -66,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         s = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path.endswith("/embeddings"):
+            return self._embeddings(body)
         prompt = body["messages"][-1]["content"]
         with s.lock:
             s.calls[prompt] += 1
@@ -101,6 +103,28 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(answer).encode())
         finally:
             self._leave()
+
+
+def _vec(text: str) -> list[float]:
+    return [float(len(text)), float(sum(map(ord, text)) % 97), 1.0]
+
+
+def _embeddings_handler(self: Handler, body: dict[str, Any]) -> None:
+    s = self.server
+    inputs = body["input"]
+    key = "|".join(inputs)
+    with s.lock:
+        s.calls["emb:" + key] += 1
+        n = s.calls["emb:" + key]
+    if any(t.startswith("flaky") for t in inputs) and n == 1:
+        return self._send(503, b'{"error": "busy"}')
+    if any(t.startswith("short") for t in inputs):  # one vector too few: never a valid answer
+        inputs = inputs[1:]
+    data = [{"object": "embedding", "index": i, "embedding": _vec(t)} for i, t in enumerate(inputs)]
+    self._send(200, json.dumps({"data": data[::-1], "usage": {"prompt_tokens": 3, "total_tokens": 3}}).encode())
+
+
+Handler._embeddings = _embeddings_handler  # type: ignore[attr-defined]
 
 
 @pytest.fixture()
@@ -235,3 +259,22 @@ def test_tokens_per_minute_bucket_delays_requests(server: FaultServer) -> None:
     assert not any(r.ok for r in out) and 2.5 < waited < 15
     with pytest.raises(ConfigError, match="tokens_per_minute"):
         Client(server.url, "tiny", tokens_per_minute=0.5)
+
+
+def test_embeddings_in_batches_with_retries_and_cache(server: FaultServer, tmp_path: Path) -> None:
+    import numpy as np
+
+    texts = [f"title {i}" for i in range(10)] + ["flaky one", "short a", "short b"]
+    c = Client(server.url, "emb", backoff=0.01, max_retries=2, cache=tmp_path / "e.jsonl")
+    r = c.embed(texts, batch_size=4, progress=False)
+    # Batches: 0-3, 4-7, 8-9 + "flaky one" + "short a" (5th item cut by the server), "short b".
+    assert r.vectors.shape == (13, 3) and r.report["requests"] == 4
+    for i in range(8):
+        assert np.array_equal(r.vectors[i], _vec(texts[i])) and r.errors[i] is None
+    bad = [i for i, e in enumerate(r.errors) if e is not None]
+    assert bad == [8, 9, 10, 11, 12] and np.isnan(r.vectors[bad]).all() and not r.ok
+    assert "no valid answer" in (r.errors[12] or "")
+    ok = Client(server.url, "emb", backoff=0.01, cache=tmp_path / "e.jsonl").embed(texts[:8] + ["flaky two"], batch_size=3, progress=False)
+    assert ok.ok and ok.report["requests"] == 3 and ok.report["retries"] == 1
+    again = Client(server.url, "emb", cache=tmp_path / "e.jsonl").embed(texts[:8] + ["flaky two"], batch_size=3, progress=False)
+    assert again.report["cache_hits"] == 3 and np.array_equal(again.vectors, ok.vectors)

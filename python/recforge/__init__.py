@@ -16,6 +16,7 @@ import torch as _torch  # noqa: F401
 from . import _native
 from ._native import IdMap, Interactions, num_threads
 from . import errors, split, datasets, metrics, sampling, stats, models, tuning
+from . import llm, parsing, prompts, rerank
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -42,9 +43,13 @@ __all__ = [
     "datasets",
     "device",
     "errors",
+    "llm",
     "metrics",
     "models",
     "num_threads",
+    "parsing",
+    "prompts",
+    "rerank",
     "resolve_device",
     "sampling",
     "split",

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from . import _native
 from .errors import ConfigError
 
-__all__ = ["BatchResult", "ChatResult", "Client"]
+__all__ = ["BatchResult", "ChatResult", "Client", "EmbedResult"]
 
 
 def _dotenv(name: str) -> str | None:
@@ -69,6 +71,21 @@ class BatchResult(list[ChatResult]):
 
 
 Messages = Sequence[Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """``vectors[i]`` is the embedding of text ``i`` (a row of NaN where it failed, and
+    ``errors[i]`` says why); ``report`` counts requests (``batch_size`` texts each)."""
+
+    vectors: npt.NDArray[np.float32]
+    errors: list[str | None]
+    report: dict[str, float]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every text got its vector."""
+        return all(e is None for e in self.errors)
 
 
 def _pairs(msgs: Any, k: int) -> list[tuple[str, str]]:
@@ -207,3 +224,31 @@ class Client:
             None if response_format is None else json.dumps(response_format),
         )  # fmt: skip
         return _result(await fut)
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> EmbedResult:
+        """Embeddings from the server's ``/embeddings`` endpoint, ``batch_size`` texts per request,
+        requests run concurrently (retried and cached like chat requests)."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError("texts must be a list of strings")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        n_req = -(-len(texts) // batch_size)
+        bar = tqdm(total=n_req, desc="embeddings", unit="req", disable=not progress, leave=False)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+
+        try:
+            vecs, errors, report = self._native.embed_batch(list(texts), batch_size, tick if progress else None)
+        finally:
+            bar.close()
+        dim = next((len(v) for v in vecs if v is not None), 0)
+        out = np.full((len(texts), dim), np.nan, dtype=np.float32)
+        for i, v in enumerate(vecs):
+            if v is not None:
+                if len(v) != dim:
+                    errors[i] = f"embedding has {len(v)} dimensions, others have {dim}"
+                    continue
+                out[i] = v
+        rep = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
+        return EmbedResult(out, list(errors), rep)

@@ -216,6 +216,57 @@ impl TokenBucket {
     }
 }
 
+/// One text's embedding, or the error of its request.
+pub type Embedding = std::result::Result<Vec<f32>, String>;
+
+/// Which API a request goes to, and what a valid answer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `/chat/completions`: `choices[0].message.content`.
+    Chat,
+    /// `/embeddings` for `n` inputs: `data[k].embedding` for each, as JSON text.
+    Embeddings(usize),
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Embeddings(_) => "embeddings",
+        }
+    }
+
+    /// The answer text, or None when the body is not a valid answer.
+    fn extract(self, v: &Value) -> Option<String> {
+        match self {
+            Endpoint::Chat => v
+                .pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            Endpoint::Embeddings(n) => {
+                let data = v.get("data")?.as_array()?;
+                if data.len() != n {
+                    return None;
+                }
+                let mut rows: Vec<(i64, Vec<f32>)> = Vec::with_capacity(n);
+                for (k, d) in data.iter().enumerate() {
+                    let e: Vec<f32> = serde_json::from_value(d.get("embedding")?.clone()).ok()?;
+                    rows.push((
+                        d.get("index").and_then(Value::as_i64).unwrap_or(k as i64),
+                        e,
+                    ));
+                }
+                rows.sort_by_key(|r| r.0);
+                let dim = rows.first().map(|r| r.1.len())?;
+                if dim == 0 || rows.iter().any(|r| r.1.len() != dim) {
+                    return None;
+                }
+                serde_json::to_string(&rows.into_iter().map(|r| r.1).collect::<Vec<_>>()).ok()
+            }
+        }
+    }
+}
+
 /// What one attempt got.
 enum Attempt {
     Answer(String, Option<Usage>),
@@ -348,10 +399,11 @@ impl Client {
         }
     }
 
-    async fn attempt(&self, body: &Value) -> Attempt {
+    async fn attempt(&self, endpoint: Endpoint, body: &Value) -> Attempt {
         let url = format!(
-            "{}/chat/completions",
-            self.config.base_url.trim().trim_end_matches('/')
+            "{}/{}",
+            self.config.base_url.trim().trim_end_matches('/'),
+            endpoint.path()
         );
         let mut req = self.http.post(&url).json(body);
         if let Some(k) = &self.config.api_key {
@@ -406,19 +458,16 @@ impl Client {
                 return Attempt::Retry(format!("the response is not JSON: {:?}", snippet()), None)
             }
         };
-        let Some(content) = parsed
-            .pointer("/choices/0/message/content")
-            .and_then(Value::as_str)
-        else {
+        let Some(content) = endpoint.extract(&parsed) else {
             return Attempt::Retry(
-                format!("the response holds no completion: {:?}", snippet()),
+                format!("the response holds no valid answer: {:?}", snippet()),
                 None,
             );
         };
         let usage = parsed
             .get("usage")
             .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
-        Attempt::Answer(content.to_string(), usage)
+        Attempt::Answer(content, usage)
     }
 
     fn jitter(&self) -> f64 {
@@ -427,7 +476,7 @@ impl Client {
         Rng::new(*s, 7).unit_f64()
     }
 
-    async fn run_one(&self, body: Value, key: String) -> ChatResult {
+    async fn run_one(&self, endpoint: Endpoint, body: Value, key: String) -> ChatResult {
         let start = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -439,7 +488,7 @@ impl Client {
                 b.take(e).await;
             }
             attempts += 1;
-            let attempt = self.attempt(&body).await;
+            let attempt = self.attempt(endpoint, &body).await;
             if let (Some(b), Some(e)) = (&self.tokens, estimate) {
                 let used = match &attempt {
                     Attempt::Answer(_, Some(u)) => (u.prompt_tokens + u.completion_tokens) as f64,
@@ -505,7 +554,7 @@ impl Client {
             };
         }
         match Arc::clone(&self.slots).acquire_owned().await {
-            Ok(_permit) => self.run_one(body, key).await,
+            Ok(_permit) => self.run_one(Endpoint::Chat, body, key).await,
             Err(_) => ChatResult {
                 outcome: Err("the client was closed".into()),
                 usage: None,
@@ -523,14 +572,58 @@ impl Client {
     pub fn chat_batch(
         self: &Arc<Self>,
         requests: Vec<ChatRequest>,
+        progress: impl FnMut(usize, usize) -> bool,
+    ) -> Result<(Vec<ChatResult>, BatchReport)> {
+        let bodies = requests
+            .iter()
+            .map(|r| (Endpoint::Chat, self.body(r)))
+            .collect();
+        self.run_batch(bodies, progress)
+    }
+
+    /// Embeddings of `texts` from `/embeddings`, `batch_size` texts per request (requests run
+    /// concurrently, retried and cached like chat requests). Returns one vector or error per text,
+    /// in input order, and the report (counted in requests).
+    pub fn embed_batch(
+        self: &Arc<Self>,
+        texts: &[String],
+        batch_size: usize,
+        progress: impl FnMut(usize, usize) -> bool,
+    ) -> Result<(Vec<Embedding>, BatchReport)> {
+        if batch_size == 0 {
+            return Err(RecforgeError::config("batch_size must be >= 1"));
+        }
+        let bodies = texts
+            .chunks(batch_size)
+            .map(|c| {
+                let body = json!({ "model": self.config.model, "input": c });
+                (Endpoint::Embeddings(c.len()), body)
+            })
+            .collect();
+        let (results, report) = self.run_batch(bodies, progress)?;
+        let mut out = Vec::with_capacity(texts.len());
+        for (chunk, r) in texts.chunks(batch_size).zip(results) {
+            let rows: std::result::Result<Vec<Vec<f32>>, String> = r.outcome.and_then(|t| {
+                serde_json::from_str(&t).map_err(|e| format!("cached embeddings unreadable: {e}"))
+            });
+            match rows {
+                Ok(rows) => out.extend(rows.into_iter().map(Ok)),
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        Ok((out, report))
+    }
+
+    fn run_batch(
+        self: &Arc<Self>,
+        bodies: Vec<(Endpoint, Value)>,
         mut progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<(Vec<ChatResult>, BatchReport)> {
         let started = Instant::now();
-        let n = requests.len();
+        let n = bodies.len();
         let mut results: Vec<Option<ChatResult>> = vec![None; n];
         let mut pending = Vec::new();
-        for (i, r) in requests.iter().enumerate() {
-            let body = self.body(r);
+        for (i, (endpoint, body)) in bodies.into_iter().enumerate() {
             let key = self.cache_key(&body);
             match self.cache.as_ref().and_then(|c| c.get(&key)) {
                 Some(e) => {
@@ -542,7 +635,7 @@ impl Client {
                         latency: 0.0,
                     })
                 }
-                None => pending.push((i, body, key)),
+                None => pending.push((i, endpoint, body, key)),
             }
         }
         let mut done = n - pending.len();
@@ -553,11 +646,11 @@ impl Client {
         let rt = runtime()?;
         let sem = Arc::clone(&self.slots);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for (i, body, key) in pending {
+        for (i, endpoint, body, key) in pending {
             let (me, sem, tx) = (Arc::clone(self), Arc::clone(&sem), tx.clone());
             rt.spawn(async move {
                 let result = match sem.acquire_owned().await {
-                    Ok(_permit) => me.run_one(body, key).await,
+                    Ok(_permit) => me.run_one(endpoint, body, key).await,
                     Err(_) => ChatResult {
                         outcome: Err("the batch was cancelled".into()),
                         usage: None,

@@ -115,51 +115,44 @@ impl PyLlmClient {
             .map(|(k, r)| to_request(k, r))
             .collect::<PyResult<Vec<_>>>()?;
         let client = Arc::clone(&self.inner);
-        let mut failure: Option<PyErr> = None;
-        let mut interrupted = false;
-        let (failed, stopped) = (&mut failure, &mut interrupted);
-        let out = without_gil(py, move || {
-            client.chat_batch(reqs, |done, total| {
-                Python::attach(|py| {
-                    if let Err(e) = py.check_signals() {
-                        *failed = Some(e);
-                        *stopped = true;
-                        return true;
-                    }
-                    if let Some(Err(e)) = progress.as_ref().map(|cb| cb.call1(py, (done, total))) {
-                        *failed = Some(e);
-                        return true;
-                    }
-                    false
-                })
-            })
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        if interrupted {
-            return Err(PyKeyboardInterrupt::new_err("chat_batch interrupted"));
-        }
-        let (results, report) = out?;
+        let (results, report) = with_progress(py, progress, move |p| client.chat_batch(reqs, p))?;
         let rows = results.into_iter().map(row).collect();
-        let rep = HashMap::from([
-            ("requests".to_string(), report.requests as f64),
-            ("ok".to_string(), report.ok as f64),
-            ("failed".to_string(), report.failed as f64),
-            ("cache_hits".to_string(), report.cache_hits as f64),
-            ("cache_misses".to_string(), report.cache_misses as f64),
-            ("retries".to_string(), report.retries as f64),
-            ("prompt_tokens".to_string(), report.prompt_tokens as f64),
-            (
-                "completion_tokens".to_string(),
-                report.completion_tokens as f64,
-            ),
-            ("latency_p50".to_string(), report.latency_p50),
-            ("latency_p90".to_string(), report.latency_p90),
-            ("latency_p99".to_string(), report.latency_p99),
-            ("seconds".to_string(), report.seconds),
-        ]);
-        Ok((rows, rep))
+        Ok((rows, report_dict(&report)))
+    }
+
+    /// Embeddings of `texts` (`batch_size` per request): one vector or None per text, the error of
+    /// each failed text, and the batch report (in requests).
+    #[pyo3(signature = (texts, batch_size=64, progress=None))]
+    #[allow(clippy::type_complexity)]
+    fn embed_batch(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        batch_size: usize,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(
+        Vec<Option<Vec<f32>>>,
+        Vec<Option<String>>,
+        HashMap<String, f64>,
+    )> {
+        let client = Arc::clone(&self.inner);
+        let (results, report) = with_progress(py, progress, move |p| {
+            client.embed_batch(&texts, batch_size, p)
+        })?;
+        let (mut vecs, mut errs) = (Vec::new(), Vec::new());
+        for r in results {
+            match r {
+                Ok(v) => {
+                    vecs.push(Some(v));
+                    errs.push(None);
+                }
+                Err(e) => {
+                    vecs.push(None);
+                    errs.push(Some(e));
+                }
+            }
+        }
+        Ok((vecs, errs, report_dict(&report)))
     }
 
     /// One request as an awaitable (pyo3-async-runtimes on recforge's tokio runtime); resolves to
@@ -188,4 +181,59 @@ impl PyLlmClient {
     fn cache_len(&self) -> usize {
         self.inner.cache_len()
     }
+}
+
+/// Runs `work` with the GIL released, feeding `progress(done, total)` and checking Ctrl-C.
+fn with_progress<T: Send>(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    work: impl FnOnce(&mut dyn FnMut(usize, usize) -> bool) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut failure: Option<PyErr> = None;
+    let mut interrupted = false;
+    let (failed, stopped) = (&mut failure, &mut interrupted);
+    let out = without_gil(py, move || {
+        let mut tick = |done: usize, total: usize| {
+            Python::attach(|py| {
+                if let Err(e) = py.check_signals() {
+                    *failed = Some(e);
+                    *stopped = true;
+                    return true;
+                }
+                if let Some(Err(e)) = progress.as_ref().map(|cb| cb.call1(py, (done, total))) {
+                    *failed = Some(e);
+                    return true;
+                }
+                false
+            })
+        };
+        work(&mut tick)
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if interrupted {
+        return Err(PyKeyboardInterrupt::new_err("interrupted"));
+    }
+    out
+}
+
+fn report_dict(report: &crate::llm::BatchReport) -> HashMap<String, f64> {
+    HashMap::from([
+        ("requests".to_string(), report.requests as f64),
+        ("ok".to_string(), report.ok as f64),
+        ("failed".to_string(), report.failed as f64),
+        ("cache_hits".to_string(), report.cache_hits as f64),
+        ("cache_misses".to_string(), report.cache_misses as f64),
+        ("retries".to_string(), report.retries as f64),
+        ("prompt_tokens".to_string(), report.prompt_tokens as f64),
+        (
+            "completion_tokens".to_string(),
+            report.completion_tokens as f64,
+        ),
+        ("latency_p50".to_string(), report.latency_p50),
+        ("latency_p90".to_string(), report.latency_p90),
+        ("latency_p99".to_string(), report.latency_p99),
+        ("seconds".to_string(), report.seconds),
+    ])
 }
