@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_demo_on_builtin_data() -> None:
     out = subprocess.run(
@@ -25,3 +27,12 @@ def test_demo_bad_path_is_a_clean_error(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "recforge: error:" in r.stderr and "not found" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_llm_demo_with_the_real_small_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from recforge import cli
+
+    assert cli.main(["llm-demo", "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "descriptions" in out and "re-ranked candidates of user 0" in out and "'requests': 3" in out

