@@ -16,38 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def start_server(model: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(Path(tempfile.gettempdir()) / "bench_llm_server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the llama.cpp server did not start")
 
 
 def measure(name: str, run: Callable[[], list[str]], n: int) -> tuple[str, float, float, int]:
@@ -68,9 +42,9 @@ def main() -> None:
     import openai
     import requests
 
-    from recforge.llm import Client
+    from recforge.llm import Client, start_llama_server
 
-    proc, url = start_server(Path(args.model))
+    proc, url = start_llama_server(args.model, n_ctx=512)
     try:
         n, c, mt = args.n, args.concurrency, args.max_tokens
         prompts = [f"Item {i}: say something." for i in range(n)]

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -52,38 +48,16 @@ def models_root() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "models"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_llama_server(model: Path, log: Path, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """llama.cpp's OpenAI-compatible server (llama-cpp-python) on a free loopback port; returns
-    the process and the base URL once ``/v1/models`` answers."""
-    if not model.is_file():
-        pytest.fail(f"model file not found: {model} (set RECFORGE_MODELS or put shared/models beside the project)")
-    port = _free_port()
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), *(extra or [])],
-        stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    out.close()
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama_cpp.server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/models", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    pytest.fail(f"llama_cpp.server did not answer within 120 s:\n{log.read_text()[-3000:]}")
+    """recforge.llm.start_llama_server, failing the test (not skipping it) when it cannot start."""
+    from recforge.errors import ConfigError
+    from recforge.llm import start_llama_server as start
+
+    n_ctx = int(extra[extra.index("--n_ctx") + 1]) if extra and "--n_ctx" in extra else 2048
+    try:
+        return start(model, n_ctx=n_ctx, log=log)
+    except ConfigError as e:
+        pytest.fail(f"{e} (set RECFORGE_MODELS or put shared/models beside the project)")
 
 
 @pytest.fixture(scope="session")

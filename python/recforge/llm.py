@@ -18,6 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,7 +35,7 @@ from tqdm.auto import tqdm
 from . import _native
 from .errors import ConfigError
 
-__all__ = ["BatchResult", "ChatResult", "Client", "EmbedResult"]
+__all__ = ["BatchResult", "ChatResult", "Client", "EmbedResult", "start_llama_server"]
 
 
 def _dotenv(name: str) -> str | None:
@@ -252,3 +258,39 @@ class Client:
                 out[i] = v
         rep = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
         return EmbedResult(out, list(errors), rep)
+
+
+def start_llama_server(
+    model: str | Path, *, n_ctx: int = 2048, log: str | Path | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start llama.cpp's OpenAI-compatible server (``pip install 'llama-cpp-python[server]'``)
+    with the GGUF file ``model`` on a free loopback port; return the process (terminate it when
+    done) and the base URL, once ``/v1/models`` answers. Its output goes to ``log`` (default: a
+    file in the temp folder); a server that exits or does not answer within ``timeout`` seconds
+    is a ConfigError quoting the end of that log."""
+    model = Path(model)
+    if not model.is_file():
+        raise ConfigError(f"model file not found: {model}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log_path = Path(log) if log is not None else Path(tempfile.gettempdir()) / f"recforge-llama-server-{port}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", str(n_ctx)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"llama_cpp.server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    raise ConfigError(f"llama_cpp.server did not answer within {timeout:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")
