@@ -90,19 +90,12 @@ impl Factors {
 
     /// Named parameters (shallow handles).
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        super::handles(&self.params)
     }
 
     /// The parameter called `name`.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| RecforgeError::config(format!("this model has no parameter {name}")))
+        super::find(&self.params, name)
     }
 
     /// Copies parameter values from `tensors` (checkpoint or state dict); a missing or mis-shaped

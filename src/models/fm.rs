@@ -201,27 +201,16 @@ impl Fm {
 
     /// Named parameters (shallow handles).
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        super::handles(&self.params)
     }
 
     /// Named buffers: batch-norm running statistics (shallow handles).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        self.buffers
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        super::handles(&self.buffers)
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
-        self.params
-            .iter()
-            .chain(&self.buffers)
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| RecforgeError::config(format!("no parameter {name}")))
+        super::find(self.params.iter().chain(&self.buffers), name)
     }
 
     /// Copies parameter and buffer values by name (missing or mis-shaped tensors are errors).

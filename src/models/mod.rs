@@ -14,6 +14,26 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
 
+/// Shallow handles of named tensors (what `params()` / `buffers()` of every model return).
+pub(crate) fn handles(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
+/// The tensor called `name` among `named`.
+pub(crate) fn find<'a>(
+    named: impl IntoIterator<Item = &'a (String, Tensor)>,
+    name: &str,
+) -> Result<&'a Tensor> {
+    named
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| RecforgeError::config(format!("this model has no parameter {name}")))
+}
+
 /// Rows `idx` of a 2-D embedding table. When the table is trained, its gradient is sparse (only
 /// the rows used), so a step never allocates a dense table-sized gradient; the optimiser scatters
 /// it into a buffer it keeps.

@@ -221,18 +221,11 @@ impl SasRec {
 
     /// Named parameters (shallow handles).
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
+        super::handles(&self.params)
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t)
-            .ok_or_else(|| RecforgeError::config(format!("no parameter {name}")))
+        super::find(&self.params, name)
     }
 
     /// Copies parameter values by name (missing or mis-shaped tensors are errors).
