@@ -105,6 +105,11 @@ def _pairs(msgs: Any, k: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def _report(raw: dict[str, float]) -> dict[str, float]:
+    """The native report with counts as ints (seconds and latencies stay floats)."""
+    return {k: v if k == "seconds" or k.startswith("latency") else int(v) for k, v in raw.items()}
+
+
 def _result(row: tuple[Any, ...]) -> ChatResult:
     ok, text, err, u, cached, attempts, lat = row
     usage = None if u is None else {"prompt_tokens": u[0], "completion_tokens": u[1]}
@@ -212,7 +217,7 @@ class Client:
         finally:
             bar.close()
         result = BatchResult(_result(row) for row in out)
-        result.report = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
+        result.report = _report(report)
         return result
 
     async def chat(
@@ -256,8 +261,7 @@ class Client:
                     errors[i] = f"embedding has {len(v)} dimensions, others have {dim}"
                     continue
                 out[i] = v
-        rep = {k: (int(v) if k not in ("seconds",) and not k.startswith("latency") else v) for k, v in report.items()}
-        return EmbedResult(out, list(errors), rep)
+        return EmbedResult(out, list(errors), _report(report))
 
 
 def start_llama_server(
