@@ -13,6 +13,7 @@ pub mod parallel;
 pub mod rng;
 pub mod sampling;
 pub mod stats;
+pub mod text;
 pub mod train;
 
 #[cfg(feature = "python")]

@@ -16,7 +16,7 @@ import torch as _torch  # noqa: F401
 from . import _native
 from ._native import IdMap, Interactions, num_threads
 from . import errors, split, datasets, metrics, sampling, stats, models, tuning
-from . import llm, parsing, prompts, rerank
+from . import llm, parsing, prompts, rerank, text
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -54,5 +54,6 @@ __all__ = [
     "sampling",
     "split",
     "stats",
+    "text",
     "tuning",
 ]

@@ -1,5 +1,6 @@
 //! The one helper that releases the GIL around work in the Rust core.
 
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 /// Runs `work` with the GIL released and turns its error into the matching Python exception.
@@ -16,4 +17,39 @@ where
 {
     py.detach(|| crate::parallel::run(work))
         .map_err(PyErr::from)
+}
+
+/// Runs `work` with the GIL released, feeding `progress(done, total)` and checking Ctrl-C.
+pub fn with_progress<T: Send>(
+    py: Python<'_>,
+    progress: Option<Py<PyAny>>,
+    work: impl FnOnce(&mut dyn FnMut(usize, usize) -> bool) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut failure: Option<PyErr> = None;
+    let mut interrupted = false;
+    let (failed, stopped) = (&mut failure, &mut interrupted);
+    let out = without_gil(py, move || {
+        let mut tick = |done: usize, total: usize| {
+            Python::attach(|py| {
+                if let Err(e) = py.check_signals() {
+                    *failed = Some(e);
+                    *stopped = true;
+                    return true;
+                }
+                if let Some(Err(e)) = progress.as_ref().map(|cb| cb.call1(py, (done, total))) {
+                    *failed = Some(e);
+                    return true;
+                }
+                false
+            })
+        };
+        work(&mut tick)
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if interrupted {
+        return Err(PyKeyboardInterrupt::new_err("interrupted"));
+    }
+    out
 }

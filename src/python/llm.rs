@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 use super::errors::ConfigError;
-use super::gil::without_gil;
+use super::gil::with_progress;
 use crate::llm::{ChatRequest, ChatResult, Client, ClientConfig, Message};
 
 /// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
@@ -181,41 +180,6 @@ impl PyLlmClient {
     fn cache_len(&self) -> usize {
         self.inner.cache_len()
     }
-}
-
-/// Runs `work` with the GIL released, feeding `progress(done, total)` and checking Ctrl-C.
-fn with_progress<T: Send>(
-    py: Python<'_>,
-    progress: Option<Py<PyAny>>,
-    work: impl FnOnce(&mut dyn FnMut(usize, usize) -> bool) -> crate::Result<T> + Send,
-) -> PyResult<T> {
-    let mut failure: Option<PyErr> = None;
-    let mut interrupted = false;
-    let (failed, stopped) = (&mut failure, &mut interrupted);
-    let out = without_gil(py, move || {
-        let mut tick = |done: usize, total: usize| {
-            Python::attach(|py| {
-                if let Err(e) = py.check_signals() {
-                    *failed = Some(e);
-                    *stopped = true;
-                    return true;
-                }
-                if let Some(Err(e)) = progress.as_ref().map(|cb| cb.call1(py, (done, total))) {
-                    *failed = Some(e);
-                    return true;
-                }
-                false
-            })
-        };
-        work(&mut tick)
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if interrupted {
-        return Err(PyKeyboardInterrupt::new_err("interrupted"));
-    }
-    out
 }
 
 fn report_dict(report: &crate::llm::BatchReport) -> HashMap<String, f64> {

@@ -11,6 +11,7 @@ mod gil;
 mod llm;
 mod models;
 mod tensor;
+mod text;
 
 use pyo3::prelude::*;
 
@@ -41,6 +42,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::PyIdMap>()?;
     m.add_class::<models::PyFactorization>()?;
     m.add_class::<llm::PyLlmClient>()?;
+    m.add_class::<text::PyTokenizer>()?;
+    m.add_class::<text::PyEncoder>()?;
+    m.add_class::<text::PyCausalLm>()?;
     m.add_function(wrap_pyfunction!(data::k_core, m)?)?;
     m.add_function(wrap_pyfunction!(data::leave_one_out, m)?)?;
     m.add_function(wrap_pyfunction!(data::ratio_split, m)?)?;

@@ -1,0 +1,341 @@
+"""Text encoders and language-model backbones in recforge's Rust core, from Hugging Face folders.
+
+Encoders (BERT family: all-MiniLM, e5, bge; and the T5 encoder) turn texts into embedding rows::
+
+    from recforge.text import Encoder
+    enc = Encoder.from_pretrained("path/to/all-MiniLM-L6-v2")      # a sentence-transformers folder
+    vectors = enc.encode(titles, batch_size=64)                      # float32 [N, 384], L2-normalised
+
+Decoders (GPT-2, Llama, Qwen2, SmolLM2) serve as backbones: hidden states and logits of token ids
+or of soft tokens (``inputs_embeds``), freezing, and greedy or sampled generation with a key/value
+cache::
+
+    from recforge.text import CausalLM
+    lm = CausalLM.from_pretrained("path/to/SmolLM2-135M-Instruct")
+    print(lm.generate_text(["The capital of France is"], max_new_tokens=5))
+
+Folders hold ``config.json``, ``model.safetensors`` (or a sharded ``model.safetensors.index.json``)
+and ``tokenizer.json``; nothing is downloaded. Positions follow the attention mask (``cumsum - 1``),
+so a left-padded sequence gets the same outputs as alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import _native
+from .errors import ConfigError, DataError
+
+__all__ = ["CausalLM", "Encoder", "Tokenizer"]
+
+PathLike = str | os.PathLike[str]
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool) -> tuple[Any, Callable[[int, int], None] | None]:
+    bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
+
+    def tick(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return bar, (tick if enabled else None)
+
+
+def _texts(texts: Sequence[str] | str, name: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise DataError(f"{name} must be a list of strings, not one string")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise DataError(f"{name}[{i}] is {type(t).__name__}, not str")
+    return out
+
+
+def _ids(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise DataError(f"{name} must be [batch, tokens], got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _embeds(a: Any) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float32)
+    if arr.ndim != 3:
+        raise DataError(f"inputs_embeds must be [batch, tokens, hidden], got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+class Tokenizer:
+    """A ``tokenizer.json`` tokenizer (Hugging Face ``tokenizers`` in Rust), batched in parallel."""
+
+    def __init__(self, native: _native._Tokenizer) -> None:
+        self._native = native
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, pad_id: int | None = None) -> Tokenizer:
+        """Reads ``tokenizer.json`` from a folder (or the file itself). ``pad_id`` overrides the pad
+        token (default: the file's padding setting, a ``[PAD]``/``<pad>`` token, or 0)."""
+        return cls(_native._Tokenizer(os.fspath(path), pad_id))
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        *,
+        max_length: int | None = None,
+        padding_side: str = "right",
+        add_special_tokens: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """``{"input_ids", "attention_mask"}``: int64 ``[B, longest]``, truncated to ``max_length``
+        tokens (special tokens included) and padded on ``padding_side``."""
+        ids, mask = self._native.encode(_texts(texts), add_special_tokens, max_length, padding_side)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
+        """Text of a sequence of ids."""
+        return self._native.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or None when the vocabulary lacks it."""
+        return self._native.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of tokens, added tokens included."""
+        return self._native.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        """The id used for padding."""
+        return self._native.pad_id
+
+
+class Encoder:
+    """A sentence encoder: BERT family (all-MiniLM, e5, bge) or a T5 encoder, with pooling and
+    L2 normalisation as in ``sentence-transformers``."""
+
+    def __init__(self, native: _native._Encoder, path: Path) -> None:
+        self._native = native
+        self.path = path
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: PathLike,
+        *,
+        device: str = "auto",
+        pooling: str | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        prefix: str | None = None,
+    ) -> Encoder:
+        """Loads a Hugging Face / sentence-transformers folder.
+
+        Args:
+            path: folder with ``config.json``, safetensors weights and ``tokenizer.json``.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            pooling: ``"mean"``, ``"cls"`` or ``"max"``; None reads ``1_Pooling/config.json``
+                (mean when absent).
+            normalize: L2-normalise the vectors (cosine similarity becomes a dot product).
+            max_length: truncation in tokens; None reads ``sentence_bert_config.json``
+                ``max_seq_length``, else the model's limit.
+            prefix: text put before every input, e.g. ``"query: "`` or ``"passage: "`` for e5.
+        """
+        native = _native._Encoder(os.fspath(path), device, pooling, normalize, max_length, prefix or "")
+        return cls(native, Path(path))
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = True) -> np.ndarray:
+        """Embeds texts: float32 ``[len(texts), dim]`` in input order. Texts are tokenized in
+        parallel and batched by length; the GIL is released and Ctrl-C stops the work."""
+        items = _texts(texts)
+        bar, tick = _bar(len(items), "encode", "text", progress and len(items) > 0)
+        try:
+            return self._native.encode(items, batch_size, tick)
+        finally:
+            bar.close()
+
+    def hidden_states(self, input_ids: Any, attention_mask: Any | None = None) -> np.ndarray:
+        """The network's last hidden state, float32 ``[B, T, H]`` (HF ``last_hidden_state``)."""
+        ids = _ids(input_ids, "input_ids")
+        mask = np.ones_like(ids) if attention_mask is None else _ids(attention_mask, "attention_mask")
+        return self._native.hidden_states(ids, mask)
+
+    @property
+    def dim(self) -> int:
+        """Width of the embeddings."""
+        return self._native.dim
+
+    @property
+    def max_length(self) -> int:
+        """Truncation length in tokens."""
+        return self._native.max_length
+
+    @property
+    def pooling(self) -> str:
+        """``"mean"``, ``"cls"`` or ``"max"``."""
+        return self._native.pooling
+
+    @property
+    def device(self) -> str:
+        """Where the weights are."""
+        return self._native.device
+
+    def __repr__(self) -> str:
+        return (f"Encoder({str(self.path)!r}, dim={self.dim}, pooling={self.pooling!r}, "
+                f"max_length={self.max_length}, device={self.device!r})")  # fmt: skip
+
+
+class CausalLM:
+    """A decoder-only language model (GPT-2, Llama, Qwen2, SmolLM2) as a backbone."""
+
+    def __init__(self, native: _native._CausalLM, tokenizer: Tokenizer | None = None) -> None:
+        self._native = native
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike, *, device: str = "auto") -> CausalLM:
+        """Loads a Hugging Face folder (``config.json``, safetensors weights, sharded or not); its
+        ``tokenizer.json``, when present, becomes :attr:`tokenizer`."""
+        p = Path(path)
+        native = _native._CausalLM.from_pretrained(os.fspath(p), device)
+        lm = cls(native)
+        if (p / "tokenizer.json").is_file():
+            lm.tokenizer = Tokenizer.from_pretrained(p, pad_id=lm.pad_token_id)
+        return lm
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | PathLike, *, seed: int = 0, device: str = "auto") -> CausalLM:
+        """A randomly initialised model from a config dict, a ``config.json`` or its folder."""
+        if isinstance(config, Mapping):
+            text = json.dumps(dict(config))
+        else:
+            p = Path(config)
+            p = p / "config.json" if p.is_dir() else p
+            try:
+                text = p.read_text()
+            except OSError as e:
+                raise ConfigError(f"cannot read config {p}: {e}") from None
+        return cls(_native._CausalLM.from_config(text, seed, device))
+
+    def hidden_states(
+        self, input_ids: Any | None = None, attention_mask: Any | None = None, inputs_embeds: Any | None = None
+    ) -> np.ndarray:
+        """Hidden states after the final norm, float32 ``[B, T, H]`` (HF ``last_hidden_state``).
+        Pass token ids or soft tokens (``inputs_embeds``, e.g. user/item embeddings)."""
+        ids, emb, mask = self._inputs(input_ids, attention_mask, inputs_embeds)
+        return self._native.hidden_states(ids, emb, mask)
+
+    def logits(
+        self, input_ids: Any | None = None, attention_mask: Any | None = None, inputs_embeds: Any | None = None
+    ) -> np.ndarray:
+        """Next-token logits, float32 ``[B, T, vocab]``."""
+        ids, emb, mask = self._inputs(input_ids, attention_mask, inputs_embeds)
+        return self._native.logits(ids, emb, mask)
+
+    def embed(self, input_ids: Any) -> np.ndarray:
+        """Token embeddings ``[B, T, H]``: what ``inputs_embeds`` replaces."""
+        return self._native.embed(_ids(input_ids, "input_ids"))
+
+    @staticmethod
+    def _inputs(
+        input_ids: Any | None, attention_mask: Any | None, inputs_embeds: Any | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ConfigError("pass exactly one of input_ids and inputs_embeds")
+        ids = None if input_ids is None else _ids(input_ids, "input_ids")
+        emb = None if inputs_embeds is None else _embeds(inputs_embeds)
+        mask = None if attention_mask is None else _ids(attention_mask, "attention_mask")
+        return ids, emb, mask
+
+    def generate(
+        self,
+        input_ids: Any,
+        attention_mask: Any | None = None,
+        *,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_token_id: int | Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """New tokens, int64 ``[B, max_new_tokens]``, after left-padded prompts. Greedy unless
+        ``do_sample``; a row that emits an end-of-sequence id (default: the config's) is filled
+        with ``pad_token_id`` after it."""
+        ids = _ids(input_ids, "input_ids")
+        mask = None if attention_mask is None else _ids(attention_mask, "attention_mask")
+        eos = None if eos_token_id is None else [int(e) for e in np.atleast_1d(eos_token_id)]
+        bar, tick = _bar(max_new_tokens, "generate", "tok", progress)
+        try:
+            return self._native.generate(
+                ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos, pad_token_id, tick
+            )
+        finally:
+            bar.close()
+
+    def generate_text(self, prompts: Sequence[str], *, max_new_tokens: int = 32, **kwargs: Any) -> list[str]:
+        """Tokenizes prompts (left padded), generates, and decodes the new tokens."""
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer.json; set .tokenizer or use generate()")
+        batch = self.tokenizer(_texts(prompts, "prompts"), padding_side="left")
+        out = self.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens, **kwargs)
+        return [self.tokenizer.decode(row) for row in out]
+
+    def freeze(self) -> None:
+        """Stop gradient tracking of every parameter (a frozen backbone)."""
+        self._native.freeze()
+
+    def unfreeze(self) -> None:
+        """Track gradients of every parameter again."""
+        self._native.unfreeze()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters, or of those that track gradients."""
+        return self._native.num_parameters(trainable_only)
+
+    def save_pretrained(self, path: PathLike) -> None:
+        """Writes ``config.json`` and ``model.safetensors`` with Hugging Face names (``transformers``
+        loads them). The tokenizer is not copied."""
+        self._native.save_pretrained(os.fspath(path))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The ``config.json`` contents."""
+        out: dict[str, Any] = json.loads(self._native.config_json)
+        return out
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """End-of-sequence ids from the config."""
+        return self._native.eos_token_ids
+
+    @property
+    def pad_token_id(self) -> int:
+        """Pad id (config ``pad_token_id``, else the first end-of-sequence id, else 0)."""
+        return self._native.pad_token_id
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the hidden states."""
+        return self._native.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size."""
+        return self._native.vocab_size
+
+    @property
+    def device(self) -> str:
+        """Where the weights are."""
+        return self._native.device

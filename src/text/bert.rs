@@ -1,0 +1,178 @@
+//! The BERT encoder (`BertModel`): all-MiniLM, e5, bge and other BERT-family sentence encoders.
+//!
+//! Parameter names are those of `transformers`' `BertModel` (`embeddings.word_embeddings.weight`,
+//! `encoder.layer.3.attention.self.query.weight`, ...); checkpoints of `BertFor*` heads load too
+//! (their `bert.` prefix is stripped; the heads are ignored).
+
+use serde_json::json;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::HfConfig;
+use super::layers::{
+    attend, layer_norm, linear, merge_heads, padding_mask, split_heads, Activation,
+};
+use super::weights::Layout;
+use crate::error::{RecforgeError, Result};
+
+/// Checkpoint names of the BERT family.
+pub const LAYOUT: Layout = Layout {
+    prefix: "bert.",
+    unprefixed: &[],
+    ignorable: &[
+        "pooler.",
+        "cls.",
+        "embeddings.position_ids",
+        "qa_outputs.",
+        "classifier.",
+    ],
+};
+
+/// The fields of `BertConfig` recforge uses.
+#[derive(Debug, Clone)]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: i64,
+    /// Hidden size.
+    pub hidden_size: i64,
+    /// Number of layers.
+    pub num_hidden_layers: i64,
+    /// Attention heads per layer.
+    pub num_attention_heads: i64,
+    /// Feed-forward size.
+    pub intermediate_size: i64,
+    /// Feed-forward activation.
+    pub hidden_act: Activation,
+    /// Longest input.
+    pub max_position_embeddings: i64,
+    /// Segment vocabulary.
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Pad token id.
+    pub pad_token_id: Option<i64>,
+}
+
+impl BertConfig {
+    /// Reads a `config.json` of `model_type` `bert` (defaults as in `transformers`).
+    pub fn from_hf(c: &HfConfig) -> Result<Self> {
+        c.require("position_embedding_type", &[json!("absolute")])?;
+        c.require("is_decoder", &[json!(false)])?;
+        c.require("add_cross_attention", &[json!(false)])?;
+        let cfg = Self {
+            vocab_size: c.int_req("vocab_size")?,
+            hidden_size: c.int("hidden_size", 768)?,
+            num_hidden_layers: c.int("num_hidden_layers", 12)?,
+            num_attention_heads: c.int("num_attention_heads", 12)?,
+            intermediate_size: c.int("intermediate_size", 3072)?,
+            hidden_act: Activation::parse(&c.str("hidden_act", "gelu")?, "hidden_act")?,
+            max_position_embeddings: c.int("max_position_embeddings", 512)?,
+            type_vocab_size: c.int("type_vocab_size", 2)?,
+            layer_norm_eps: c.float("layer_norm_eps", 1e-12)?,
+            pad_token_id: c.int_opt("pad_token_id")?,
+        };
+        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(RecforgeError::config(format!(
+                "config.json hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug)]
+struct Layer {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    attn_out: nn::Linear,
+    attn_norm: nn::LayerNorm,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    out_norm: nn::LayerNorm,
+}
+
+/// A BERT encoder built in a var store under `BertModel`'s names.
+#[derive(Debug)]
+pub struct Bert {
+    /// Its configuration.
+    pub config: BertConfig,
+    words: nn::Embedding,
+    positions: nn::Embedding,
+    token_types: nn::Embedding,
+    emb_norm: nn::LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl Bert {
+    /// Creates the parameters under `p` (randomly initialised; load a checkpoint over them).
+    pub fn new(p: &nn::Path, config: BertConfig) -> Self {
+        let h = config.hidden_size;
+        let e = p / "embeddings";
+        let emb = |name: &str, n: i64| nn::embedding(&e / name, n, h, Default::default());
+        let words = emb("word_embeddings", config.vocab_size);
+        let positions = emb("position_embeddings", config.max_position_embeddings);
+        let token_types = emb("token_type_embeddings", config.type_vocab_size);
+        let emb_norm = layer_norm(&e / "LayerNorm", h, config.layer_norm_eps);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = p / "encoder" / "layer" / i;
+                let a = &l / "attention";
+                Layer {
+                    query: linear(&a / "self" / "query", h, h, true),
+                    key: linear(&a / "self" / "key", h, h, true),
+                    value: linear(&a / "self" / "value", h, h, true),
+                    attn_out: linear(&a / "output" / "dense", h, h, true),
+                    attn_norm: layer_norm(&a / "output" / "LayerNorm", h, config.layer_norm_eps),
+                    intermediate: linear(
+                        &l / "intermediate" / "dense",
+                        h,
+                        config.intermediate_size,
+                        true,
+                    ),
+                    output: linear(&l / "output" / "dense", config.intermediate_size, h, true),
+                    out_norm: layer_norm(&l / "output" / "LayerNorm", h, config.layer_norm_eps),
+                }
+            })
+            .collect();
+        Self {
+            config,
+            words,
+            positions,
+            token_types,
+            emb_norm,
+            layers,
+        }
+    }
+
+    /// Last hidden state `[B, T, H]` of ids `[B, T]` with a 0/1 mask `[B, T]` (right padding).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.size2()?;
+        if t > self.config.max_position_embeddings {
+            return Err(RecforgeError::data(format!(
+                "input of {t} tokens is longer than max_position_embeddings {}",
+                self.config.max_position_embeddings
+            )));
+        }
+        let dev = ids.device();
+        let pos = Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0);
+        let x = self.words.forward(ids)
+            + self.positions.forward(&pos)
+            + self.token_types.forward(&ids.zeros_like());
+        let mut x = self.emb_norm.forward(&x);
+        let attn_mask = padding_mask(mask);
+        let heads = self.config.num_attention_heads;
+        let hd = self.config.hidden_size / heads;
+        for l in &self.layers {
+            let q = split_heads(&l.query.forward(&x), heads, hd);
+            let k = split_heads(&l.key.forward(&x), heads, hd);
+            let v = split_heads(&l.value.forward(&x), heads, hd);
+            let a = merge_heads(&attend(&q, &k, &v, Some(&attn_mask), None));
+            x = l.attn_norm.forward(&(l.attn_out.forward(&a) + &x));
+            let f = self.config.hidden_act.apply(&l.intermediate.forward(&x));
+            x = l.out_norm.forward(&(l.output.forward(&f) + &x));
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,425 @@
+//! Causal language models as backbones: GPT-2 or the Llama family loaded from a Hugging Face
+//! folder (or initialised at random from a config), with hidden states, logits, soft-token input,
+//! freezing, generation and `save_pretrained`.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use super::config::HfConfig;
+use super::decoder::{self, check_ids, Decoder, GenerateOptions};
+use super::gpt2::{Gpt2, Gpt2Config};
+use super::llama::{Llama, LlamaConfig};
+use super::weights::{self, load_into, read_config, Checkpoint, Layout};
+use crate::error::{RecforgeError, Result};
+
+/// A decoder-only language model and its weights.
+pub struct CausalLm {
+    vs: VarStore,
+    net: Box<dyn Decoder>,
+    layout: Layout,
+    config: Value,
+    /// End-of-sequence ids from the config.
+    pub eos: Vec<i64>,
+    /// Pad id from the config (else the first end-of-sequence id, else 0).
+    pub pad_id: i64,
+}
+
+fn build(config: &HfConfig, vs: &VarStore) -> Result<(Box<dyn Decoder>, Layout)> {
+    let root = vs.root();
+    match config.model_type()?.as_str() {
+        "gpt2" => {
+            let c = Gpt2Config::from_hf(config)?;
+            let layout = c.layout();
+            Ok((Box::new(Gpt2::new(&root, c)), layout))
+        }
+        "llama" | "qwen2" | "mistral" => {
+            let c = LlamaConfig::from_hf(config)?;
+            let layout = c.layout();
+            Ok((Box::new(Llama::new(&root, c)), layout))
+        }
+        other => Err(RecforgeError::config(format!(
+            "config.json model_type {other:?} is not a supported decoder (gpt2, llama, qwen2, mistral)"
+        ))),
+    }
+}
+
+impl CausalLm {
+    fn new(config: Value, device: Device, checkpoint: Option<&Checkpoint>) -> Result<Self> {
+        let hf = HfConfig::new(config)?;
+        let vs = VarStore::new(device);
+        let (net, layout) = build(&hf, &vs)?;
+        if let Some(ckpt) = checkpoint {
+            load_into(&vs, ckpt, &layout)?;
+        }
+        let eos = hf.ids("eos_token_id")?;
+        let pad_id = hf
+            .int_opt("pad_token_id")?
+            .or(eos.first().copied())
+            .unwrap_or(0);
+        Ok(Self {
+            vs,
+            net,
+            layout,
+            config: hf.json,
+            eos,
+            pad_id,
+        })
+    }
+
+    /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded).
+    pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(RecforgeError::Io {
+                context: format!("model folder {}", dir.display()),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            });
+        }
+        let config = read_config(dir)?;
+        // Check the configuration before reading gigabytes of weights.
+        build(&HfConfig::new(config.clone())?, &VarStore::new(Device::Cpu))
+            .map(|_| ())
+            .or_else(|e| match e {
+                RecforgeError::Config(_) => Err(e),
+                _ => Ok(()),
+            })?;
+        let ckpt = Checkpoint::open(dir)?;
+        Self::new(config, device, Some(&ckpt))
+    }
+
+    /// A randomly initialised model from a config (seeded through libtorch's generator).
+    pub fn from_config(config: Value, seed: i64, device: Device) -> Result<Self> {
+        tch::manual_seed(seed);
+        Self::new(config, device, None)
+    }
+
+    /// The network.
+    pub fn net(&self) -> &dyn Decoder {
+        self.net.as_ref()
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The config it was built from.
+    pub fn config(&self) -> &Value {
+        &self.config
+    }
+
+    /// Stops (`false`) or restarts (`true`) gradient tracking of every parameter.
+    pub fn set_trainable(&mut self, trainable: bool) {
+        if trainable {
+            self.vs.unfreeze();
+        } else {
+            self.vs.freeze();
+        }
+    }
+
+    /// Number of parameters (only those that track gradients when `trainable_only`).
+    pub fn num_parameters(&self, trainable_only: bool) -> i64 {
+        self.vs
+            .variables()
+            .values()
+            .filter(|t| !trainable_only || t.requires_grad())
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+
+    /// Token embeddings of ids `[B, T]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        check_ids(ids, self.net.vocab_size())?;
+        Ok(self.net.embed(&ids.to_device(self.device())))
+    }
+
+    /// Hidden states after the final norm of token ids or soft tokens `[B, T, H]`; `mask`
+    /// defaults to all ones.
+    pub fn hidden_states(&self, input: &Input, mask: Option<&Tensor>) -> Result<Tensor> {
+        let embeds = match input {
+            Input::Ids(ids) => {
+                if ids.dim() != 2 {
+                    return Err(RecforgeError::data(format!(
+                        "input_ids must be [batch, tokens], got {:?}",
+                        ids.size()
+                    )));
+                }
+                self.embed(ids)?
+            }
+            Input::Embeds(e) => e.to_device(self.device()),
+        };
+        let size = embeds.size();
+        let mask = match mask {
+            Some(m) => m.to_device(self.device()),
+            None => Tensor::ones(
+                &size[..size.len().min(2)],
+                (tch::Kind::Int64, self.device()),
+            ),
+        };
+        decoder::hidden_states(self.net.as_ref(), &embeds, &mask)
+    }
+
+    /// Vocabulary logits `[B, T, V]`.
+    pub fn logits(&self, input: &Input, mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.net.logits(&self.hidden_states(input, mask)?))
+    }
+
+    /// Generates after left-padded prompts; see [`decoder::generate`].
+    pub fn generate(
+        &self,
+        ids: &Tensor,
+        mask: Option<&Tensor>,
+        opts: &GenerateOptions,
+        step: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Tensor> {
+        let dev = self.device();
+        let ids = ids.to_device(dev);
+        let mask = match mask {
+            Some(m) => m.to_device(dev),
+            None => ids.ones_like(),
+        };
+        tch::no_grad(|| decoder::generate(self.net.as_ref(), &ids, &mask, opts, step))
+    }
+
+    /// Writes `config.json` and `model.safetensors` under Hugging Face names, so `transformers`
+    /// (and [`CausalLm::from_pretrained`]) can load the model.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|source| RecforgeError::Io {
+            context: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let text = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| RecforgeError::data(format!("cannot serialise config: {e}")))?;
+        let file = dir.join("config.json");
+        std::fs::write(&file, text).map_err(|source| RecforgeError::Io {
+            context: file.display().to_string(),
+            source,
+        })?;
+        weights::save(&self.vs, &self.layout, &dir.join("model.safetensors"))
+    }
+}
+
+/// What a forward pass reads: token ids `[B, T]` or embeddings `[B, T, H]`.
+pub enum Input {
+    /// Token ids.
+    Ids(Tensor),
+    /// Soft tokens (`inputs_embeds`).
+    Embeds(Tensor),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::decoder::Sampling;
+    use serde_json::json;
+    use tch::Kind;
+
+    fn tiny(kind: &str) -> CausalLm {
+        let config = match kind {
+            "gpt2" => {
+                json!({"model_type": "gpt2", "vocab_size": 50, "n_positions": 64, "n_embd": 16,
+                             "n_layer": 2, "n_head": 2, "eos_token_id": 49})
+            }
+            _ => {
+                json!({"model_type": kind, "vocab_size": 50, "hidden_size": 16, "intermediate_size": 24,
+                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                        "eos_token_id": 49, "tie_word_embeddings": kind == "qwen2"})
+            }
+        };
+        CausalLm::from_config(config, 7, Device::Cpu).unwrap()
+    }
+
+    fn ids(rows: &[&[i64]]) -> Tensor {
+        let t = rows[0].len() as i64;
+        let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, t])
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn left_padding_gives_each_sequence_its_unpadded_outputs() {
+        for kind in ["gpt2", "llama", "qwen2"] {
+            let lm = tiny(kind);
+            let alone = lm.logits(&Input::Ids(ids(&[&[5, 6, 7]])), None).unwrap();
+            let batch = ids(&[&[0, 0, 5, 6, 7], &[1, 2, 3, 4, 5]]);
+            let mask = ids(&[&[0, 0, 1, 1, 1], &[1, 1, 1, 1, 1]]);
+            let padded = lm.logits(&Input::Ids(batch), Some(&mask)).unwrap();
+            let d = max_diff(&padded.get(0).narrow(0, 2, 3), &alone.get(0));
+            assert!(d < 1e-5, "{kind}: {d}");
+        }
+    }
+
+    #[test]
+    fn soft_tokens_equal_token_ids_through_embeddings() {
+        let lm = tiny("llama");
+        let x = ids(&[&[3, 9, 27, 4]]);
+        let a = lm
+            .hidden_states(&Input::Ids(x.shallow_clone()), None)
+            .unwrap();
+        let b = lm
+            .hidden_states(&Input::Embeds(lm.embed(&x).unwrap()), None)
+            .unwrap();
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+
+    #[test]
+    fn cached_greedy_generation_equals_recomputing_the_whole_prefix() {
+        for kind in ["gpt2", "llama"] {
+            let lm = tiny(kind);
+            let prompt = ids(&[&[0, 11, 12], &[13, 14, 15]]);
+            let mask = ids(&[&[0, 1, 1], &[1, 1, 1]]);
+            let opts = GenerateOptions {
+                max_new_tokens: 6,
+                sampling: Sampling::Greedy,
+                seed: 0,
+                eos: vec![],
+                pad_id: 0,
+            };
+            let fast = lm
+                .generate(&prompt, Some(&mask), &opts, &mut |_, _| false)
+                .unwrap();
+            // Slow reference: full forward pass over the growing sequence, argmax of the last row.
+            let (mut seq, mut m) = (prompt.shallow_clone(), mask.shallow_clone());
+            for step in 0..6 {
+                let logits = tch::no_grad(|| {
+                    lm.logits(&Input::Ids(seq.shallow_clone()), Some(&m))
+                        .unwrap()
+                });
+                let next = logits.select(1, seq.size()[1] - 1).argmax(-1, false);
+                assert_eq!(
+                    Vec::<i64>::try_from(&next).unwrap(),
+                    Vec::<i64>::try_from(fast.select(1, step)).unwrap(),
+                    "{kind} step {step}"
+                );
+                seq = Tensor::cat(&[seq, next.unsqueeze(1)], 1);
+                m = Tensor::cat(&[m, Tensor::ones([2, 1], (Kind::Int64, Device::Cpu))], 1);
+            }
+        }
+    }
+
+    #[test]
+    fn rows_after_eos_are_padding_and_sampling_is_seeded() {
+        let lm = tiny("llama");
+        let prompt = ids(&[&[1, 2, 3]]);
+        let greedy = GenerateOptions {
+            max_new_tokens: 4,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            eos: vec![],
+            pad_id: 0,
+        };
+        let first = lm
+            .generate(&prompt, None, &greedy, &mut |_, _| false)
+            .unwrap();
+        let stop_at = first.int64_value(&[0, 0]);
+        let opts = GenerateOptions {
+            eos: vec![stop_at],
+            pad_id: 99,
+            ..greedy
+        };
+        let out: Vec<i64> = Vec::try_from(
+            lm.generate(&prompt, None, &opts, &mut |_, _| false)
+                .unwrap()
+                .view([-1]),
+        )
+        .unwrap();
+        assert_eq!(out, vec![stop_at, 99, 99, 99]);
+        let sample = |seed| {
+            let o = GenerateOptions {
+                max_new_tokens: 8,
+                sampling: Sampling::Sample {
+                    temperature: 1.5,
+                    top_k: 10,
+                    top_p: 0.9,
+                },
+                seed,
+                eos: vec![],
+                pad_id: 0,
+            };
+            Vec::<i64>::try_from(
+                lm.generate(&prompt, None, &o, &mut |_, _| false)
+                    .unwrap()
+                    .view([-1]),
+            )
+            .unwrap()
+        };
+        assert_eq!(sample(3), sample(3));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_crash() {
+        let lm = tiny("gpt2");
+        let e = lm
+            .logits(&Input::Ids(ids(&[&[1, 50]])), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("50") && e.contains("vocabulary"), "{e}");
+        let wide = Tensor::zeros([1, 2, 8], (Kind::Float, Device::Cpu));
+        let e = lm
+            .hidden_states(&Input::Embeds(wide), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("hidden size 8"), "{e}");
+        let long = Tensor::ones([1, 65], (Kind::Int64, Device::Cpu));
+        assert!(lm.logits(&Input::Ids(long), None).is_err());
+        let right_padded = ids(&[&[1, 2, 0]]);
+        let mask = ids(&[&[1, 1, 0]]);
+        let opts = GenerateOptions {
+            max_new_tokens: 2,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            eos: vec![],
+            pad_id: 0,
+        };
+        let e = lm
+            .generate(&right_padded, Some(&mask), &opts, &mut |_, _| false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("left-padded"), "{e}");
+        let e = CausalLm::from_config(json!({"model_type": "mamba"}), 0, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("mamba"), "{e}");
+        let e = CausalLm::from_config(
+            json!({"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
+                   "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}}),
+            0,
+            Device::Cpu,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn save_pretrained_round_trips_and_freezing_counts_parameters() {
+        let mut lm = tiny("qwen2");
+        let dir = std::env::temp_dir().join(format!("recforge-lm-{}", std::process::id()));
+        lm.save_pretrained(&dir).unwrap();
+        let back = CausalLm::from_pretrained(&dir, Device::Cpu).unwrap();
+        let x = Input::Ids(ids(&[&[4, 5, 6]]));
+        assert!(
+            max_diff(
+                &lm.logits(&x, None).unwrap(),
+                &back.logits(&x, None).unwrap()
+            ) < 1e-7
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let all = lm.num_parameters(false);
+        assert!(all > 0 && lm.num_parameters(true) == all);
+        lm.set_trainable(false);
+        assert_eq!(lm.num_parameters(true), 0);
+        lm.set_trainable(true);
+        assert_eq!(lm.num_parameters(true), all);
+    }
+}

@@ -1,0 +1,188 @@
+//! The building blocks the text networks share: normalisation layers, activations, attention.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::error::{RecforgeError, Result};
+
+/// Feed-forward activation functions by their Hugging Face `hidden_act` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: the exact (erf) GELU.
+    Gelu,
+    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
+    GeluTanh,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// Parses a Hugging Face activation name; `field` names the config entry for the error.
+    pub fn parse(name: &str, field: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            "silu" | "swish" => Ok(Self::Silu),
+            _ => Err(RecforgeError::config(format!(
+                "config.json {field} = {name:?} is not supported (gelu, gelu_new, \
+                 gelu_pytorch_tanh, relu, silu)"
+            ))),
+        }
+    }
+
+    /// Applies the activation.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Gelu => x.gelu("none"),
+            Self::GeluTanh => x.gelu("tanh"),
+            Self::Relu => x.relu(),
+            Self::Silu => x.silu(),
+        }
+    }
+}
+
+/// Root-mean-square layer norm with a learned scale and no bias or centring (Llama's `RMSNorm`,
+/// T5's `T5LayerNorm`), computed in float32.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// A norm over `dim` features whose scale is `p / "weight"`, initialised to one.
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        Self {
+            weight: p.ones("weight", &[dim]),
+            eps,
+        }
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let h = x.to_kind(Kind::Float);
+        let var = h.square().mean_dim(-1, true, Kind::Float);
+        let h = h * (var + self.eps).rsqrt();
+        &self.weight * h.to_kind(kind)
+    }
+}
+
+/// A linear layer named like the Hugging Face one (`weight` `[out, in]`, optional `bias`).
+pub fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            bias,
+            ..Default::default()
+        },
+    )
+}
+
+/// A layer norm named like the Hugging Face one (`weight`, `bias`).
+pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
+}
+
+/// `[B, T, H*D]` -> `[B, H, T, D]`.
+pub fn split_heads(x: &Tensor, heads: i64, head_dim: i64) -> Tensor {
+    let (b, t, _) = x.size3().expect("3-d activations");
+    x.view([b, t, heads, head_dim]).transpose(1, 2)
+}
+
+/// `[B, H, T, D]` -> `[B, T, H*D]`.
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, t, d) = x.size4().expect("4-d attention output");
+    x.transpose(1, 2).contiguous().view([b, t, h * d])
+}
+
+/// Scaled dot-product attention of `q` `[B, H, Tq, D]` over `k`, `v` `[B, Hkv, Tk, D]` (grouped
+/// query attention when `Hkv < H`). `mask` is a boolean "may attend" mask or an additive float
+/// bias, broadcastable to `[B, H, Tq, Tk]`; `scale` defaults to `1/sqrt(D)`.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: Option<f64>,
+) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
+}
+
+/// Key-padding mask for bidirectional encoders: `[B, Tk]` 0/1 -> boolean `[B, 1, 1, Tk]`.
+pub fn padding_mask(mask: &Tensor) -> Tensor {
+    mask.ne(0).unsqueeze(1).unsqueeze(1)
+}
+
+/// The "may attend" mask of a causal decoder step: query `i` (at slot `past + i` of the keys)
+/// sees key `j` when `j <= past + i` and key `j` is not padding. Each query also sees itself, so
+/// a padding query never has an empty row (its output is ignored). `key_mask` is `[B, Tk]` 0/1
+/// over the past and current tokens. Returns boolean `[B, 1, Tq, Tk]`.
+pub fn causal_mask(key_mask: &Tensor, tq: i64) -> Tensor {
+    let tk = key_mask.size()[1];
+    let past = tk - tq;
+    let dev = key_mask.device();
+    let qpos = Tensor::arange_start(past, tk, (Kind::Int64, dev)).unsqueeze(1);
+    let kpos = Tensor::arange(tk, (Kind::Int64, dev)).unsqueeze(0);
+    let causal = kpos.le_tensor(&qpos);
+    let diag = kpos.eq_tensor(&qpos);
+    let valid = key_mask.ne(0).unsqueeze(1).unsqueeze(1);
+    (valid.logical_and(&causal.unsqueeze(0).unsqueeze(0)))
+        .logical_or(&diag.unsqueeze(0).unsqueeze(0))
+}
+
+/// Position ids from an attention mask, as `transformers` computes them for generation:
+/// `cumsum(mask) - 1`, clamped at 0 (left padding gets position 0).
+pub fn positions_from_mask(mask: &Tensor) -> Tensor {
+    (mask.cumsum(-1, Kind::Int64) - 1).clamp_min(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causal_mask_by_hand() {
+        // One sequence, left padded: [pad, a, b]; full prefill.
+        let m = Tensor::from_slice(&[0i64, 1, 1]).view([1, 3]);
+        let c = causal_mask(&m, 3).view([3, 3]);
+        let got: Vec<i64> = Vec::try_from(c.to_kind(Kind::Int64).view([-1])).unwrap();
+        assert_eq!(got, vec![1, 0, 0, 0, 1, 0, 0, 1, 1]);
+        // One new query after those three keys plus itself.
+        let m = Tensor::from_slice(&[0i64, 1, 1, 1]).view([1, 4]);
+        let c = causal_mask(&m, 1).view([4]);
+        let got: Vec<i64> = Vec::try_from(c.to_kind(Kind::Int64)).unwrap();
+        assert_eq!(got, vec![0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn positions_skip_left_padding() {
+        let m = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1]).view([2, 4]);
+        let p: Vec<i64> = Vec::try_from(positions_from_mask(&m).view([-1])).unwrap();
+        assert_eq!(p, vec![0, 0, 0, 1, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn rms_norm_matches_formula() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let n = RmsNorm::new(vs.root().sub("n"), 2, 0.0);
+        let x = Tensor::from_slice(&[3.0f32, 4.0]).view([1, 2]);
+        let y: Vec<f32> = Vec::try_from(n.forward(&x).view([-1])).unwrap();
+        let rms = (12.5f32).sqrt();
+        assert!((y[0] - 3.0 / rms).abs() < 1e-6 && (y[1] - 4.0 / rms).abs() < 1e-6);
+    }
+}
