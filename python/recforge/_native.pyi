@@ -301,6 +301,7 @@ class _LlmClient:
     @property
     def cache_len(self) -> int: ...
 
+@final
 class _Tokenizer:
     """A ``tokenizer.json`` tokenizer; see ``recforge.text.Tokenizer``."""
 
@@ -319,6 +320,7 @@ class _Tokenizer:
     @property
     def pad_id(self) -> int: ...
 
+@final
 class _Encoder:
     """A BERT-family or T5 sentence encoder; see ``recforge.text.Encoder``."""
 
@@ -348,6 +350,7 @@ class _Encoder:
     @property
     def device(self) -> str: ...
 
+@final
 class _CausalLM:
     """A GPT-2 or Llama-family causal LM; see ``recforge.text.CausalLM``."""
 

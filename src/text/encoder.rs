@@ -293,7 +293,7 @@ impl SentenceEncoder {
                 let mut v = self.pooling.apply(&states, &mask).to_kind(Kind::Float);
                 if self.normalize {
                     let norm = v.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
-                    v = v / norm;
+                    v = &v / norm;
                 }
                 Ok(v.to_device(Device::Cpu).contiguous())
             })?;

@@ -213,9 +213,9 @@ impl Decoder for Gpt2 {
                 scale /= (i + 1) as f64;
             }
             let a = merge_heads(&attend(&q, &k, &v, Some(&mask), Some(scale)));
-            x = x + b.attn_proj.forward(&a);
+            x = &x + b.attn_proj.forward(&a);
             let f = c.activation.apply(&b.c_fc.forward(&b.ln_2.forward(&x)));
-            x = x + b.mlp_proj.forward(&f);
+            x = &x + b.mlp_proj.forward(&f);
         }
         self.ln_f.forward(&x)
     }

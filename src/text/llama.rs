@@ -284,10 +284,10 @@ impl Decoder for Llama {
             let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim);
             let (k, v) = extend_cache(cache.as_deref_mut().map(|c| &mut c[i]), k, v);
             let a = merge_heads(&attend(&q, &k, &v, Some(&mask), None));
-            x = x + l.o.forward(&a);
+            x = &x + l.o.forward(&a);
             let n = l.post_norm.forward(&x);
             let f = c.hidden_act.apply(&l.gate.forward(&n)) * l.up.forward(&n);
-            x = x + l.down.forward(&f);
+            x = &x + l.down.forward(&f);
         }
         self.norm.forward(&x)
     }

@@ -219,14 +219,14 @@ impl T5Encoder {
             let k = split_heads(&b.k.forward(&n), h, dk);
             let v = split_heads(&b.v.forward(&n), h, dk);
             let a = merge_heads(&attend(&q, &k, &v, Some(&bias), Some(1.0)));
-            x = x + b.o.forward(&a);
+            x = &x + b.o.forward(&a);
             let n = b.ff_norm.forward(&x);
             let hidden = match b.wi.as_slice() {
                 [gate, up] => self.config.act.apply(&gate.forward(&n)) * up.forward(&n),
                 [wi] => self.config.act.apply(&wi.forward(&n)),
                 _ => unreachable!("one or two input projections"),
             };
-            x = x + b.wo.forward(&hidden);
+            x = &x + b.wo.forward(&hidden);
         }
         Ok(self.final_norm.forward(&x))
     }
