@@ -208,7 +208,13 @@ class CausalLM:
         native = _native._CausalLM.from_pretrained(os.fspath(p), device)
         lm = cls(native)
         if (p / "tokenizer.json").is_file():
-            lm.tokenizer = Tokenizer.from_pretrained(p, pad_id=lm.pad_token_id)
+            tok = Tokenizer.from_pretrained(p, pad_id=lm.pad_token_id)
+            if tok.vocab_size > lm.vocab_size:
+                raise ConfigError(
+                    f"tokenizer {p / 'tokenizer.json'} has {tok.vocab_size} tokens but the model's "
+                    f"vocab_size is {lm.vocab_size}: they do not belong together"
+                )
+            lm.tokenizer = tok
         return lm
 
     @classmethod

@@ -57,7 +57,9 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     /// Reads a `tokenizer.json` (or the one inside a model folder). `pad_id` overrides the pad
-    /// token; otherwise it comes from the file's padding settings, a `[PAD]`/`<pad>` token, or 0.
+    /// token; otherwise it comes from the file's padding settings, the folder's
+    /// `tokenizer_config.json` `pad_token` or `config.json` `pad_token_id`, a `[PAD]`/`<pad>`
+    /// token, or 0.
     pub fn from_file(path: &Path, pad_id: Option<u32>) -> Result<Self> {
         let file = if path.is_dir() {
             path.join("tokenizer.json")
@@ -73,9 +75,10 @@ impl TextTokenizer {
         let mut inner = Tokenizer::from_file(&file).map_err(|e| {
             RecforgeError::data(format!("cannot read tokenizer {}: {e}", file.display()))
         })?;
-        let file_pad = inner.get_padding().map(|p| p.pad_id);
+        let dir = file.parent().unwrap_or(Path::new("."));
         let pad_id = pad_id
-            .or(file_pad)
+            .or_else(|| inner.get_padding().map(|p| p.pad_id))
+            .or_else(|| configured_pad(dir, &inner))
             .or_else(|| ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)))
             .unwrap_or(0);
         inner.with_padding(None);
@@ -166,6 +169,25 @@ impl TextTokenizer {
         .map_err(|e| RecforgeError::config(format!("max_length {max_length}: {e}")))?;
         Ok(Some(tok))
     }
+}
+
+/// The pad token the model folder declares, as `transformers` finds it: `pad_token` of
+/// `tokenizer_config.json` (a string or `{"content": ...}`), else `pad_token_id` of `config.json`.
+fn configured_pad(dir: &Path, tok: &Tokenizer) -> Option<u32> {
+    let read = |name: &str| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(name)).ok()?).ok()
+    };
+    let from_tokenizer_config = read("tokenizer_config.json").and_then(|c| {
+        let pad = c.get("pad_token")?;
+        let token = pad
+            .as_str()
+            .or_else(|| pad.get("content").and_then(|v| v.as_str()))?;
+        tok.token_to_id(token)
+    });
+    from_tokenizer_config.or_else(|| {
+        let id = read("config.json")?.get("pad_token_id")?.as_u64()?;
+        u32::try_from(id).ok()
+    })
 }
 
 /// Pads token sequences into `[rows, longest]` matrices of ids and attention mask.
