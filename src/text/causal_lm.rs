@@ -89,6 +89,13 @@ impl CausalLm {
         Self::new(config, device, Some(&ckpt))
     }
 
+    /// Loads a llama-architecture GGUF file (llama.cpp's format), de-quantised to float32.
+    pub fn from_gguf(path: &Path, device: Device) -> Result<Self> {
+        let (config, tensors) = super::gguf::read(path)?;
+        let ckpt = Checkpoint::from_tensors(path.to_path_buf(), tensors);
+        Self::new(config, device, Some(&ckpt))
+    }
+
     /// A randomly initialised model from a config (seeded through libtorch's generator).
     pub fn from_config(config: Value, seed: i64, device: Device) -> Result<Self> {
         tch::manual_seed(seed);

@@ -12,6 +12,7 @@ pub mod causal_lm;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod gguf;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;
