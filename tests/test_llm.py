@@ -94,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.connection.shutdown(2)
                 return
+            if kind == "nofmt" and "response_format" in body:
+                return self._send(400, b'{"error": "response_format is not supported"}')
             if kind == "bad400":
                 return self._send(400, f'{{"error": "bad request; you sent {self.headers.get("Authorization")}"}}'.encode())
             answer = {
@@ -139,6 +141,22 @@ def server() -> Iterator[FaultServer]:
 
 def msgs(text: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": text}]
+
+
+def test_rejected_response_format_is_dropped_once(server: FaultServer, tmp_path: Path) -> None:
+    """A server that rejects ``response_format`` with 400 is asked once more without it; a 400 that
+    persists without it fails after exactly two calls, saying so; the answer is cached under the
+    request as asked, so the rerun sends nothing."""
+    c = Client(server.url, "tiny", max_retries=3, backoff=0.01, cache=tmp_path / "c.jsonl")
+    fmt = {"type": "json_object"}
+    out = c.chat_batch([msgs("nofmt:a"), msgs("bad400:b"), msgs("ok:c")], response_format=fmt, progress=False)
+    assert [r.ok for r in out] == [True, False, True]
+    assert out[0].text == "echo nofmt:a t=0.0" and out[0].attempts == 2
+    assert server.calls["nofmt:a"] == 2 and server.calls["bad400:b"] == 2 and server.calls["ok:c"] == 1
+    assert out[1].error is not None and "without response_format" in out[1].error
+    before = sum(server.calls.values())
+    again = c.chat_batch([msgs("nofmt:a")], response_format=fmt, progress=False)
+    assert again[0].cached and sum(server.calls.values()) == before
 
 
 def test_every_fault_is_retried_and_results_keep_input_order(server: FaultServer, tmp_path: Path) -> None:

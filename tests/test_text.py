@@ -826,6 +826,30 @@ def test_tokenizer_of_another_model_is_refused(zoo: Zoo, minilm_dir: Path, tmp_p
     assert "30522" in str(e.value) and str(VOCAB) in str(e.value)
 
 
+def test_half_precision_weights(rf_minilm: Encoder, minilm_dir: Path, title_subset: list[str], zoo: Zoo) -> None:
+    """dtype="bfloat16" / "float16" keep the weights in half precision and still return float32:
+    MiniLM embeddings of real titles stay within cosine 0.99 of float32's, a decoder's logits
+    within bfloat16 rounding of its float32 logits, and greedy generation runs. A bad dtype is a
+    ConfigError."""
+    texts = title_subset[:200]
+    full = rf_minilm.encode(texts, progress=False)
+    for dtype in ("bfloat16", "float16"):
+        half = Encoder.from_pretrained(minilm_dir, device="cpu", dtype=dtype).encode(texts, progress=False)
+        assert half.dtype == np.float32
+        cos = (half * full).sum(1) / np.linalg.norm(half, axis=1)
+        assert cos.min() > 0.99, (dtype, float(cos.min()))
+    d, _ = zoo("llama-untied")
+    ids = np.array([[5, 6, 7, 8, 9, 10]])
+    ref = CausalLM.from_pretrained(d, device="cpu").logits(ids)
+    lm = CausalLM.from_pretrained(d, device="cpu", dtype="bfloat16")
+    got = lm.logits(ids)
+    assert got.dtype == np.float32
+    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.05
+    assert lm.generate(ids, max_new_tokens=3, eos_token_id=[]).shape == (1, 3)
+    with pytest.raises(ConfigError, match="dtype"):
+        Encoder.from_pretrained(minilm_dir, device="cpu", dtype="int8")
+
+
 def test_bad_arguments_are_config_errors(tiny_bert: tuple[Path, BertModel], minilm_dir: Path) -> None:
     """pooling and padding_side outside their choices: ConfigError naming the value."""
     with pytest.raises(ConfigError, match="sum"):

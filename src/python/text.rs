@@ -13,6 +13,7 @@ use crate::error::{RecforgeError, Result};
 use crate::text::causal_lm::{CausalLm, Input};
 use crate::text::decoder::{GenerateOptions, Sampling};
 use crate::text::encoder::{EncoderOptions, Pooling, SentenceEncoder};
+use crate::text::layers::parse_dtype;
 use crate::text::tokenize::{PaddingSide, TextTokenizer};
 use tch::{Kind, Tensor};
 
@@ -145,7 +146,8 @@ impl PyEncoder {
 #[pymethods]
 impl PyEncoder {
     #[new]
-    #[pyo3(signature = (path, device="auto", pooling=None, normalize=true, max_length=None, prefix=""))]
+    #[pyo3(signature = (path, device="auto", pooling=None, normalize=true, max_length=None, prefix="", dtype="float32"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -154,9 +156,11 @@ impl PyEncoder {
         normalize: bool,
         max_length: Option<usize>,
         prefix: &str,
+        dtype: &str,
     ) -> PyResult<Self> {
         let opts = EncoderOptions {
             device: device::resolve(device)?,
+            kind: parse_dtype(dtype)?,
             pooling: pooling.map(Pooling::parse).transpose()?,
             normalize,
             max_length,
@@ -258,10 +262,10 @@ fn input(
 impl PyCausalLm {
     /// Loads a Hugging Face model folder.
     #[staticmethod]
-    #[pyo3(signature = (path, device="auto"))]
-    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
-        let dev = device::resolve(device)?;
-        let lm = without_gil(py, || CausalLm::from_pretrained(&path, dev))?;
+    #[pyo3(signature = (path, device="auto", dtype="float32"))]
+    fn from_pretrained(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
+        let (dev, kind) = (device::resolve(device)?, parse_dtype(dtype)?);
+        let lm = without_gil(py, || CausalLm::from_pretrained(&path, dev, kind))?;
         Ok(Self {
             inner: Mutex::new(lm),
         })
@@ -269,10 +273,10 @@ impl PyCausalLm {
 
     /// Loads a llama-architecture GGUF file.
     #[staticmethod]
-    #[pyo3(signature = (path, device="auto"))]
-    fn from_gguf(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
-        let dev = device::resolve(device)?;
-        let lm = without_gil(py, || CausalLm::from_gguf(&path, dev))?;
+    #[pyo3(signature = (path, device="auto", dtype="float32"))]
+    fn from_gguf(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
+        let (dev, kind) = (device::resolve(device)?, parse_dtype(dtype)?);
+        let lm = without_gil(py, || CausalLm::from_gguf(&path, dev, kind))?;
         Ok(Self {
             inner: Mutex::new(lm),
         })
@@ -280,12 +284,18 @@ impl PyCausalLm {
 
     /// A randomly initialised model from a `config.json` text.
     #[staticmethod]
-    #[pyo3(signature = (config_json, seed=0, device="auto"))]
-    fn from_config(py: Python<'_>, config_json: &str, seed: i64, device: &str) -> PyResult<Self> {
-        let dev = device::resolve(device)?;
+    #[pyo3(signature = (config_json, seed=0, device="auto", dtype="float32"))]
+    fn from_config(
+        py: Python<'_>,
+        config_json: &str,
+        seed: i64,
+        device: &str,
+        dtype: &str,
+    ) -> PyResult<Self> {
+        let (dev, kind) = (device::resolve(device)?, parse_dtype(dtype)?);
         let value: serde_json::Value = serde_json::from_str(config_json)
             .map_err(|e| RecforgeError::config(format!("config is not valid JSON: {e}")))?;
-        let lm = without_gil(py, || CausalLm::from_config(value, seed, dev))?;
+        let lm = without_gil(py, || CausalLm::from_config(value, seed, dev, kind))?;
         Ok(Self {
             inner: Mutex::new(lm),
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use tch::nn::VarStore;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use super::config::HfConfig;
 use super::decoder::{self, check_ids, Decoder, GenerateOptions};
@@ -47,12 +47,20 @@ fn build(config: &HfConfig, vs: &VarStore) -> Result<(Box<dyn Decoder>, Layout)>
 }
 
 impl CausalLm {
-    fn new(config: Value, device: Device, checkpoint: Option<&Checkpoint>) -> Result<Self> {
+    fn new(
+        config: Value,
+        device: Device,
+        kind: Kind,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Self> {
         let hf = HfConfig::new(config)?;
-        let vs = VarStore::new(device);
+        let mut vs = VarStore::new(device);
         let (net, layout) = build(&hf, &vs)?;
         if let Some(ckpt) = checkpoint {
             load_into(&vs, ckpt, &layout)?;
+        }
+        if kind != Kind::Float {
+            vs.set_kind(kind);
         }
         let eos = hf.ids("eos_token_id")?;
         let pad_id = hf
@@ -69,8 +77,9 @@ impl CausalLm {
         })
     }
 
-    /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded).
-    pub fn from_pretrained(dir: &Path, device: Device) -> Result<Self> {
+    /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded), with
+    /// weights of the given dtype.
+    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
         if !dir.is_dir() {
             return Err(RecforgeError::Io {
                 context: format!("model folder {}", dir.display()),
@@ -86,20 +95,20 @@ impl CausalLm {
                 _ => Ok(()),
             })?;
         let ckpt = Checkpoint::open(dir)?;
-        Self::new(config, device, Some(&ckpt))
+        Self::new(config, device, kind, Some(&ckpt))
     }
 
     /// Loads a llama-architecture GGUF file (llama.cpp's format), de-quantised to float32.
-    pub fn from_gguf(path: &Path, device: Device) -> Result<Self> {
+    pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<Self> {
         let (config, tensors) = super::gguf::read(path)?;
         let ckpt = Checkpoint::from_tensors(path.to_path_buf(), tensors);
-        Self::new(config, device, Some(&ckpt))
+        Self::new(config, device, kind, Some(&ckpt))
     }
 
     /// A randomly initialised model from a config (seeded through libtorch's generator).
-    pub fn from_config(config: Value, seed: i64, device: Device) -> Result<Self> {
+    pub fn from_config(config: Value, seed: i64, device: Device, kind: Kind) -> Result<Self> {
         tch::manual_seed(seed);
-        Self::new(config, device, None)
+        Self::new(config, device, kind, None)
     }
 
     /// The network.
@@ -155,7 +164,7 @@ impl CausalLm {
                 }
                 self.embed(ids)?
             }
-            Input::Embeds(e) => e.to_device(self.device()),
+            Input::Embeds(e) => e.to_device(self.device()).to_kind(self.vs.kind()),
         };
         let size = embeds.size();
         let mask = match mask {
@@ -235,7 +244,7 @@ mod tests {
                         "eos_token_id": 49, "tie_word_embeddings": kind == "qwen2"})
             }
         };
-        CausalLm::from_config(config, 7, Device::Cpu).unwrap()
+        CausalLm::from_config(config, 7, Device::Cpu, Kind::Float).unwrap()
     }
 
     fn ids(rows: &[&[i64]]) -> Tensor {
@@ -391,7 +400,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("left-padded"), "{e}");
-        let e = CausalLm::from_config(json!({"model_type": "mamba"}), 0, Device::Cpu)
+        let e = CausalLm::from_config(json!({"model_type": "mamba"}), 0, Device::Cpu, Kind::Float)
             .err()
             .unwrap()
             .to_string();
@@ -401,6 +410,7 @@ mod tests {
                    "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}}),
             0,
             Device::Cpu,
+            Kind::Float,
         )
         .err()
         .unwrap()
@@ -413,7 +423,7 @@ mod tests {
         let mut lm = tiny("qwen2");
         let dir = std::env::temp_dir().join(format!("recforge-lm-{}", std::process::id()));
         lm.save_pretrained(&dir).unwrap();
-        let back = CausalLm::from_pretrained(&dir, Device::Cpu).unwrap();
+        let back = CausalLm::from_pretrained(&dir, Device::Cpu, Kind::Float).unwrap();
         let x = Input::Ids(ids(&[&[4, 5, 6]]));
         assert!(
             max_diff(

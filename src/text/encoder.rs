@@ -134,6 +134,8 @@ impl EncoderNet {
 pub struct EncoderOptions {
     /// Where the weights live.
     pub device: Device,
+    /// Weight dtype (float32, or float16/bfloat16 to halve memory, mainly on CUDA).
+    pub kind: Kind,
     /// Pooling; `None` takes `1_Pooling/config.json`, else mean.
     pub pooling: Option<Pooling>,
     /// L2-normalise the vectors.
@@ -204,6 +206,9 @@ impl SentenceEncoder {
         let ckpt = Checkpoint::open(dir)?;
         load_into(&vs, &ckpt, &layout)?;
         drop(ckpt);
+        if opts.kind != Kind::Float {
+            vs.set_kind(opts.kind);
+        }
         vs.freeze();
         let tokenizer = TextTokenizer::from_file(dir, pad_id.map(|p| p as u32))?;
         if tokenizer.vocab_size() as i64 > net.vocab_size() {

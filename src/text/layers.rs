@@ -5,6 +5,18 @@ use tch::{Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
 
+/// Parses a weight dtype name: `float32`, `float16` or `bfloat16`.
+pub fn parse_dtype(name: &str) -> Result<Kind> {
+    match name {
+        "float32" | "float" => Ok(Kind::Float),
+        "float16" | "half" => Ok(Kind::Half),
+        "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(RecforgeError::config(format!(
+            "dtype must be 'float32', 'float16' or 'bfloat16', got {name:?}"
+        ))),
+    }
+}
+
 /// Feed-forward activation functions by their Hugging Face `hidden_act` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
