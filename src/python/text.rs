@@ -243,6 +243,32 @@ impl PyCausalLm {
     fn lock(&self) -> MutexGuard<'_, CausalLm> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Hidden states or logits, without autograd and with the GIL released.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        input_ids: Option<PyReadonlyArray2<'py, i64>>,
+        inputs_embeds: Option<PyReadonlyArray3<'py, f32>>,
+        attention_mask: Option<PyReadonlyArray2<'py, i64>>,
+        logits: bool,
+    ) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let inp = input(input_ids, inputs_embeds)?;
+        let mask = attention_mask.map(|m| ids_tensor(&m));
+        let mut guard = self.lock();
+        let lm = &mut *guard;
+        let out = without_gil(py, move || {
+            tch::no_grad(|| {
+                let out = if logits {
+                    lm.logits(&inp, mask.as_ref())?
+                } else {
+                    lm.hidden_states(&inp, mask.as_ref())?
+                };
+                to_array3(&out)
+            })
+        })?;
+        Ok(out.into_pyarray(py))
+    }
 }
 
 fn input(
@@ -310,14 +336,7 @@ impl PyCausalLm {
         inputs_embeds: Option<PyReadonlyArray3<'py, f32>>,
         attention_mask: Option<PyReadonlyArray2<'py, i64>>,
     ) -> PyResult<Bound<'py, PyArray3<f32>>> {
-        let inp = input(input_ids, inputs_embeds)?;
-        let mask = attention_mask.map(|m| ids_tensor(&m));
-        let mut guard = self.lock();
-        let lm = &mut *guard;
-        let out = without_gil(py, move || {
-            tch::no_grad(|| to_array3(&lm.hidden_states(&inp, mask.as_ref())?))
-        })?;
-        Ok(out.into_pyarray(py))
+        self.forward(py, input_ids, inputs_embeds, attention_mask, false)
     }
 
     /// Vocabulary logits, float32 `[B, T, V]`.
@@ -329,14 +348,7 @@ impl PyCausalLm {
         inputs_embeds: Option<PyReadonlyArray3<'py, f32>>,
         attention_mask: Option<PyReadonlyArray2<'py, i64>>,
     ) -> PyResult<Bound<'py, PyArray3<f32>>> {
-        let inp = input(input_ids, inputs_embeds)?;
-        let mask = attention_mask.map(|m| ids_tensor(&m));
-        let mut guard = self.lock();
-        let lm = &mut *guard;
-        let out = without_gil(py, move || {
-            tch::no_grad(|| to_array3(&lm.logits(&inp, mask.as_ref())?))
-        })?;
-        Ok(out.into_pyarray(py))
+        self.forward(py, input_ids, inputs_embeds, attention_mask, true)
     }
 
     /// Token embeddings, float32 `[B, T, H]`.

@@ -8,7 +8,9 @@ use tch::Tensor;
 
 use super::config::HfConfig;
 use super::decoder::{extend_cache, Decoder, KvCache};
-use super::layers::{attend, causal_mask, layer_norm, merge_heads, split_heads, Activation};
+use super::layers::{
+    attend, causal_mask, layer_norm, lm_logits, merge_heads, split_heads, Activation,
+};
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
 
@@ -221,10 +223,7 @@ impl Decoder for Gpt2 {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.wte.ws.tr()),
-        }
+        lm_logits(hidden, self.lm_head.as_ref(), &self.wte)
     }
 
     fn num_layers(&self) -> usize {

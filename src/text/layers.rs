@@ -109,6 +109,15 @@ pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
     )
 }
 
+/// Vocabulary logits of hidden states: through a head of its own, or through the token
+/// embeddings when the head is tied to them.
+pub fn lm_logits(hidden: &Tensor, head: Option<&nn::Linear>, embeddings: &nn::Embedding) -> Tensor {
+    match head {
+        Some(head) => head.forward(hidden),
+        None => hidden.matmul(&embeddings.ws.tr()),
+    }
+}
+
 /// `[B, T, H*D]` -> `[B, H, T, D]`.
 pub fn split_heads(x: &Tensor, heads: i64, head_dim: i64) -> Tensor {
     let (b, t, _) = x.size3().expect("3-d activations");

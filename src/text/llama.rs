@@ -9,7 +9,9 @@ use tch::{Kind, Tensor};
 
 use super::config::HfConfig;
 use super::decoder::{extend_cache, Decoder, KvCache};
-use super::layers::{attend, causal_mask, linear, merge_heads, split_heads, Activation, RmsNorm};
+use super::layers::{
+    attend, causal_mask, linear, lm_logits, merge_heads, split_heads, Activation, RmsNorm,
+};
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
 
@@ -293,10 +295,7 @@ impl Decoder for Llama {
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.ws.tr()),
-        }
+        lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens)
     }
 
     fn num_layers(&self) -> usize {
