@@ -419,6 +419,46 @@ mod tests {
     }
 
     #[test]
+    fn soft_tokens_train_through_a_frozen_backbone() {
+        // The CLLM4Rec pattern: trainable soft-token embeddings in front of a frozen decoder.
+        // Gradients must reach the soft tokens, the loss must fall, the backbone must not move.
+        let mut lm = tiny("llama");
+        lm.set_trainable(false);
+        assert_eq!(lm.num_parameters(true), 0);
+        let snapshot: Vec<(String, Tensor)> = lm
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(k, v)| (k, v.detach().copy()))
+            .collect();
+        let soft_vs = tch::nn::VarStore::new(Device::Cpu);
+        let soft = soft_vs.root().randn("soft", &[1, 3, 16], 0.0, 0.02);
+        let mut opt =
+            tch::nn::OptimizerConfig::build(tch::nn::Adam::default(), &soft_vs, 0.05).unwrap();
+        let target = ids(&[&[7, 8, 9]]);
+        let text = lm.embed(&target).unwrap();
+        let loss_of = |soft: &Tensor| {
+            let embeds = Tensor::cat(&[soft, &text], 1);
+            let logits = lm.logits(&Input::Embeds(embeds), None).unwrap();
+            // Predict tokens 8 and 9 from positions 3 and 4 (after the soft prefix and token 7),
+            // and token 7 from the last soft position.
+            let pred = logits.narrow(1, 2, 3).reshape([3, 50]);
+            pred.cross_entropy_for_logits(&target.view([3]))
+        };
+        let first = loss_of(&soft).double_value(&[]);
+        for _ in 0..30 {
+            let loss = loss_of(&soft);
+            opt.backward_step(&loss);
+        }
+        let last = loss_of(&soft).double_value(&[]);
+        assert!(last < first - 0.5, "loss {first} -> {last}");
+        for (name, old) in snapshot {
+            let now = &lm.vs.variables()[&name];
+            assert!(now.equal(&old), "{name} changed");
+        }
+    }
+
+    #[test]
     fn save_pretrained_round_trips_and_freezing_counts_parameters() {
         let mut lm = tiny("qwen2");
         let dir = std::env::temp_dir().join(format!("recforge-lm-{}", std::process::id()));
