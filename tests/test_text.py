@@ -850,6 +850,20 @@ def test_half_precision_weights(rf_minilm: Encoder, minilm_dir: Path, title_subs
         Encoder.from_pretrained(minilm_dir, device="cpu", dtype="int8")
 
 
+def test_native_layer_reads_any_numpy_memory_order(zoo: Zoo) -> None:
+    """The native layer copies C-contiguous arrays straight from their buffer and everything else
+    (Fortran order, strided views) element by element in row-major order: the same logits."""
+    lm = CausalLM.from_pretrained(zoo("llama-untied")[0], device="cpu")
+    ids = np.arange(3, 27, dtype=np.int64).reshape(3, 8)
+    ref = lm.logits(ids)
+    assert np.array_equal(lm._native.logits(np.asfortranarray(ids), None, None), ref)
+    wide = np.zeros((3, 16), dtype=np.int64)
+    wide[:, ::2] = ids
+    assert np.array_equal(lm._native.logits(wide[:, ::2], None, None), ref)
+    emb = lm.embed(ids)
+    assert np.array_equal(lm._native.logits(None, np.asfortranarray(emb), None), lm.logits(inputs_embeds=emb))
+
+
 def test_bad_arguments_are_config_errors(tiny_bert: tuple[Path, BertModel], minilm_dir: Path) -> None:
     """pooling and padding_side outside their choices: ConfigError naming the value."""
     with pytest.raises(ConfigError, match="sum"):

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use ndarray::{Array2, Array3};
-use numpy::{IntoPyArray, PyArray2, PyArray3, PyReadonlyArray2, PyReadonlyArray3};
+use numpy::{
+    IntoPyArray, PyArray2, PyArray3, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 
 use super::gil::{with_progress, without_gil};
@@ -17,18 +19,32 @@ use crate::text::layers::parse_dtype;
 use crate::text::tokenize::{PaddingSide, TextTokenizer};
 use tch::{Kind, Tensor};
 
-fn ids_tensor(a: &PyReadonlyArray2<'_, i64>) -> Tensor {
+/// A tensor copied once from a NumPy array (straight from its buffer when C-contiguous, as the
+/// Python layer makes it).
+fn array_tensor<T: numpy::Element + tch::kind::Element + Copy, D: ndarray::Dimension>(
+    a: &numpy::PyReadonlyArray<'_, T, D>,
+) -> Tensor {
     let view = a.as_array();
-    let shape = view.shape();
-    let data: Vec<i64> = view.iter().copied().collect();
-    Tensor::from_slice(&data).view([shape[0] as i64, shape[1] as i64])
+    let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+    // `as_slice` also accepts Fortran order, whose buffer is not in row-major order.
+    let row_major = if a.is_c_contiguous() {
+        a.as_slice().ok()
+    } else {
+        None
+    };
+    let flat = match row_major {
+        Some(s) => Tensor::from_slice(s),
+        None => Tensor::from_slice(&view.iter().copied().collect::<Vec<T>>()),
+    };
+    flat.view(shape.as_slice())
+}
+
+fn ids_tensor(a: &PyReadonlyArray2<'_, i64>) -> Tensor {
+    array_tensor(a)
 }
 
 fn embeds_tensor(a: &PyReadonlyArray3<'_, f32>) -> Tensor {
-    let view = a.as_array();
-    let shape = view.shape();
-    let data: Vec<f32> = view.iter().copied().collect();
-    Tensor::from_slice(&data).view([shape[0] as i64, shape[1] as i64, shape[2] as i64])
+    array_tensor(a)
 }
 
 fn to_array3(t: &Tensor) -> Result<Array3<f32>> {
