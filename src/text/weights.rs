@@ -116,14 +116,6 @@ impl Checkpoint {
         n.sort();
         n
     }
-
-    /// Whether the checkpoint holds a tensor under any of the layout's names for `var`.
-    pub fn has(&self, layout: &Layout, var: &str) -> bool {
-        layout
-            .candidates(var)
-            .iter()
-            .any(|c| self.tensors.contains_key(c))
-    }
 }
 
 /// The safetensors files of a folder: `model.safetensors`, or the shards of its index.
