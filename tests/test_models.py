@@ -192,12 +192,15 @@ def test_fm_with_genres_and_nfm_beat_popularity(loo) -> None:  # type: ignore[no
     ds = recforge.datasets.movielens_small()
     seen = Interactions.concat([train, valid])
     pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10,), metrics=("ndcg",))
-    fm = models.FM(epochs=15).fit(train, valid, item_features=_genres(ds), progress=False)
-    nfm = models.NFM(epochs=12).fit(train, valid, item_features=_genres(ds), progress=False)
-    for name, m in (("FM+genres", fm), ("NFM+genres", nfm)):
-        r = metrics.full_ranking(m.score_all, test, [seen], ks=(10,), metrics=("ndcg",))
-        print(f"NDCG@10: {name} {r['ndcg@10']:.4f}, popularity {pop['ndcg@10']:.4f}")
-        assert r["ndcg@10"] > 1.15 * pop["ndcg@10"], name
+    # One seed's NDCG@10 varies a lot on 610 test users (NFM from 0.019 to 0.028 over seeds 0-3),
+    # so the claim is checked on the mean of two seeds.
+    for name, make in (("FM+genres", lambda s: models.FM(epochs=15, seed=s)), ("NFM+genres", lambda s: models.NFM(epochs=12, seed=s))):
+        runs = []
+        for seed in (0, 1):
+            m = make(seed).fit(train, valid, item_features=_genres(ds), progress=False)
+            runs.append(metrics.full_ranking(m.score_all, test, [seen], ks=(10,), metrics=("ndcg",))["ndcg@10"])
+        print(f"NDCG@10: {name} {np.mean(runs):.4f} (seeds 0, 1: {runs[0]:.4f}, {runs[1]:.4f}), popularity {pop['ndcg@10']:.4f}")
+        assert np.mean(runs) > 1.15 * pop["ndcg@10"], name
 
 
 def test_fm_regression_with_genres(ratings_split, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -424,63 +424,138 @@ pub fn loss(
     let b = idx.size()[0];
     let u = users.f_index_select(0, &idx)?;
     let i = items.f_index_select(0, &idx)?;
-    let ua = fm.aggregate(user_rows, &u)?;
-    let user_sq = ua.sq.f_sum(Kind::Float)?;
-    let (base, penalty) = match objective {
+    let (base, joint, lu) = match objective {
         FmLoss::Mse => {
-            let ia = fm.aggregate(item_rows, &i)?;
             let y = targets
                 .ok_or_else(|| RecforgeError::data("a rating objective needs ratings"))?
                 .f_index_select(0, &idx)?;
-            let pos = fm.score_pairs(&ua, &ia, true)?;
-            let mse = pos.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?;
-            (mse, user_sq.f_add(&ia.sq.f_sum(Kind::Float)?)?)
+            let joint = fm.score_examples(user_rows, item_rows, &u, &i, true)?;
+            let mse = joint.score.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?;
+            (mse, joint, None)
         }
         FmLoss::Bpr | FmLoss::Bce => {
             let j = negatives
                 .ok_or_else(|| RecforgeError::data("a ranking objective needs negatives"))?
                 .f_index_select(0, &idx)?;
-            // Positive and negative items in one embedding lookup (one sparse gradient).
-            let both = fm.aggregate(item_rows, &Tensor::f_cat(&[&i, &j], 0)?)?;
-            let half = |start: i64| -> Result<Aggregates> {
-                Ok(Aggregates {
-                    lin: both.lin.f_narrow(0, start, b)?,
-                    sum: both.sum.f_narrow(0, start, b)?,
-                    sq: both.sq.f_narrow(0, start, b)?,
-                })
-            };
-            let pos = fm.score_pairs(&ua, &half(0)?, true)?;
-            let neg = fm.score_pairs(&ua, &half(b)?, true)?;
-            let penalty = user_sq.f_add(&both.sq.f_sum(Kind::Float)?)?;
+            // Positives and negatives scored as one batch of 2B examples: one embedding lookup
+            // per table, so each table gets a single sparse gradient.
+            let joint = fm.score_examples(
+                user_rows,
+                item_rows,
+                &Tensor::f_cat(&[&u, &u], 0)?,
+                &Tensor::f_cat(&[&i, &j], 0)?,
+                true,
+            )?;
             let base = if objective == FmLoss::Bpr {
-                pos.f_sub(&neg)?
+                let s = joint.score.f_view([2, b])?;
+                s.f_select(0, 0)?
+                    .f_sub(&s.f_select(0, 1)?)?
                     .f_log_sigmoid()?
                     .f_mean(Kind::Float)?
                     .f_neg()?
             } else {
-                let ones = pos.f_ones_like()?;
-                let l1 = pos.f_binary_cross_entropy_with_logits::<Tensor>(
-                    &ones,
-                    None,
-                    None,
-                    tch::Reduction::Mean,
-                )?;
-                let l0 = neg.f_binary_cross_entropy_with_logits::<Tensor>(
-                    &ones.f_zeros_like()?,
-                    None,
-                    None,
-                    tch::Reduction::Mean,
-                )?;
-                l1.f_add(&l0)?
+                // mean over B of the positives' loss + mean over B of the negatives'.
+                let target = Tensor::f_ones([2 * b], (Kind::Float, fm.device()))?;
+                let _ = target.f_narrow(0, b, b)?.f_zero_()?;
+                joint
+                    .score
+                    .f_binary_cross_entropy_with_logits::<Tensor>(
+                        &target,
+                        None,
+                        None,
+                        tch::Reduction::Mean,
+                    )?
+                    .f_mul_scalar(2.0)?
             };
-            (base, penalty)
+            (base, joint, Some(user_rows.idx.size()[1]))
         }
     };
     if reg > 0.0 {
-        let n = idx.size()[0] as f64;
+        // Squared norms of the factors used, sum_f (v_f x_f)^2, each user counted once.
+        let mut penalty = joint.sq.f_sum(Kind::Float)?;
+        if let Some(lu) = lu {
+            let again = joint
+                .v
+                .f_narrow(0, b, b)?
+                .f_narrow(1, 0, lu)?
+                .f_square()?
+                .f_sum_dim_intlist(2, false, Kind::Float)?
+                .f_mul(
+                    &joint
+                        .val
+                        .f_narrow(0, b, b)?
+                        .f_narrow(1, 0, lu)?
+                        .f_square()?,
+                )?
+                .f_sum(Kind::Float)?;
+            penalty = penalty.f_sub(&again)?;
+        }
+        let n = b as f64;
         Ok(base.f_add(&penalty.f_mul(&Tensor::from(reg / n))?)?)
     } else {
         Ok(base)
+    }
+}
+
+/// Scores of examples over their joint feature rows, with what the penalty needs.
+pub struct Joint {
+    /// Scores `[N]`.
+    pub score: Tensor,
+    /// `sum_f (v_f x_f)^2` per example, `[N, k]`.
+    pub sq: Tensor,
+    /// The factors looked up, `[N, L, k]`.
+    pub v: Tensor,
+    /// The feature values, `[N, L]`.
+    pub val: Tensor,
+}
+
+impl Fm {
+    /// Scores of the examples (user `u[n]`, item `i[n]`) computed over each example's joint
+    /// feature row (the user's row followed by the item's): one lookup per table and two batched
+    /// products, `s = x V` and `q = x^2 V^2`, instead of separate user and item aggregates.
+    /// The training path; `train` turns dropout and batch statistics on.
+    pub fn score_examples(
+        &self,
+        users: &FeatureRows,
+        items: &FeatureRows,
+        u: &Tensor,
+        i: &Tensor,
+        train: bool,
+    ) -> Result<Joint> {
+        let idx = Tensor::f_cat(
+            &[
+                users.idx.f_index_select(0, u)?,
+                items.idx.f_index_select(0, i)?,
+            ],
+            1,
+        )?;
+        let val = Tensor::f_cat(
+            &[
+                users.val.f_index_select(0, u)?,
+                items.val.f_index_select(0, i)?,
+            ],
+            1,
+        )?;
+        let shape = idx.size();
+        let flat = idx.f_reshape([-1])?;
+        let lin = self
+            .get("linear")?
+            .f_index_select(0, &flat)?
+            .f_view([shape[0], shape[1]])?
+            .f_mul(&val)?
+            .f_sum_dim_intlist(1, false, Kind::Float)?
+            .f_add(self.get("bias")?)?;
+        let v = super::lookup(self.get("factors")?, &flat)?.f_view([
+            shape[0],
+            shape[1],
+            self.config.dim,
+        ])?;
+        let row = val.f_unsqueeze(1)?; // [N, 1, L]
+        let sum = row.f_bmm(&v)?.f_squeeze_dim(1)?;
+        let sq = row.f_square()?.f_bmm(&v.f_square()?)?.f_squeeze_dim(1)?;
+        let bi = sum.f_square()?.f_sub(&sq)?.f_mul_scalar(0.5)?;
+        let score = lin.f_add(&self.interaction(&bi, train)?)?;
+        Ok(Joint { score, sq, v, val })
     }
 }
 
@@ -572,21 +647,119 @@ mod tests {
         assert!((g[1] - got[1]).abs() < 1e-5 && (g[2] - got[2]).abs() < 1e-5);
     }
 
+    /// The training path (joint feature rows, batched products) scores like the aggregate path,
+    /// and `loss` equals its definition written out from those scores: BCE/BPR over positives
+    /// and negatives plus `reg / B` times the squared factor norms used (each user once).
+    #[test]
+    fn joint_scores_and_losses_equal_their_definitions() {
+        for hidden in [vec![], vec![4]] {
+            let (fm, users, items) = tiny(hidden);
+            tch::no_grad(|| {
+                let _ = fm
+                    .get("linear")
+                    .unwrap()
+                    .shallow_clone()
+                    .f_normal_(0.0, 0.3);
+            });
+            let u = Tensor::from_slice(&[0i64, 1, 1]);
+            let i = Tensor::from_slice(&[0i64, 1, 2]);
+            let j = Tensor::from_slice(&[2i64, 0, 1]);
+            let pairs = |items_: &Tensor| {
+                fm.score_pairs(
+                    &fm.aggregate(&users, &u).unwrap(),
+                    &fm.aggregate(&items, items_).unwrap(),
+                    false,
+                )
+                .unwrap()
+            };
+            let joint = fm.score_examples(&users, &items, &u, &i, false).unwrap();
+            let diff = (&joint.score - pairs(&i)).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "joint vs pairs: {diff}");
+            let sq = |rows: &FeatureRows, ids: &Tensor| -> f64 {
+                let v = fm
+                    .get("factors")
+                    .unwrap()
+                    .index_select(0, &rows.idx.index_select(0, ids).reshape([-1]));
+                let x = rows.val.index_select(0, ids).reshape([-1, 1]);
+                (v * x).square().sum(Kind::Double).double_value(&[])
+            };
+            let reg = 0.3;
+            let penalty = sq(&users, &u) + sq(&items, &i) + sq(&items, &j);
+            let (sp, sn) = (pairs(&i), pairs(&j));
+            let bpr = -(&sp - &sn)
+                .log_sigmoid()
+                .mean(Kind::Double)
+                .double_value(&[]);
+            let softplus = |x: &Tensor| (x.exp() + 1.0).log().mean(Kind::Double).double_value(&[]);
+            let bce = softplus(&-&sp) + softplus(&sn);
+            let all = Tensor::from_slice(&[0i64, 1, 2]);
+            for (objective, base) in [(FmLoss::Bpr, bpr), (FmLoss::Bce, bce)] {
+                let got = loss(
+                    &fm,
+                    &users,
+                    &items,
+                    &u,
+                    &i,
+                    None,
+                    Some(&j),
+                    objective,
+                    &all,
+                    reg,
+                )
+                .unwrap()
+                .double_value(&[]);
+                let want = base + reg / 3.0 * penalty;
+                assert!((got - want).abs() < 1e-5, "{objective:?}: {got} vs {want}");
+            }
+            let y = Tensor::from_slice(&[1.0f32, -0.5, 2.0]);
+            let got = loss(
+                &fm,
+                &users,
+                &items,
+                &u,
+                &i,
+                Some(&y),
+                None,
+                FmLoss::Mse,
+                &all,
+                reg,
+            )
+            .unwrap()
+            .double_value(&[]);
+            let mse = (pairs(&i) - &y)
+                .square()
+                .mean(Kind::Double)
+                .double_value(&[]);
+            let want = mse + reg / 3.0 * (sq(&users, &u) + sq(&items, &i));
+            assert!((got - want).abs() < 1e-5, "MSE: {got} vs {want}");
+        }
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
-        for hidden in [vec![], vec![4]] {
+        for (hidden, joint) in [
+            (vec![], false),
+            (vec![4], false),
+            (vec![], true),
+            (vec![4], true),
+        ] {
             let (fm, users, items) = tiny(hidden);
             let u = Tensor::from_slice(&[0i64, 1]);
             let i = Tensor::from_slice(&[2i64, 0]);
             let y = Tensor::from_slice(&[1.0f32, -0.5]);
             let loss = |fm: &Fm| {
-                let s = fm
-                    .score_pairs(
+                let s = if joint {
+                    fm.score_examples(&users, &items, &u, &i, false)
+                        .unwrap()
+                        .score
+                } else {
+                    fm.score_pairs(
                         &fm.aggregate(&users, &u).unwrap(),
                         &fm.aggregate(&items, &i).unwrap(),
                         false,
                     )
-                    .unwrap();
+                    .unwrap()
+                };
                 s.f_sub(&y).unwrap().square().sum(Kind::Double)
             };
             loss(&fm).backward();

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod epoch;
+mod fused;
 pub mod optim;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
+use super::fused;
 use crate::error::{RecforgeError, Result};
 
 /// Which update rule.
@@ -291,14 +292,20 @@ impl Optimizer {
         c.lr = self.lr();
         self.step += 1;
         let t = self.step as i32;
-        tch::no_grad(|| -> Result<()> {
+        // Rows of kept dense buffers that the fused path filled and must clear after the update.
+        let mut rezero: Vec<(usize, Vec<i64>)> = Vec::new();
+        let result = tch::no_grad(|| -> Result<()> {
             // Sparse gradients (embedding rows) are summed into a kept dense buffer.
-            for ((g, (_, p)), scratch) in grads.iter_mut().zip(&self.params).zip(&mut self.scratch)
+            for (k, ((g, (_, p)), scratch)) in grads
+                .iter_mut()
+                .zip(&self.params)
+                .zip(&mut self.scratch)
+                .enumerate()
             {
                 let Some(sparse) = g.as_ref().filter(|g| g.is_sparse()) else {
                     continue;
                 };
-                let buf = match &scratch[0] {
+                let mut buf = match &scratch[0] {
                     Some(b) => b.shallow_clone(),
                     None => {
                         let b = p.f_zeros_like()?;
@@ -306,10 +313,29 @@ impl Optimizer {
                         b
                     }
                 };
-                let mut dense = buf.shallow_clone();
-                let _ = dense.f_zero_()?;
                 let rows = sparse.f_internal_indices()?.f_select(0, 0)?;
-                let _ = dense.f_index_add_(0, &rows, &sparse.f_internal_values()?)?;
+                let values = sparse.f_internal_values()?.f_contiguous()?;
+                if fused::is_flat_f32(&buf) && fused::is_flat_f32(&values) {
+                    // On the CPU the buffer stays zero between steps: the rows are added here and
+                    // cleared after the update, so the table is never zeroed whole.
+                    let rows = Vec::<i64>::try_from(&rows)?;
+                    let width = buf.numel() / buf.size().first().map_or(1, |&n| n.max(1) as usize);
+                    // SAFETY: both are contiguous float32 CPU tensors, distinct allocations, and
+                    // nothing else touches them during the call.
+                    unsafe {
+                        fused::scatter_rows(
+                            fused::slice_mut(&mut buf),
+                            width,
+                            &rows,
+                            fused::slice(&values),
+                        )?
+                    };
+                    rezero.push((k, rows));
+                } else {
+                    let mut dense = buf.shallow_clone();
+                    let _ = dense.f_zero_()?;
+                    let _ = dense.f_index_add_(0, &rows, &values)?;
+                }
                 *g = Some(buf);
             }
             if c.clip_grad_norm > 0.0 {
@@ -334,6 +360,41 @@ impl Optimizer {
                 .zip(&mut self.scratch)
             {
                 let Some(mut g) = grad else { continue };
+                if matches!(c.kind, Kind::Adam | Kind::AdamW) && fused::is_flat_f32(p) {
+                    if !fused::is_flat_f32(&g) && g.device() == p.device() {
+                        g = g.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
+                    }
+                    let mut m = state.get("exp_avg").ok_or_else(missing)?.shallow_clone();
+                    let mut v = state.get("exp_avg_sq").ok_or_else(missing)?.shallow_clone();
+                    if fused::is_flat_f32(&g)
+                        && fused::is_flat_f32(&m)
+                        && fused::is_flat_f32(&v)
+                        && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3]
+                    {
+                        let s = fused::AdamStep {
+                            lr: c.lr,
+                            b1: c.betas.0,
+                            b2: c.betas.1,
+                            eps: c.eps,
+                            weight_decay: c.weight_decay,
+                            decoupled: c.kind == Kind::AdamW,
+                            t,
+                        };
+                        // SAFETY: four distinct contiguous float32 CPU tensors of equal length
+                        // (a gradient never shares a parameter's or a moment's storage), used by
+                        // nothing else during the call.
+                        unsafe {
+                            fused::adam(
+                                fused::slice_mut(p),
+                                fused::slice(&g),
+                                fused::slice_mut(&mut m),
+                                fused::slice_mut(&mut v),
+                                s,
+                            )
+                        };
+                        continue;
+                    }
+                }
                 if c.weight_decay > 0.0 && c.kind != Kind::AdamW {
                     g = g.f_add(&p.f_mul(&Tensor::from(c.weight_decay))?)?;
                 }
@@ -395,7 +456,17 @@ impl Optimizer {
                 p.f_copy_(&new_p)?;
             }
             Ok(())
-        })
+        });
+        // Cleared whether or not the update went through, so the next step starts from zero.
+        for (k, rows) in &rezero {
+            if let Some(buf) = &self.scratch[*k][0] {
+                let width = buf.numel() / buf.size().first().map_or(1, |&n| n.max(1) as usize);
+                // SAFETY: the buffer is the contiguous float32 CPU tensor filled above.
+                let mut buf = buf.shallow_clone();
+                fused::zero_rows(unsafe { fused::slice_mut(&mut buf) }, width, rows);
+            }
+        }
+        result
     }
 
     /// All state tensors, named `optim.<param>.<state>`, plus the step count.
@@ -468,6 +539,60 @@ mod tests {
             }
             let v = x.double_value(&[0]);
             assert!((v - 3.0).abs() < 0.2, "{kind:?}: {v}");
+        }
+    }
+
+    /// An embedding table updated from sparse gradients (the fused CPU path with its kept
+    /// buffer), from dense gradients, and in float64 (the op-by-op path libtorch runs on other
+    /// devices and dtypes) ends at the same values; without weight decay, rows never looked up
+    /// stay where they were.
+    #[test]
+    fn sparse_dense_and_op_by_op_updates_agree() {
+        tch::manual_seed(5);
+        let table = Tensor::randn([7, 3], (TKind::Float, Device::Cpu));
+        let coef = Tensor::randn([3, 3], (TKind::Float, Device::Cpu));
+        let batches = [[1i64, 3, 1], [0, 5, 5], [2, 2, 4], [3, 3, 3]];
+        for (kind, weight_decay) in [(Kind::Adam, 0.0), (Kind::Adam, 0.01), (Kind::AdamW, 0.1)] {
+            let run = |sparse: bool, dtype: TKind| -> Tensor {
+                // A copy: `to_kind` to the same dtype would hand back `table` itself.
+                let p = table.to_kind(dtype).copy().set_requires_grad(true);
+                let cfg = OptimConfig {
+                    kind,
+                    lr: 0.05,
+                    weight_decay,
+                    ..OptimConfig::default()
+                };
+                let mut opt = Optimizer::new(cfg, &[("t".into(), p.shallow_clone())]).unwrap();
+                for ids in batches {
+                    let e = Tensor::embedding(&p, &Tensor::from_slice(&ids), -1, false, sparse);
+                    let loss = (e * coef.to_kind(dtype)).sin().sum(dtype);
+                    opt.backward_step(&loss).unwrap();
+                }
+                p.detach().to_kind(TKind::Float)
+            };
+            let fused = run(true, TKind::Float);
+            for other in [
+                run(false, TKind::Float),
+                run(false, TKind::Double),
+                run(true, TKind::Double),
+            ] {
+                let diff = (&fused - &other).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "{kind:?} wd {weight_decay}: {diff}");
+            }
+            let moved = (&fused - &table)
+                .abs()
+                .sum_dim_intlist(1, false, TKind::Float);
+            let moved = Vec::<f32>::try_from(moved).unwrap();
+            // Weight decay reaches every row, as with a dense gradient.
+            if weight_decay == 0.0 {
+                assert_eq!(moved[6], 0.0, "{kind:?}: an untouched row moved");
+            } else {
+                assert!(
+                    moved[6] > 1e-3,
+                    "{kind:?}: weight decay skipped an untouched row"
+                );
+            }
+            assert!(moved[..6].iter().all(|&m| m > 1e-3), "{kind:?}: {moved:?}");
         }
     }
 
