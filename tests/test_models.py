@@ -66,11 +66,13 @@ def test_bprmf_beats_popularity_on_leave_one_out(loo) -> None:  # type: ignore[n
     assert r_bpr["hit@10"] > r_pop["hit@10"]
 
 
-def test_same_seed_same_model_on_cpu(ratings_split) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("cls", [models.SVD, models.NFM])
+def test_same_seed_same_model_on_cpu(cls, ratings_split) -> None:  # type: ignore[no-untyped-def]
+    # NFM: its dropout masks come from the seed too.
     train, valid, _ = ratings_split
-    a = models.SVD(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
-    b = models.SVD(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
-    c = models.SVD(epochs=3, device="cpu", seed=6).fit(train, valid, progress=False)
+    a = cls(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
+    b = cls(epochs=3, device="cpu", seed=5).fit(train, valid, progress=False)
+    c = cls(epochs=3, device="cpu", seed=6).fit(train, valid, progress=False)
     assert a.history == b.history
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     assert a.history != c.history

@@ -285,11 +285,7 @@ impl Fm {
         }
         let p = self.config.dropout;
         let bi = self.batch_norm(bi.shallow_clone(), 0, train)?;
-        let mut h = if train && p > 0.0 {
-            bi.f_dropout(p, true)?
-        } else {
-            bi
-        };
+        let mut h = if train { super::dropout(&bi, p)? } else { bi };
         let n_layers = self.config.hidden.len() + 1;
         for j in 0..n_layers {
             let w = self.get(&format!("mlp.{j}.weight"))?;
@@ -297,8 +293,8 @@ impl Fm {
             h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
             if j + 1 < n_layers {
                 h = self.batch_norm(h, j + 1, train)?.f_relu()?;
-                if train && p > 0.0 {
-                    h = h.f_dropout(p, true)?;
+                if train {
+                    h = super::dropout(&h, p)?;
                 }
             }
         }

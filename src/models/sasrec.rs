@@ -241,11 +241,7 @@ impl SasRec {
 
     fn dropout(&self, x: Tensor, train: bool) -> Result<Tensor> {
         let p = self.config.dropout;
-        Ok(if train && p > 0.0 {
-            x.f_dropout(p, true)?
-        } else {
-            x
-        })
+        Ok(if train { super::dropout(&x, p)? } else { x })
     }
 
     /// Hidden states `[B, L, dim]` of padded sequences `seq` (`[B, L]` int64 on this device,
