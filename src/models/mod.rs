@@ -122,8 +122,8 @@ mod tests {
                 .pop()
                 .unwrap();
             assert!(g.equal(&y.detach()), "gradient is not the mask");
-            tch::manual_seed(11);
-            assert!(dropout(&x, p).unwrap().equal(&y), "same seed, other mask");
+            // (Repeating under a seed is checked by the Python reproducibility and resume tests:
+            // libtorch's generator is global, and Rust tests run in parallel threads.)
             assert!(
                 !dropout(&x, p).unwrap().equal(&y),
                 "next draw repeated the mask"
