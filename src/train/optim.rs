@@ -293,7 +293,7 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         // Rows of kept dense buffers that the fused path filled and must clear after the update.
-        let mut rezero: Vec<(usize, Vec<i64>)> = Vec::new();
+        let mut rezero: Vec<(usize, usize, Vec<i64>)> = Vec::new();
         let result = tch::no_grad(|| -> Result<()> {
             // Sparse gradients (embedding rows) are summed into a kept dense buffer.
             for (k, ((g, (_, p)), scratch)) in grads
@@ -330,7 +330,7 @@ impl Optimizer {
                             fused::slice(&values),
                         )?
                     };
-                    rezero.push((k, rows));
+                    rezero.push((k, width, rows));
                 } else {
                     let mut dense = buf.shallow_clone();
                     let _ = dense.f_zero_()?;
@@ -458,12 +458,11 @@ impl Optimizer {
             Ok(())
         });
         // Cleared whether or not the update went through, so the next step starts from zero.
-        for (k, rows) in &rezero {
+        for (k, width, rows) in &rezero {
             if let Some(buf) = &self.scratch[*k][0] {
-                let width = buf.numel() / buf.size().first().map_or(1, |&n| n.max(1) as usize);
                 // SAFETY: the buffer is the contiguous float32 CPU tensor filled above.
                 let mut buf = buf.shallow_clone();
-                fused::zero_rows(unsafe { fused::slice_mut(&mut buf) }, width, rows);
+                fused::zero_rows(unsafe { fused::slice_mut(&mut buf) }, *width, rows);
             }
         }
         result
