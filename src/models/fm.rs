@@ -254,22 +254,30 @@ impl Fm {
         Ok(x.f_sub(mean)?.f_mul(&scale)?.f_add(b)?)
     }
 
-    /// Sums over the feature rows `rows` (a `[B]` index tensor into `features`).
-    pub fn aggregate(&self, features: &FeatureRows, rows: &Tensor) -> Result<Aggregates> {
-        let idx = features.idx.f_index_select(0, rows)?; // [B, L]
-        let val = features.val.f_index_select(0, rows)?; // [B, L]
+    /// The linear term `sum_f w_f x_f` `[N]` and the factors `[N, L, k]` of padded feature rows
+    /// `idx`, `val` (`[N, L]`).
+    fn lookup_rows(&self, idx: &Tensor, val: &Tensor) -> Result<(Tensor, Tensor)> {
         let shape = idx.size();
         let flat = idx.f_reshape([-1])?;
-        let w = self
+        let lin = self
             .get("linear")?
             .f_index_select(0, &flat)?
-            .f_view([shape[0], shape[1]])?;
-        let lin = w.f_mul(&val)?.f_sum_dim_intlist(1, false, Kind::Float)?;
+            .f_view([shape[0], shape[1]])?
+            .f_mul(val)?
+            .f_sum_dim_intlist(1, false, Kind::Float)?;
         let v = super::lookup(self.get("factors")?, &flat)?.f_view([
             shape[0],
             shape[1],
             self.config.dim,
         ])?;
+        Ok((lin, v))
+    }
+
+    /// Sums over the feature rows `rows` (a `[B]` index tensor into `features`).
+    pub fn aggregate(&self, features: &FeatureRows, rows: &Tensor) -> Result<Aggregates> {
+        let idx = features.idx.f_index_select(0, rows)?; // [B, L]
+        let val = features.val.f_index_select(0, rows)?; // [B, L]
+        let (lin, v) = self.lookup_rows(&idx, &val)?;
         let vx = v.f_mul(&val.f_unsqueeze(2)?)?;
         Ok(Aggregates {
             lin,
@@ -532,20 +540,8 @@ impl Fm {
             ],
             1,
         )?;
-        let shape = idx.size();
-        let flat = idx.f_reshape([-1])?;
-        let lin = self
-            .get("linear")?
-            .f_index_select(0, &flat)?
-            .f_view([shape[0], shape[1]])?
-            .f_mul(&val)?
-            .f_sum_dim_intlist(1, false, Kind::Float)?
-            .f_add(self.get("bias")?)?;
-        let v = super::lookup(self.get("factors")?, &flat)?.f_view([
-            shape[0],
-            shape[1],
-            self.config.dim,
-        ])?;
+        let (lin, v) = self.lookup_rows(&idx, &val)?;
+        let lin = lin.f_add(self.get("bias")?)?;
         let row = val.f_unsqueeze(1)?; // [N, 1, L]
         let sum = row.f_bmm(&v)?.f_squeeze_dim(1)?;
         let sq = row.f_square()?.f_bmm(&v.f_square()?)?.f_squeeze_dim(1)?;
