@@ -31,9 +31,12 @@ class Interactions:
         n_items: int | None = None,
     ) -> Interactions:
         """Build from arrays of dense integer ids (any integer dtype; floats are refused, never
-        rounded). ``ratings`` become float32 and must be finite; ``timestamps`` are integers or
-        ``datetime64`` (stored as seconds). ``n_users`` / ``n_items`` default to max id + 1 and must
-        exceed every id. Raises :class:`DataError` naming the offending entry."""
+        rounded). ``ratings`` become float32 and must be finite and within float32's range;
+        ``timestamps`` are integers or ``datetime64`` (stored as whole seconds: a time with a
+        fraction of a second is a DataError, never truncated). ``n_users`` / ``n_items`` default to
+        max id + 1 and must exceed every id. Raises :class:`DataError` naming the offending entry,
+        and :class:`ConfigError` for an ``n_users`` / ``n_items`` that is not a non-negative
+        integer."""
     @staticmethod
     def _from_parts(
         users: npt.ArrayLike,
@@ -119,7 +122,7 @@ def num_threads() -> int: ...
 def _tensor_add_(tensor: torch.Tensor, value: float) -> torch.Tensor: ...
 def _tensor_arange(n: int) -> torch.Tensor: ...
 def _rank_batch(
-    scores: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.int64],
     users: npt.ArrayLike,
     rows: npt.ArrayLike,
     test: Interactions,

@@ -24,6 +24,7 @@ Means are over users with at least one test item; the others are skipped and cou
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from .errors import ConfigError, DataError
 DEFAULT_METRICS = ("hit", "recall", "precision", "ndcg", "mrr", "map")
 ScoreSource = npt.NDArray[Any] | torch.Tensor | Callable[[npt.NDArray[np.int64]], Any]
 
-_BATCH_BUDGET = 16 * 1024 * 1024  # floats of scores per batch (64 MB)
+_BATCH_BUDGET = 16 * 1024 * 1024  # scores per batch (64 MB of float32, 128 MB of float64)
 
 
 def _as_interactions(x: object, name: str) -> Interactions:
@@ -50,27 +51,75 @@ def _as_interactions(x: object, name: str) -> Interactions:
 def _check_metrics(metrics: Sequence[str], ks: Sequence[int]) -> tuple[list[str], bool, list[int]]:
     if isinstance(metrics, str):
         metrics = (metrics,)
-    ks = [int(k) for k in ([ks] if isinstance(ks, int) else ks)]
-    if not ks or min(ks) < 1:
-        raise ConfigError(f"ks must be cut-offs >= 1, got {ks}")
+    try:
+        ks = [operator.index(k) for k in ([ks] if isinstance(ks, int) else ks)]
+    except TypeError:
+        raise ConfigError(f"ks must be integer cut-offs >= 1, got {ks!r}") from None
+    if not ks or min(ks) < 1 or max(ks) >= 2**63:
+        raise ConfigError(f"ks must be cut-offs in 1..2**63, got {ks}")
     names = [m.lower() for m in metrics]
     coverage = "coverage" in names
     names = [m for m in names if m != "coverage"]
     return names, coverage, ks
 
 
+_TORCH_EXACT = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.int64: torch.int64,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.int32: torch.int64,
+    torch.int16: torch.int64,
+    torch.int8: torch.int64,
+    torch.uint8: torch.int64,
+}
+
+
+def _score_dtype(arr: np.ndarray) -> np.dtype[Any]:
+    """The dtype the Rust core ranks ``arr`` in: float32, float64 or int64, whichever holds every
+    value exactly. Scores are never narrowed (float64 -> float32 would turn 1000.0 vs 1000.00001,
+    or 2**40 vs 2**40 + 1, into ties), so a strict order of the input is never lost."""
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "f":
+        if size <= 4:
+            return np.dtype(np.float32)
+        if size == 8:
+            return np.dtype(np.float64)
+        raise DataError(
+            f"scores of dtype {arr.dtype} cannot be ranked exactly (float32, float64 and integers "
+            "can); convert them yourself if float64 is precise enough"
+        )
+    if kind == "i" or (kind == "u" and size < 8):
+        return np.dtype(np.int64)
+    if kind == "u":
+        if arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise DataError(
+                f"scores hold the uint64 value {int(arr.max())}, beyond int64: they cannot be "
+                "ranked exactly"
+            )
+        return np.dtype(np.int64)
+    raise DataError(f"scores must be numbers, got dtype {arr.dtype}")
+
+
+def _as_array(x: Any) -> np.ndarray:
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"scores must be a [users x items] array of numbers: {e}") from None
+
+
 def _rows_to_numpy(block: Any, n_rows: int, n_items: int) -> np.ndarray:
     if isinstance(block, torch.Tensor):
         block = block.detach()
-        if block.dtype != torch.float32:
-            block = block.float()
-        block = block.cpu().numpy()
-    arr = np.asarray(block)
+        target = _TORCH_EXACT.get(block.dtype)
+        if target is None:
+            raise DataError(f"scores must be numbers of a real dtype, got torch.{block.dtype}")
+        block = block.to(device="cpu", dtype=target).numpy()
+    arr = _as_array(block)
     if arr.ndim != 2 or arr.shape != (n_rows, n_items):
         raise DataError(f"scores for {n_rows} users must have shape ({n_rows}, {n_items}), got {arr.shape}")
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"scores must be numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=_score_dtype(arr))
 
 
 def _batches(
@@ -83,10 +132,16 @@ def _batches(
             block = _rows_to_numpy(scores(u.copy()), len(u), n_items)
             yield block, u, np.arange(len(u), dtype=np.int64)
         return
-    shape = tuple(scores.shape)  # type: ignore[union-attr]
+    if not isinstance(scores, (np.ndarray, torch.Tensor)):
+        scores = _as_array(scores)
+    shape = tuple(scores.shape)
     if len(shape) != 2 or shape[1] != n_items or shape[0] < n_users:
         raise DataError(f"scores must have shape ({n_users}, {n_items}) (users x items), got {shape}")
-    if isinstance(scores, np.ndarray) and scores.dtype == np.float32 and scores.flags.c_contiguous:
+    if (
+        isinstance(scores, np.ndarray)
+        and scores.dtype in (np.float32, np.float64, np.int64)
+        and scores.flags.c_contiguous
+    ):
         # Zero copy: the Rust core reads each user's row of the full matrix.
         for start in range(0, len(users), batch_size):
             u = users[start : start + batch_size]
@@ -176,7 +231,9 @@ def full_ranking(
 
     ``scores`` is a ``[n_users, n_items]`` NumPy array or torch tensor (CPU or CUDA), or a
     callable ``score(user_ids) -> [len(user_ids), n_items]`` that is called batch by batch, so
-    memory stays bounded for any number of users. Returns ``{"ndcg@10": ..., "n_users": ...,
+    memory stays bounded for any number of users. Scores are ranked in their own precision
+    (float32, float64 or int64; smaller types are widened exactly), never narrowed, so a strict
+    order is never turned into a tie; a dtype that cannot be ranked exactly is a DataError. Returns ``{"ndcg@10": ..., "n_users": ...,
     "n_users_skipped": ..., "relevant_in_exclude": ...}`` and, with ``per_user=True``,
     ``"per_user"``: arrays of each user's values (for :mod:`recforge.stats`). A test item that also
     appears in ``exclude`` stays a candidate and is counted in ``relevant_in_exclude``.

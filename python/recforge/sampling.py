@@ -23,13 +23,15 @@ def _weights(
             raise ConfigError("popularity weights are only used with strategy='popularity'")
         return None
     if popularity is None:
-        return np.sum([p.item_degrees() for p in parts], axis=0).astype(np.float32)
+        return np.sum([p.item_degrees() for p in parts], axis=0).astype(np.float64)
     if isinstance(popularity, Interactions):
-        return popularity.item_degrees().astype(np.float32)
-    w = np.asarray(popularity, dtype=np.float64)
+        return popularity.item_degrees().astype(np.float64)
+    w = np.asarray(popularity)
+    if w.dtype.kind not in "iuf":
+        raise DataError(f"popularity must be numbers (one weight per item), got dtype {w.dtype}")
     if w.ndim != 1:
         raise DataError(f"popularity must be one weight per item, got shape {w.shape}")
-    return w.astype(np.float32)
+    return w.astype(np.float64)  # never narrowed: a tiny weight must not become 0
 
 
 def _check(x: object, name: str) -> Interactions:
@@ -55,10 +57,7 @@ def eval_negatives(
     eligible items is a DataError naming the user."""
     test = _check(test, "test")
     exclude = [_check(x, "exclude") for x in exclude]
-    if n < 1:
-        raise ConfigError(f"n must be >= 1, got {n}")
-    if seed < 0:
-        raise ConfigError(f"seed must be non-negative, got {seed}")
+    # n and seed are checked (type and range, as ConfigErrors naming them) by the Rust binding.
     w = _weights(strategy, popularity, [test, *exclude])
     return _native._eval_negatives(test, exclude, n, strategy, w, seed)
 
@@ -78,10 +77,7 @@ def training_negatives(
     ``replace=False`` the ``k`` negatives of one interaction are distinct. Pass the epoch number
     to draw fresh negatives each epoch from one seed."""
     train = _check(train, "train")
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
-    if seed < 0 or epoch < 0:
-        raise ConfigError("seed and epoch must be non-negative")
+    # k, seed and epoch are checked (type and range) by the Rust binding.
     w = _weights(strategy, popularity, [train])
     return _native._training_negatives(train, k, strategy, w, replace, seed, epoch)
 

@@ -76,13 +76,17 @@ def ratio(
     ``order="random"`` uses a permutation drawn from ``seed`` (independent of the thread count).
     With ``by_user=False`` all interactions are split as one list.
     """
-    f = [float(v) for v in fractions]
+    try:
+        f = [float(v) for v in fractions]
+    except (TypeError, ValueError):
+        raise ConfigError(f"fractions must be 2 or 3 numbers, got {fractions!r}") from None
     if len(f) == 2:
         f = [f[0], 0.0, f[1]]
     if len(f) != 3:
         raise ConfigError(f"fractions must have 2 or 3 values, got {len(f)}")
-    if seed < 0:
-        raise ConfigError(f"seed must be non-negative, got {seed}")
+    if seed is None:
+        raise ConfigError("seed must be an integer, got None")
+    # Its type and range (0..2**64) are checked by the Rust binding.
     return SplitResult(
         *_native.ratio_split(_check(interactions), f, order, by_user, seed, short_users)
     )
@@ -95,8 +99,7 @@ def k_core(
     re-indexed so that new id ``j`` is old id ``kept_users[j]`` (resp. ``kept_items[j]``).
 
     Use :meth:`recforge.Dataset.k_core` to keep the id maps and tables in step."""
-    if user_k < 0 or (item_k is not None and item_k < 0):
-        raise ConfigError("k must be non-negative")
+    # user_k / item_k are checked (integers in 0..2**32) by the Rust binding.
     x, users, items = _native.k_core(
         _check(interactions), user_k, user_k if item_k is None else item_k
     )

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _native
-from .errors import ConfigError, DataError
+from .errors import DataError
 
 MethodName = Literal["percentile", "bca"]
 
@@ -53,10 +53,11 @@ class PairedComparison:
         )
 
 
-def _seed(seed: int) -> int:
-    if seed < 0:
-        raise ConfigError(f"seed must be non-negative, got {seed}")
-    return seed
+def _array(values: npt.ArrayLike, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{name} must be a 1-D array of numbers: {e}") from None
 
 
 def bootstrap_ci(
@@ -72,8 +73,8 @@ def bootstrap_ci(
 
     ``method="bca"`` is the bias-corrected and accelerated interval (acceleration from the
     jackknife); ``statistic="root_mean"`` gives the interval of ``sqrt(mean(values))``."""
-    v = np.asarray(values)
-    est, low, high, se = _native._bootstrap_ci(v, statistic, n_resamples, confidence, method, _seed(seed))
+    v = _array(values, "values")
+    est, low, high, se = _native._bootstrap_ci(v, statistic, n_resamples, confidence, method, seed)
     return ConfidenceInterval(est, low, high, se, confidence, method, int(v.size))
 
 
@@ -89,14 +90,17 @@ def paired_bootstrap(
     """Paired bootstrap of ``stat(a) - stat(b)`` where ``a[i]`` and ``b[i]`` belong to the same
     user or rating. Each resample draws one set of indices for both. The p-value is two-sided:
     the share of centred bootstrap differences at least as far from 0 as the observed one."""
-    a_ = np.asarray(a)
-    d, low, high, se, p = _native._paired_bootstrap(a_, np.asarray(b), statistic, n_resamples, confidence, _seed(seed))
+    a_ = _array(a, "a")
+    d, low, high, se, p = _native._paired_bootstrap(a_, _array(b, "b"), statistic, n_resamples, confidence, seed)
     return PairedComparison(d, low, high, se, p, confidence, int(a_.size))
 
 
 def _errors(y_true: npt.ArrayLike, y_pred: npt.ArrayLike) -> np.ndarray:
-    t = np.asarray(y_true, dtype=np.float64)
-    p = np.asarray(y_pred, dtype=np.float64)
+    try:
+        t = np.asarray(y_true, dtype=np.float64)
+        p = np.asarray(y_pred, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"y_true and y_pred must be numbers: {e}") from None
     if t.shape != p.shape or t.ndim != 1:
         raise DataError(f"y_true and y_pred must be 1-D of one length, got {t.shape} and {p.shape}")
     return p - t

@@ -7,4 +7,4 @@ pub mod rank;
 
 pub use corrected::corrected_hit_values;
 pub use metrics::{user_metric, Metric, Prefix, TieGroup, Ties};
-pub use rank::{full_ranking, sampled, tie_groups, BatchResult, RankingSpec, ScoreBatch};
+pub use rank::{full_ranking, sampled, tie_groups, BatchResult, RankingSpec, Score, ScoreBatch};

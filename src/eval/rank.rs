@@ -4,6 +4,9 @@
 //! and no sort; item coverage uses a bounded heap per user. Users are spread over threads, and
 //! each user's values depend on that user alone, so results do not depend on batch size or
 //! thread count.
+//!
+//! Scores are compared in the type they were given ([`Score`]: `f32`, `f64` or `i64`), never
+//! converted, so a strict order of the input is never turned into a tie.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -47,12 +50,38 @@ impl RankingSpec {
     }
 }
 
+/// A score type that ranking compares exactly as given: `f32`, `f64` or `i64`. Converting scores
+/// to a narrower type could turn a strict order into a tie (1000.0 vs 1000.00001 as `f32`,
+/// 2^40 vs 2^40 + 1 as `f32`, 2^53 + 1 as `f64`), so the ranking code is generic instead.
+pub trait Score: Copy + PartialOrd + Send + Sync + std::fmt::Debug + 'static {
+    /// Whether the value is NaN (never for integers).
+    fn is_nan(self) -> bool;
+}
+
+impl Score for f32 {
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Score for f64 {
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+impl Score for i64 {
+    fn is_nan(self) -> bool {
+        false
+    }
+}
+
 /// Scores of a batch of users: row `rows[j]` of a row-major `[n_rows, n_items]` buffer belongs to
 /// user `users[j]`.
 #[derive(Debug, Clone, Copy)]
-pub struct ScoreBatch<'a> {
+pub struct ScoreBatch<'a, T: Score = f32> {
     /// The score buffer.
-    pub scores: &'a [f32],
+    pub scores: &'a [T],
     /// Items per row.
     pub n_items: usize,
     /// User id of each evaluated user.
@@ -81,13 +110,13 @@ pub struct BatchResult {
 
 /// Tie groups of relevant items with scores `rel` among candidate scores `cands` (which include
 /// the relevant items themselves). `rel` must be non-empty.
-pub fn tie_groups(rel: &[f32], cands: impl Iterator<Item = f32>) -> Result<Vec<TieGroup>> {
-    let mut vals: Vec<f32> = rel.to_vec();
+pub fn tie_groups<T: Score>(rel: &[T], cands: impl Iterator<Item = T>) -> Result<Vec<TieGroup>> {
+    let mut vals: Vec<T> = rel.to_vec();
     if vals.iter().any(|v| v.is_nan()) {
         return Err(RecforgeError::data("a relevant item has a NaN score"));
     }
     vals.sort_unstable_by(|a, b| b.partial_cmp(a).unwrap_or(Ordering::Equal));
-    let mut distinct: Vec<(f32, u64)> = Vec::new();
+    let mut distinct: Vec<(T, u64)> = Vec::new();
     for v in vals {
         match distinct.last_mut() {
             Some((d, n)) if *d == v => *n += 1,
@@ -112,7 +141,7 @@ pub fn tie_groups(rel: &[f32], cands: impl Iterator<Item = f32>) -> Result<Vec<T
         between[0] = gt;
         equal[0] = eq;
     } else {
-        let keys: Vec<f32> = distinct.iter().map(|d| d.0).collect();
+        let keys: Vec<T> = distinct.iter().map(|d| d.0).collect();
         for x in cands {
             if x.is_nan() {
                 return Err(RecforgeError::data("scores contain NaN"));
@@ -142,7 +171,7 @@ pub fn tie_groups(rel: &[f32], cands: impl Iterator<Item = f32>) -> Result<Vec<T
 }
 
 /// `(greater, equal, nan)` counts of `row` against `v`, written so the compiler vectorises it.
-fn count_against(row: &[f32], v: f32) -> (u64, u64, u64) {
+fn count_against<T: Score>(row: &[T], v: T) -> (u64, u64, u64) {
     let (mut gt, mut eq, mut nan) = (0u64, 0u64, 0u64);
     for chunk in row.chunks(1 << 16) {
         let (mut g, mut e, mut n) = (0u32, 0u32, 0u32);
@@ -160,17 +189,17 @@ fn count_against(row: &[f32], v: f32) -> (u64, u64, u64) {
 
 /// The one tie group of `n_rel` relevant items that all score `v`, among all of `row` minus the
 /// items that `excluded` passes to its callback (each once).
-fn single_value_groups(
-    row: &[f32],
-    v: f32,
+fn single_value_groups<T: Score>(
+    row: &[T],
+    v: T,
     n_rel: u64,
-    excluded: impl FnOnce(&mut dyn FnMut(f32)),
+    excluded: impl FnOnce(&mut dyn FnMut(T)),
 ) -> Result<Vec<TieGroup>> {
     if v.is_nan() {
         return Err(RecforgeError::data("a relevant item has a NaN score"));
     }
     let (mut gt, mut eq, mut nan) = count_against(row, v);
-    excluded(&mut |x: f32| {
+    excluded(&mut |x: T| {
         if x > v {
             gt -= 1;
         } else if x == v {
@@ -192,9 +221,9 @@ fn single_value_groups(
 
 /// Bounded min-heap entry: the worst kept item is on top (lower score, then higher id).
 #[derive(PartialEq)]
-struct Kept(f32, u32);
-impl Eq for Kept {}
-impl Ord for Kept {
+struct Kept<T>(T, u32);
+impl<T: Score> Eq for Kept<T> {}
+impl<T: Score> Ord for Kept<T> {
     fn cmp(&self, o: &Self) -> Ordering {
         // "Greater" = worse, so BinaryHeap's max is the first to drop.
         o.0.partial_cmp(&self.0)
@@ -202,13 +231,13 @@ impl Ord for Kept {
             .then(self.1.cmp(&o.1))
     }
 }
-impl PartialOrd for Kept {
+impl<T: Score> PartialOrd for Kept<T> {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
         Some(self.cmp(o))
     }
 }
 
-fn top_items(k: usize, cands: impl Iterator<Item = (u32, f32)>, out: &mut [u32]) {
+fn top_items<T: Score>(k: usize, cands: impl Iterator<Item = (u32, T)>, out: &mut [u32]) {
     let mut heap = BinaryHeap::with_capacity(k + 1);
     for (i, x) in cands {
         if heap.len() < k {
@@ -244,7 +273,7 @@ fn check_space(name: &str, x: &Interactions, test: &Interactions) -> Result<()> 
     Ok(())
 }
 
-fn check_batch(b: &ScoreBatch<'_>, test: &Interactions) -> Result<()> {
+fn check_batch<T: Score>(b: &ScoreBatch<'_, T>, test: &Interactions) -> Result<()> {
     if b.users.len() != b.rows.len() {
         return Err(RecforgeError::data("users and rows differ in length"));
     }
@@ -268,6 +297,19 @@ fn check_batch(b: &ScoreBatch<'_>, test: &Interactions) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Metric tables for the spec's cut-offs. A user never has more candidates than `n_items`
+/// (distinct items), and a cut-off beyond the candidates gives the same positions as one at
+/// their number, so the tables stop there: a huge `k` costs nothing.
+fn prefix_for(spec: &RankingSpec, n_items: usize) -> Prefix {
+    let max_k = spec.ks.iter().copied().max().unwrap_or(1);
+    Prefix::new(max_k.min(n_items.max(1)))
+}
+
+/// Length of each user's kept top list: at most `n_items` (longer lists would be padding only).
+fn top_len(spec: &RankingSpec, n_items: usize) -> Option<usize> {
+    spec.top_k.map(|k| k.min(n_items))
 }
 
 fn relevant_items(test: &Interactions, u: u32) -> Vec<u32> {
@@ -319,8 +361,8 @@ fn collect(outs: Vec<UserOut>) -> BatchResult {
 /// Full-ranking evaluation of a batch: for each user, every item is a candidate except those the
 /// user has in `exclude` (relevant test items always stay candidates and are counted in
 /// `relevant_in_exclude` when they also appear there). Each user must have a test item.
-pub fn full_ranking(
-    batch: &ScoreBatch<'_>,
+pub fn full_ranking<T: Score>(
+    batch: &ScoreBatch<'_, T>,
     test: &Interactions,
     exclude: &[&Interactions],
     spec: &RankingSpec,
@@ -337,8 +379,7 @@ pub fn full_ranking(
     for (j, x) in exclude.iter().enumerate() {
         check_space(&format!("exclude[{j}]"), x, test)?;
     }
-    let max_k = *spec.ks.iter().max().unwrap_or(&1);
-    let pre = Prefix::new(max_k);
+    let pre = prefix_for(spec, batch.n_items);
     let n_items = batch.n_items;
     let outs: Vec<UserOut> = batch
         .users
@@ -369,7 +410,7 @@ pub fn full_ranking(
                     }
                     mark[i as usize] = 2;
                 }
-                let rel_scores: Vec<f32> = rel.iter().map(|&i| scores[i as usize]).collect();
+                let rel_scores: Vec<T> = rel.iter().map(|&i| scores[i as usize]).collect();
                 let groups = if rel_scores.iter().all(|&x| x == rel_scores[0]) {
                     // One score to compare with (always so for one test item): count over the
                     // whole row without branches, then take the excluded items back out.
@@ -392,7 +433,7 @@ pub fn full_ranking(
                     tie_groups(&rel_scores, cands)
                 };
                 let mut top = Vec::new();
-                if let (Ok(_), Some(k)) = (&groups, spec.top_k) {
+                if let (Ok(_), Some(k)) = (&groups, top_len(spec, n_items)) {
                     top = vec![u32::MAX; k];
                     let cands = scores
                         .iter()
@@ -431,8 +472,8 @@ pub fn full_ranking(
 /// Sampled evaluation of a batch: each user's candidates are its (distinct) test items plus its
 /// row of `negatives` (`[n_users, n_neg]`, by user id). A negative that is out of range, repeated,
 /// or one of the user's test items is an error.
-pub fn sampled(
-    batch: &ScoreBatch<'_>,
+pub fn sampled<T: Score>(
+    batch: &ScoreBatch<'_, T>,
     test: &Interactions,
     negatives: &[i64],
     n_neg: usize,
@@ -447,8 +488,7 @@ pub fn sampled(
             negatives.len()
         )));
     }
-    let max_k = *spec.ks.iter().max().unwrap_or(&1);
-    let pre = Prefix::new(max_k);
+    let pre = prefix_for(spec, batch.n_items);
     let n_items = batch.n_items;
     let outs: Vec<UserOut> = batch
         .users
@@ -482,7 +522,7 @@ pub fn sampled(
                     "negatives of user {u} contain its test item {i}"
                 )));
             }
-            let rel_scores: Vec<f32> = rel.iter().map(|&i| scores[i as usize]).collect();
+            let rel_scores: Vec<T> = rel.iter().map(|&i| scores[i as usize]).collect();
             let cands = rel_scores
                 .iter()
                 .copied()
@@ -492,7 +532,7 @@ pub fn sampled(
             let mut values = vec![0.0; spec.width()];
             fill_values(&groups, rel.len() as u64, spec, &pre, &mut values);
             let mut top = Vec::new();
-            if let Some(k) = spec.top_k {
+            if let Some(k) = top_len(spec, n_items) {
                 top = vec![u32::MAX; k];
                 let cands = rel
                     .iter()
@@ -589,5 +629,49 @@ mod tests {
         assert!(sampled(&b, &test, &[7, 2], 2, &s).is_err());
         let r = sampled(&b, &test, &[3, 2], 2, &s).unwrap();
         assert!((r.values[0] - 1.0 / 3.0).abs() < 1e-12); // constant scores: 1 of 3
+    }
+
+    #[test]
+    fn wide_scores_keep_their_order() {
+        // 1000.00001 > 1000.0 holds in f64 but not in f32; 2^53 + 1 > 2^53 holds in i64 only.
+        let test = Interactions::from_arrays(&[0], &[1], None, None, None, Some(3)).unwrap();
+        let s = spec(vec![Metric::Hit], vec![1]);
+        let f = [1000.0f64, 1000.00001, 1000.0];
+        let b = ScoreBatch {
+            scores: &f,
+            n_items: 3,
+            users: &[0],
+            rows: &[0],
+        };
+        assert_eq!(full_ranking(&b, &test, &[], &s).unwrap().values, vec![1.0]);
+        assert_eq!(
+            sampled(&b, &test, &[0, 2], 2, &s).unwrap().values,
+            vec![1.0]
+        );
+        let big = 1i64 << 53;
+        let i = [big, big + 1, big];
+        let b = ScoreBatch {
+            scores: &i,
+            n_items: 3,
+            users: &[0],
+            rows: &[0],
+        };
+        assert_eq!(full_ranking(&b, &test, &[], &s).unwrap().values, vec![1.0]);
+        assert_eq!(
+            sampled(&b, &test, &[0, 2], 2, &s).unwrap().values,
+            vec![1.0]
+        );
+        // Two relevant items with distinct scores (the general tie-group path), and coverage.
+        let test = Interactions::from_arrays(&[0, 0], &[1, 2], None, None, None, Some(3)).unwrap();
+        let i = [big + 2, big + 1, big];
+        let b = ScoreBatch {
+            scores: &i,
+            n_items: 3,
+            users: &[0],
+            rows: &[0],
+        };
+        let r = full_ranking(&b, &test, &[], &s).unwrap();
+        assert_eq!(r.values, vec![0.0]);
+        assert_eq!(r.top, vec![0, 1]);
     }
 }

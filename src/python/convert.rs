@@ -8,7 +8,9 @@ use super::errors::data_error;
 
 fn as_1d<'py>(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<(Bound<'py, PyAny>, String)> {
     let np = obj.py().import("numpy")?;
-    let arr = np.call_method1("asarray", (obj,))?;
+    let arr = np
+        .call_method1("asarray", (obj,))
+        .map_err(|e| data_error(format!("{name} must be a 1-D array: {e}")))?;
     let ndim: usize = arr.getattr("ndim")?.extract()?;
     if ndim != 1 {
         return Err(data_error(format!(
@@ -82,6 +84,28 @@ pub fn float32_array<'py>(
     name: &str,
 ) -> PyResult<PyReadonlyArray1<'py, f32>> {
     let (arr, kind) = as_1d(obj, name)?;
+    if kind == "f"
+        && arr
+            .getattr("dtype")?
+            .getattr("itemsize")?
+            .extract::<usize>()?
+            > 4
+    {
+        // A finite value beyond float32's range would become inf (and be reported as such).
+        let np = obj.py().import("numpy")?;
+        let over = np
+            .call_method1("abs", (&arr,))?
+            .rich_compare(f32::MAX as f64, pyo3::basic::CompareOp::Gt)?;
+        let finite = np.call_method1("isfinite", (&arr,))?;
+        let big = np.call_method1("flatnonzero", (finite.call_method1("__and__", (over,))?,))?;
+        if big.len()? > 0 {
+            let i = big.get_item(0)?;
+            return Err(data_error(format!(
+                "{name}[{i}] = {} is beyond the float32 range",
+                arr.get_item(&i)?.str()?
+            )));
+        }
+    }
     match kind.as_str() {
         "f" | "i" | "u" => contiguous::<f32>(&arr, "float32"),
         _ if is_empty(&arr)? => contiguous::<f32>(&arr, "float32"),
@@ -92,7 +116,8 @@ pub fn float32_array<'py>(
     }
 }
 
-/// Timestamps as contiguous int64: integers as they are, `datetime64` as seconds since the epoch.
+/// Timestamps as contiguous int64: integers as they are, `datetime64` as seconds since the epoch
+/// (a time that is not a whole second is a `DataError`, never truncated).
 pub fn timestamp_array<'py>(
     obj: &Bound<'py, PyAny>,
     name: &str,
@@ -110,6 +135,24 @@ pub fn timestamp_array<'py>(
                 return Err(data_error(format!("{name} contains NaT (missing times)")));
             }
             let secs = arr.call_method1("astype", ("datetime64[s]",))?;
+            // Seconds must hold every time exactly: a sub-second part (or a time beyond int64
+            // seconds) would be truncated, and truncation can reorder events within a second.
+            let back = secs.call_method1("astype", (arr.getattr("dtype")?,))?;
+            let np = obj.py().import("numpy")?;
+            let differ = np.call_method1(
+                "flatnonzero",
+                (back.rich_compare(&arr, pyo3::basic::CompareOp::Ne)?,),
+            )?;
+            if differ.len()? > 0 {
+                let i = differ.get_item(0)?;
+                return Err(data_error(format!(
+                    "{name}[{i}] = {} is not a whole second: timestamps are stored as int64 \
+                     seconds and truncating it could reorder events; pass integers in the unit \
+                     you need (e.g. {name}.astype('int64') for {})",
+                    arr.get_item(&i)?.str()?,
+                    dtype_name(&arr)
+                )));
+            }
             contiguous::<i64>(&secs.call_method1("astype", ("int64",))?, "int64")
         }
         _ => int64_array(obj, name),

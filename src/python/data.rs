@@ -21,6 +21,68 @@ fn i64_out<'py, T: Copy + Into<i64> + Send + Sync>(
     to_i64(v).into_pyarray(py)
 }
 
+/// An integer type that Python arguments are read into by [`int_arg`].
+pub(crate) trait IntArg: TryFrom<i128> {
+    /// Smallest accepted value.
+    const MIN: i128;
+    /// Largest accepted value.
+    const MAX: i128;
+}
+
+impl IntArg for u32 {
+    const MIN: i128 = 0;
+    const MAX: i128 = u32::MAX as i128;
+}
+
+impl IntArg for u64 {
+    const MIN: i128 = 0;
+    const MAX: i128 = u64::MAX as i128;
+}
+
+impl IntArg for usize {
+    const MIN: i128 = 0;
+    const MAX: i128 = usize::MAX as i128;
+}
+
+/// The integer argument `name` as `T`. A value that is not an integer (a float, a bool, a
+/// string) or out of `T`'s range (`n_users=-1`, `seed=2**70`) is a `ConfigError` naming the
+/// argument and the accepted range, never an `OverflowError` or a silent truncation.
+pub(crate) fn int_arg<T: IntArg>(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<T> {
+    int_at_least(obj, name, T::MIN)
+}
+
+/// As [`int_arg`], with the smallest accepted value raised to `low` (e.g. 1 for a count).
+pub(crate) fn int_at_least<T: IntArg>(
+    obj: &Bound<'_, PyAny>,
+    name: &str,
+    low: i128,
+) -> PyResult<T> {
+    let bad = || {
+        let shown = obj
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        super::errors::ConfigError::new_err(format!(
+            "{name} must be an integer in {low}..={}, got {shown}",
+            T::MAX
+        ))
+    };
+    if obj.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(bad());
+    }
+    let v: i128 = obj.extract().map_err(|_| bad())?;
+    if v < low {
+        return Err(bad());
+    }
+    T::try_from(v).map_err(|_| bad())
+}
+
+fn opt_int_arg<T: IntArg>(obj: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<T>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| int_arg(o, name))
+        .transpose()
+}
+
 /// User-item interactions in CSR form (Python `recforge.Interactions`).
 #[pyclass(name = "Interactions", module = "recforge", frozen, eq)]
 #[derive(PartialEq)]
@@ -53,9 +115,11 @@ impl PyInteractions {
         items: &Bound<'_, PyAny>,
         ratings: Option<&Bound<'_, PyAny>>,
         timestamps: Option<&Bound<'_, PyAny>>,
-        n_users: Option<u64>,
-        n_items: Option<u64>,
+        n_users: Option<&Bound<'_, PyAny>>,
+        n_items: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let n_users: Option<u64> = opt_int_arg(n_users, "n_users")?;
+        let n_items: Option<u64> = opt_int_arg(n_items, "n_items")?;
         let users = convert::int64_array(users, "users")?;
         let items = convert::int64_array(items, "items")?;
         let ratings = ratings
@@ -264,9 +328,11 @@ type KCoreOut<'py> = (
 pub fn k_core<'py>(
     py: Python<'py>,
     x: &PyInteractions,
-    user_k: u32,
-    item_k: u32,
+    user_k: &Bound<'py, PyAny>,
+    item_k: &Bound<'py, PyAny>,
 ) -> PyResult<KCoreOut<'py>> {
+    let user_k: u32 = int_arg(user_k, "user_k")?;
+    let item_k: u32 = int_arg(item_k, "item_k")?;
     let inner = x.inner.clone();
     let k = without_gil(py, || data::k_core(&inner, user_k, item_k))?;
     Ok((
@@ -315,16 +381,20 @@ pub fn leave_one_out<'py>(
 
 /// Ratio split: `(train, valid, test, report)`.
 #[pyfunction]
-#[pyo3(signature = (x, fractions, order="random", by_user=true, seed=0, short_users="train"))]
+#[pyo3(
+    signature = (x, fractions, order="random", by_user=true, seed=None, short_users="train"),
+    text_signature = "(x, fractions, order='random', by_user=True, seed=0, short_users='train')"
+)]
 pub fn ratio_split<'py>(
     py: Python<'py>,
     x: &PyInteractions,
     fractions: [f64; 3],
     order: &str,
     by_user: bool,
-    seed: u64,
+    seed: Option<&Bound<'py, PyAny>>,
     short_users: &str,
 ) -> PyResult<SplitOut<'py>> {
+    let seed: u64 = opt_int_arg(seed, "seed")?.unwrap_or(0);
     let order: data::Order = order.parse()?;
     let short: data::ShortUsers = short_users.parse()?;
     let inner = x.inner.clone();

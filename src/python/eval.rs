@@ -1,11 +1,13 @@
 //! Bindings of ranking evaluation, negative sampling and bootstrap statistics.
 
-use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert;
-use super::data::PyInteractions;
+use super::data::{int_arg, int_at_least, PyInteractions};
 use super::errors::data_error;
 use super::gil::without_gil;
 use crate::data::Interactions;
@@ -84,13 +86,44 @@ fn batch_out<'py>(
     Ok(d)
 }
 
+/// One batch ranked in the scores' own type `T` (never converted, so no order becomes a tie).
+#[allow(clippy::too_many_arguments)]
+fn rank_typed<T: eval::Score + numpy::Element>(
+    py: Python<'_>,
+    scores: &Bound<'_, PyArray2<T>>,
+    users: &[u32],
+    rows: &[usize],
+    test: &Interactions,
+    exclude: &[&Interactions],
+    negatives: Option<(&[i64], usize)>,
+    spec: &RankingSpec,
+) -> PyResult<eval::BatchResult> {
+    let scores = scores.readonly();
+    let n_items = scores.shape()[1];
+    let scores = scores
+        .as_slice()
+        .map_err(|_| data_error("scores must be C-contiguous"))?;
+    let batch = ScoreBatch {
+        scores,
+        n_items,
+        users,
+        rows,
+    };
+    Ok(match negatives {
+        None => without_gil(py, || eval::full_ranking(&batch, test, exclude, spec))?,
+        Some((negs, n_neg)) => without_gil(py, || eval::sampled(&batch, test, negs, n_neg, spec))?,
+    })
+}
+
 /// Evaluates one batch of users in full-ranking or sampled mode (see `recforge.metrics`).
+///
+/// `scores` is a 2-D float32, float64 or int64 array, ranked in that type.
 #[pyfunction]
 #[pyo3(signature = (scores, users, rows, test, exclude, negatives, ks, metrics, ties, top_k=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn _rank_batch<'py>(
     py: Python<'py>,
-    scores: PyReadonlyArray2<'py, f32>,
+    scores: &Bound<'py, PyAny>,
     users: &Bound<'py, PyAny>,
     rows: &Bound<'py, PyAny>,
     test: &PyInteractions,
@@ -102,10 +135,6 @@ pub fn _rank_batch<'py>(
     top_k: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let spec = spec(ks, metrics, ties, top_k)?;
-    let n_items = scores.shape()[1];
-    let scores_slice = scores
-        .as_slice()
-        .map_err(|_| data_error("scores must be C-contiguous"))?;
     let users = u32_ids(convert::int64_array(users, "users")?.as_slice()?, "users")?;
     let rows: Vec<usize> = u32_ids(convert::int64_array(rows, "rows")?.as_slice()?, "rows")?
         .into_iter()
@@ -113,25 +142,31 @@ pub fn _rank_batch<'py>(
         .collect();
     let test = test.inner.clone();
     let exclude: Vec<_> = exclude.iter().map(|x| x.inner.clone()).collect();
-    let batch = ScoreBatch {
-        scores: scores_slice,
-        n_items,
-        users: &users,
-        rows: &rows,
+    let ex: Vec<&Interactions> = exclude.iter().map(|x| x.as_ref()).collect();
+    let negs = match &negatives {
+        None => None,
+        Some(neg) => Some((
+            neg.as_slice()
+                .map_err(|_| data_error("negatives must be C-contiguous"))?,
+            neg.shape()[1],
+        )),
     };
     let width = spec.width();
-    let result = match &negatives {
-        None => without_gil(py, || {
-            let ex: Vec<&Interactions> = exclude.iter().map(|x| x.as_ref()).collect();
-            eval::full_ranking(&batch, &test, &ex, &spec)
-        })?,
-        Some(neg) => {
-            let n_neg = neg.shape()[1];
-            let negs = neg
-                .as_slice()
-                .map_err(|_| data_error("negatives must be C-contiguous"))?;
-            without_gil(py, || eval::sampled(&batch, &test, negs, n_neg, &spec))?
-        }
+    let result = if let Ok(a) = scores.cast::<PyArray2<f32>>() {
+        rank_typed(py, a, &users, &rows, &test, &ex, negs, &spec)?
+    } else if let Ok(a) = scores.cast::<PyArray2<f64>>() {
+        rank_typed(py, a, &users, &rows, &test, &ex, negs, &spec)?
+    } else if let Ok(a) = scores.cast::<PyArray2<i64>>() {
+        rank_typed(py, a, &users, &rows, &test, &ex, negs, &spec)?
+    } else {
+        let what = scores
+            .getattr("dtype")
+            .and_then(|d| d.str().map(|s| s.to_string()))
+            .or_else(|_| scores.get_type().name().map(|s| s.to_string()))
+            .unwrap_or_else(|_| "?".into());
+        return Err(data_error(format!(
+            "scores must be a 2-D float32, float64 or int64 array, got {what}"
+        )));
     };
     batch_out(py, result, width)
 }
@@ -155,16 +190,31 @@ fn strategy(name: &str, weights: Option<&Bound<'_, PyAny>>) -> PyResult<Strategy
     match (name, weights) {
         ("uniform", _) => Ok(Strategy::Uniform),
         ("popularity", Some(w)) => {
-            let w = convert::float32_array(w, "popularity")?;
-            Ok(Strategy::popularity(
-                w.as_slice()?.iter().map(|&x| x as f64).collect(),
-            )?)
+            // float64 as given: narrowing could turn a tiny weight into 0 (never drawn).
+            Strategy::popularity(convert::float64_array(w, "popularity")?).map_err(|e| match e {
+                crate::RecforgeError::Data(m) => data_error(format!("popularity: {m}")),
+                other => other.into(),
+            })
         }
         ("popularity", None) => Err(super::errors::ConfigError::new_err(
             "popularity weights are missing",
         )),
         (other, _) => Err(super::errors::ConfigError::new_err(format!(
             "strategy must be 'uniform' or 'popularity', got {other:?}"
+        ))),
+    }
+}
+
+/// The most values one call may return or draw (2^32: 32 GiB of int64 or float64). Asking for
+/// more is a `ConfigError`, not an allocation failure that would abort the interpreter.
+const MAX_VALUES: usize = 1 << 32;
+
+fn check_output_size(rows: usize, per_row: usize, name: &str) -> PyResult<()> {
+    match rows.checked_mul(per_row) {
+        Some(t) if t <= MAX_VALUES => Ok(()),
+        _ => Err(super::errors::ConfigError::new_err(format!(
+            "{name} = {per_row} asks for {rows} x {per_row} values, more than the {MAX_VALUES} \
+             one call may return"
         ))),
     }
 }
@@ -176,13 +226,22 @@ pub fn _eval_negatives<'py>(
     py: Python<'py>,
     test: &PyInteractions,
     exclude: Vec<PyRef<'py, PyInteractions>>,
-    n: usize,
+    n: &Bound<'py, PyAny>,
     strategy_name: &str,
     weights: Option<&Bound<'py, PyAny>>,
-    seed: u64,
+    seed: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let n: usize = int_at_least(n, "n", 1)?;
+    let seed: u64 = int_arg(seed, "seed")?;
     let strat = strategy(strategy_name, weights)?;
     let test = test.inner.clone();
+    if n > test.n_items() as usize {
+        return Err(data_error(format!(
+            "n = {n} distinct negatives per user, but there are only {} items",
+            test.n_items()
+        )));
+    }
+    check_output_size(test.n_users() as usize, n, "n")?;
     let parts: Vec<_> = exclude.iter().map(|x| x.inner.clone()).collect();
     let out = without_gil(py, || {
         let mut all: Vec<&Interactions> = vec![test.as_ref()];
@@ -202,15 +261,25 @@ pub fn _eval_negatives<'py>(
 pub fn _training_negatives<'py>(
     py: Python<'py>,
     train: &PyInteractions,
-    k: usize,
+    k: &Bound<'py, PyAny>,
     strategy_name: &str,
     weights: Option<&Bound<'py, PyAny>>,
     replace: bool,
-    seed: u64,
-    epoch: u64,
+    seed: &Bound<'py, PyAny>,
+    epoch: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let k: usize = int_at_least(k, "k", 1)?;
+    let seed: u64 = int_arg(seed, "seed")?;
+    let epoch: u64 = int_arg(epoch, "epoch")?;
     let strat = strategy(strategy_name, weights)?;
     let train = train.inner.clone();
+    if !replace && k > train.n_items() as usize {
+        return Err(data_error(format!(
+            "k = {k} distinct negatives per interaction, but there are only {} items",
+            train.n_items()
+        )));
+    }
+    check_output_size(train.n_interactions(), k, "k")?;
     let out = without_gil(py, || {
         sampling::training_negatives(&train, k, &strat, replace, seed, epoch)
     })?;
@@ -235,11 +304,14 @@ pub fn _bootstrap_ci(
     py: Python<'_>,
     values: &Bound<'_, PyAny>,
     statistic_name: &str,
-    n_resamples: usize,
+    n_resamples: &Bound<'_, PyAny>,
     confidence: f64,
     method: &str,
-    seed: u64,
+    seed: &Bound<'_, PyAny>,
 ) -> PyResult<(f64, f64, f64, f64)> {
+    let n_resamples: usize = int_arg(n_resamples, "n_resamples")?;
+    check_output_size(1, n_resamples, "n_resamples")?;
+    let seed: u64 = int_arg(seed, "seed")?;
     let stat = statistic(statistic_name)?;
     let method = match method {
         "percentile" => Method::Percentile,
@@ -265,10 +337,13 @@ pub fn _paired_bootstrap(
     a: &Bound<'_, PyAny>,
     b: &Bound<'_, PyAny>,
     statistic_name: &str,
-    n_resamples: usize,
+    n_resamples: &Bound<'_, PyAny>,
     confidence: f64,
-    seed: u64,
+    seed: &Bound<'_, PyAny>,
 ) -> PyResult<(f64, f64, f64, f64, f64)> {
+    let n_resamples: usize = int_arg(n_resamples, "n_resamples")?;
+    check_output_size(1, n_resamples, "n_resamples")?;
+    let seed: u64 = int_arg(seed, "seed")?;
     let stat = statistic(statistic_name)?;
     let a = convert::float64_array(a, "a")?;
     let b = convert::float64_array(b, "b")?;

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 
 from .._native import IdMap, Interactions
-from ..errors import ConfigError
 from .. import split as _split
 
 
@@ -79,8 +78,6 @@ class Dataset:
 
     def k_core(self, user_k: int, item_k: int | None = None) -> "Dataset":
         """The k-core of this dataset, with tables and id maps re-indexed to match."""
-        if user_k < 0 or (item_k is not None and item_k < 0):
-            raise ConfigError("k must be non-negative")
         x, kept_users, kept_items = _split.k_core(self.interactions, user_k, item_k)
         stats = dict(self.stats)
         stats["kcore_dropped_users"] = self.n_users - len(kept_users)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ._build import assemble
 from ._dataset import Dataset
 from ._io import PathLike, existing, numeric, not_blank, read_csv
@@ -17,21 +19,38 @@ from ._io import PathLike, existing, numeric, not_blank, read_csv
 _FIELDS = ["reviewerID", "asin", "overall", "unixReviewTime"]
 
 
-def _read_json_lines(p: Path) -> pd.DataFrame:
+def _lines(p: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line; invalid UTF-8 is a DataError naming the line, and a
+    truncated or corrupt ``.gz`` one naming the file."""
     opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as f:  # type: ignore[operator]
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    yield line_no, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{p}, line {line_no}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{p}: truncated or corrupt gzip file ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise StorageError(f"{p}: cannot read: {e}") from None
+
+
+def _read_json_lines(p: Path) -> pd.DataFrame:
     cols: dict[str, list[object]] = {k: [] for k in _FIELDS}
-    with opener(p, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}, line {line_no}: not valid JSON ({e.msg})") from None
-            for k in _FIELDS:
-                if k not in rec:
-                    raise DataError(f"{p}, line {line_no}: missing field {k!r}")
-                cols[k].append(rec[k])
+    for line_no, line in _lines(p):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{p}, line {line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{p}, line {line_no}: expected a JSON object, got {type(rec).__name__}")
+        for k in _FIELDS:
+            if k not in rec:
+                raise DataError(f"{p}, line {line_no}: missing field {k!r}")
+            cols[k].append(rec[k])
     if not cols["asin"]:
         raise DataError(f"{p}: file is empty")
     return pd.DataFrame(cols)

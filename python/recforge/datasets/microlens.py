@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from .._native import IdMap, Interactions
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ._build import assemble, encode_known, item_map_from_table
 from ._dataset import Dataset
 from ._io import PathLike, existing, numeric, read_csv
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _ALIASES = {"user": "user", "user_id": "user", "item": "item", "item_id": "item",
             "timestamp": "timestamp", "time": "timestamp"}  # fmt: skip
 
@@ -22,28 +24,44 @@ def load_microlens_titles(path: PathLike) -> pd.DataFrame:
     everything after the first comma). Returns columns ``item``, ``title``."""
     p = existing(path, "MicroLens titles file")
     items, titles = [], []
-    with open(p, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                raise DataError(f"{p}, line {line_no}: empty line")
-            head, sep, title = line.partition(",")
-            if not sep:
-                raise DataError(f"{p}, line {line_no}: expected 'item_id, title', got {line!r}")
-            try:
-                items.append(int(head))
-            except ValueError:
-                raise DataError(f"{p}, line {line_no}: item id {head!r} is not an integer") from None
-            titles.append(title.strip())
+    for line_no, line in enumerate(_text_lines(p), start=1):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            raise DataError(f"{p}, line {line_no}: empty line")
+        head, sep, title = line.partition(",")
+        if not sep:
+            raise DataError(f"{p}, line {line_no}: expected 'item_id, title', got {line!r}")
+        try:
+            item = int(head)
+        except ValueError:
+            raise DataError(f"{p}, line {line_no}: item id {head!r} is not an integer") from None
+        if not _INT64_MIN <= item <= _INT64_MAX:
+            raise DataError(f"{p}, line {line_no}: item id {head.strip()} is too large for int64")
+        items.append(item)
+        titles.append(title.strip())
     if not items:
         raise DataError(f"{p}: file is empty")
     return pd.DataFrame({"item": np.asarray(items, dtype=np.int64), "title": titles})
 
 
+def _text_lines(p: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file; invalid UTF-8 is a DataError naming the line."""
+    try:
+        with open(p, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(
+                        f"{p}, line {line_no}: not valid UTF-8 text ({e.reason} at byte {e.start})"
+                    ) from None
+    except OSError as e:
+        raise StorageError(f"{p}: cannot read: {e}") from None
+
+
 def _read_pairs(p: Path) -> pd.DataFrame:
     sep = "\t" if p.suffix == ".tsv" else ","
-    with open(p, encoding="utf-8") as f:
-        first = f.readline()
+    first = next(iter(_text_lines(p)), "")
     fields = [c.strip().split(":")[0] for c in first.rstrip("\r\n").split(sep)]
     has_header = not fields[0].lstrip("-").isdigit()
     if has_header:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import DataError
 from ._build import assemble, encode_known, item_map_from_table
 from ._dataset import Dataset
-from ._io import PathLike, existing, first_line, numeric, read_csv
+from ._io import PathLike, existing, first_line, numeric, optional_int, read_csv, show
 
 ML100K_GENRES = [
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -63,7 +64,7 @@ def _load_csv_release(d: Path) -> Dataset:
     if links_path.is_file():
         links = read_csv(links_path, required=["movieId", "imdbId", "tmdbId"], dtype={"imdbId": str})
         links["movieId"] = numeric(links, "movieId", links_path, line0=2, integer=True)
-        links["tmdbId"] = pd.to_numeric(links["tmdbId"], errors="coerce").astype("Int64")
+        links["tmdbId"] = optional_int(links, "tmdbId", links_path, line0=2)
         movies = movies.merge(links, on="movieId", how="left")
         stats["movies_without_tmdb_id"] = int(movies["tmdbId"].isna().sum())
 
@@ -131,12 +132,36 @@ def _load_1m(d: Path) -> Dataset:
     )
 
 
+def _genre_flags(movies: pd.DataFrame, path: Path) -> np.ndarray:
+    """The 19 genre flags of ``u.item`` as a 0/1 matrix. Every row must have all of them: a
+    truncated row (missing trailing fields) or a flag other than 0/1 is a DataError naming the
+    line, never read as "not of that genre"."""
+    flags = movies[ML100K_GENRES]
+    missing = flags.isna().to_numpy()
+    if missing.any():
+        i, j = (int(v) for v in np.argwhere(missing)[0])
+        raise DataError(
+            f"{path}, line {i + 1}: genre flag {ML100K_GENRES[j]!r} is missing (a truncated "
+            f"row? each row has {5 + len(ML100K_GENRES)} '|'-separated fields, the last "
+            f"{len(ML100K_GENRES)} of them genre flags)"
+        )
+    values = flags.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"{path}, line {i + 1}: genre flag {ML100K_GENRES[j]!r} is {show(flags.iloc[i, j])}, "
+            "not 0 or 1"
+        )
+    return values.astype(np.int64)
+
+
 def _load_100k(d: Path) -> Dataset:
     item_path = d / "u.item"
     names = ["movieId", "title", "release_date", "video_release_date", "imdb_url"] + ML100K_GENRES
     movies = read_csv(item_path, sep="|", header=None, names=names, encoding="latin-1")
     movies["movieId"] = numeric(movies, "movieId", item_path, line0=1, integer=True)
-    flags = movies[ML100K_GENRES].fillna(0).astype(int).to_numpy()
+    flags = _genre_flags(movies, item_path)
     movies["genres"] = ["|".join(g for g, f in zip(ML100K_GENRES, row) if f) for row in flags]
     movies = movies.drop(columns=ML100K_GENRES)
     item_map = item_map_from_table(movies["movieId"], item_path, col="movieId", line0=1)
@@ -153,6 +178,7 @@ def _load_100k(d: Path) -> Dataset:
             names=["userId", "age", "gender", "occupation", "zip"],
             encoding="latin-1",
         )
+        users_table["userId"] = numeric(users_table, "userId", d / "u.user", line0=1, integer=True)
     line0 = first_line(None)
     return assemble(
         d.name,

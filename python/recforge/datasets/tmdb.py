@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .._native import IdMap, Interactions
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ._build import item_map_from_table
 from ._dataset import Dataset
 from ._io import PathLike, existing, numeric, read_csv
@@ -27,7 +29,38 @@ def _names(cell: object, path: object, line: int, col: str) -> list[str]:
         raise DataError(f"{path}, line {line}: column {col!r} is not a JSON list") from None
     if not isinstance(values, list):
         raise DataError(f"{path}, line {line}: column {col!r} is not a JSON list")
-    return [str(v["name"]) for v in values if isinstance(v, dict) and "name" in v]
+    names = []
+    for v in values:
+        # TMDB's own form is a list of {"id": ..., "name": ...}; a plain list of names is
+        # accepted as it is. Anything else is an error, never silently dropped.
+        if isinstance(v, dict) and isinstance(v.get("name"), str):
+            names.append(v["name"])
+        elif isinstance(v, str):
+            names.append(v)
+        else:
+            raise DataError(
+                f"{path}, line {line}: column {col!r} holds {json.dumps(v)[:80]}, neither a "
+                'name nor an object with a "name"'
+            )
+    return names
+
+
+def _zip_member(p: Path) -> bytes:
+    """The bytes of ``tmdb_5000_movies.csv`` inside the zip ``p``; a file that is not a zip, or a
+    truncated or corrupt one, is a DataError naming it."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            members = [
+                m for m in z.namelist()
+                if m.endswith("tmdb_5000_movies.csv") and not m.startswith("__MACOSX")
+            ]  # fmt: skip
+            if not members:
+                raise DataError(f"{p}: the zip holds no tmdb_5000_movies.csv")
+            return z.read(members[0])
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise DataError(f"{p}: not a readable zip file ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise StorageError(f"{p}: cannot read: {e}") from None
 
 
 def load_tmdb(path: PathLike) -> Dataset:
@@ -44,14 +77,7 @@ def load_tmdb(path: PathLike) -> Dataset:
         else:
             raise DataError(f"{p}: no tmdb_5000_movies.csv or tmdb_5000_movies.csv.zip")
     if p.suffix == ".zip":
-        with zipfile.ZipFile(p) as z:
-            members = [
-                m for m in z.namelist()
-                if m.endswith("tmdb_5000_movies.csv") and not m.startswith("__MACOSX")
-            ]  # fmt: skip
-            if not members:
-                raise DataError(f"{p}: the zip holds no tmdb_5000_movies.csv")
-            df = read_csv(p, source=z.read(members[0]), required=["id", "title"])
+        df = read_csv(p, source=_zip_member(p), required=["id", "title"])
     else:
         df = read_csv(p, required=["id", "title"])
     df["id"] = numeric(df, "id", p, line0=2, integer=True)
