@@ -3,6 +3,8 @@ fold-in, and the shared contract."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -83,7 +85,7 @@ def test_two_plus_three_epochs_with_resume_equal_five(cls, ratings_split, tmp_pa
     train = ratings_split[0]
     straight = cls(epochs=5, device="cpu", batch_size=2048).fit(train, progress=False)
     first = cls(epochs=2, device="cpu", batch_size=2048).fit(train, checkpoint_dir=tmp_path, progress=False)
-    assert (tmp_path / "last" / "weights.safetensors").is_file()
+    assert len(list((tmp_path / "last").glob("weights-*.safetensors"))) == 1
     resumed = cls(epochs=5, device="cpu", batch_size=2048)
     resumed.fit(train, checkpoint_dir=tmp_path, resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
@@ -254,7 +256,8 @@ def _small() -> tuple[Interactions, Interactions]:
 def test_every_model_fulfils_the_contract(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train, valid = _small()
     model = make()
-    assert model.fit(train, valid, progress=False) is model
+    fitted = model.fit(train, valid) if isinstance(model, models.Popularity) else model.fit(train, valid, progress=False)
+    assert fitted is model
     users = np.array([0, 3, 7])
     scores = model.score_all(users)
     assert isinstance(scores, torch.Tensor) and scores.shape == (3, train.n_items)
@@ -339,13 +342,140 @@ def test_progress_reaches_python_every_epoch(loo) -> None:  # type: ignore[no-un
     train, _, _ = loo
     m = models.BPRMF(dim=8, epochs=1, batch_size=64, device="cpu").fit(train, progress=False)
     calls: list[tuple[int, int, float]] = []
-    loss, batches, interrupted = m._native.train_epoch(1, lambda d, t, l: calls.append((d, t, l)))
-    assert not interrupted and calls[-1][:2] == (batches, batches) and calls[-1][2] == pytest.approx(loss)
+    m._native.fit(train, epochs=1, on_batch=lambda d, t, l: calls.append((d, t, l)))
+    loss = m._native.history[0]["loss"]
+    batches = -(-train.n_interactions // 64)
+    assert calls[-1][:2] == (batches, batches) and calls[-1][2] == pytest.approx(loss)
     assert all(0 < d <= t for d, t, _ in calls)
 
     def boom(d: int, t: int, l: float) -> None:
         raise ValueError("stop here")
 
     with pytest.raises(ValueError, match="stop here"):
-        m._native.train_epoch(2, boom)
+        m._native.fit(train, epochs=1, on_batch=boom)
     m.fit(train, progress=True)  # the bars run without error
+
+
+# --- the model contract: specs, recommend after load, features, unknown arguments -------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: models.SVD(dim=8, epochs=1, device="cpu"),
+        lambda: models.BPRMF(dim=8, epochs=1, device="cpu"),
+        lambda: models.FM(dim=8, epochs=1, device="cpu"),
+        lambda: models.NFM(dim=8, epochs=1, device="cpu"),
+        lambda: models.SASRec(dim=8, max_len=10, epochs=1, device="cpu"),
+        lambda: models.Popularity(),
+    ],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "Popularity"],
+)
+def test_loaded_models_never_recommend_seen_items(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Defect (#12): after load(), recommend(exclude_seen=True) returned seen items for SVD, BPRMF,
+    # FM and NFM. Defect (#13.8): with k above the unseen count, seen items came back at -inf.
+    train, valid = _small()
+    model = make()
+    if isinstance(model, models.Popularity):
+        model.fit(train, valid)
+    else:
+        model.fit(train, valid, progress=False)
+    model.save(tmp_path / "m")
+    loaded = type(model).load(tmp_path / "m")
+    users = np.arange(train.n_users)
+    items, scores = loaded.recommend(users, k=10)
+    for row, u in zip(items, users):
+        assert not set(row.tolist()) & set(train.user_items(u).tolist()), u
+    # k beyond what is left: fewer items, padded with -1 / nan, never a seen one.
+    heavy = int(np.argmax(train.user_degrees()))
+    left = train.n_items - len(set(train.user_items(heavy).tolist()))
+    items, scores = loaded.recommend([heavy], k=train.n_items)
+    real = items[0][items[0] >= 0]
+    assert len(real) == left and not set(real.tolist()) & set(train.user_items(heavy).tolist())
+    assert items.shape[1] == left and np.isfinite(scores[0]).all()
+    both = Interactions.concat([train, valid])
+    items, _ = loaded.recommend(users[:5], k=5, exclude=valid)
+    for row, u in zip(items, users[:5]):
+        assert not set(row.tolist()) & set(both.user_items(u).tolist())
+
+
+def test_recommend_without_known_seen_items_raises() -> None:
+    train, _ = _small()
+    m = models.Popularity()
+    m.n_users, m.n_items = train.n_users, train.n_items
+    m._pop = torch.ones(train.n_items)
+    with pytest.raises(ConfigError, match="seen items"):
+        m.recommend([0], k=3)
+    items, _ = m.recommend([0], k=3, exclude=train)
+    assert not set(items[0].tolist()) & set(train.user_items(0).tolist())
+    with pytest.raises(ConfigError, match="k must be"):
+        models.Popularity().fit(train).recommend([0], k=0)
+    with pytest.raises(DataError, match="user 99 is out of range"):
+        models.Popularity().fit(train).recommend([99], k=3)
+
+
+def test_popularity_checks_its_input_and_has_the_common_signatures(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    train, _ = _small()
+    pop = models.Popularity().fit(train)
+    with pytest.raises(DataError, match="item -1 is out of range"):
+        pop.predict([0], [-1])
+    with pytest.raises(DataError, match="user 40 is out of range"):
+        pop.score_all([40])
+    with pytest.raises(DataError, match="entries"):
+        pop.predict([0, 1], [1])
+    with pytest.raises(TypeError):
+        models.Popularity().fit(train, epochs=3)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="not fitted"):
+        models.Popularity().score_all([0])
+    pop.save(tmp_path / "p")
+    (tmp_path / "p" / "state.json").write_text("{not json")
+    with pytest.raises(DataError, match="corrupt"):
+        models.Popularity.load(tmp_path / "p")
+    (tmp_path / "p" / "state.json").write_bytes(b'{"model": "Popularity", "n_users": "x", "n_items": 3}')
+    with pytest.raises(DataError):
+        models.Popularity.load(tmp_path / "p", device="cpu")
+
+
+def test_specs_are_validated_once_saved_and_shown() -> None:
+    m = models.NFM(dim=16, epochs=3, lr_schedule="cosine")
+    assert m.config()["hidden"] == [64] and m.config()["lr_schedule"]["name"] == "cosine"
+    assert repr(m).startswith("NFM(dim=16, loss='bce'") and "epochs=3" in repr(m)
+    for bad, match in [
+        (lambda: models.FM(dim=0), "dim"),
+        (lambda: models.FM(dropout=1.5), "dropout"),
+        (lambda: models.SASRec(dim=10, n_heads=3), "n_heads"),
+        (lambda: models.BPRMF(batch_size=0), "batch_size"),
+        (lambda: models.SVD(init_std=float("nan")), "init_std"),
+        (lambda: models.SVD(epochs="3"), "epochs"),  # type: ignore[arg-type]
+        (lambda: models.SASRec(loss="mse"), "loss"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            bad()
+
+
+def test_fm_side_features_belong_to_one_fit_and_live_in_the_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Defect (#12): features of an earlier fit were reused by a later fit without features, and
+    # written into state.json at every checkpoint. Defect (#13.11): feature id 1.7 was cut to 1.
+    train, _ = _small()
+    side = [[i % 3] for i in range(train.n_items)]
+    m = models.FM(dim=4, epochs=1, device="cpu")
+    m.fit(train, item_features=side, progress=False)
+    n_with = m.state_dict()["factors"].shape[0]
+    assert n_with == train.n_users + train.n_items + 3
+    m.save(tmp_path / "fm")
+    state = (tmp_path / "fm" / "state.json").read_text()
+    assert "item_features" not in state and "features" not in json.loads(state)["config"]
+    assert torch.equal(models.FM.load(tmp_path / "fm").state_dict()["features.item.idx"], m.state_dict()["features.item.idx"])
+    m.fit(train, progress=False)
+    assert m.state_dict()["factors"].shape[0] == train.n_users + train.n_items
+    with pytest.raises(DataError, match="feature id 1.7"):
+        m.fit(train, item_features=[[1.7]] * train.n_items, progress=False)
+    with pytest.raises(DataError, match="feature id"):
+        m.fit(train, item_features=[["a"]] * train.n_items, progress=False)
+
+
+def test_divergence_is_reported_not_trained_through(loo) -> None:  # type: ignore[no-untyped-def]
+    # Defect (#13.11): BPR-MF at lr=1e9 reached loss 1e18 without a word.
+    train, _, _ = loo
+    with pytest.raises(DataError, match="diverged|learning rate"):
+        models.BPRMF(lr=1e9, epochs=5, device="cpu").fit(train, progress=False)

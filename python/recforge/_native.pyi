@@ -1,6 +1,7 @@
 """Type stubs of the compiled core (``src/python/``)."""
 
-from typing import Any, Awaitable, Callable, Sequence, final
+import os
+from typing import Any, Awaitable, Callable, Mapping, Sequence, final
 
 
 import numpy as np
@@ -174,93 +175,57 @@ def _paired_bootstrap(
 ) -> tuple[float, float, float, float, float]: ...
 
 @final
-class _Factorization:
-    """A model with its optimiser, trained in Rust on libtorch: matrix factorisation (objective
-    ``"ratings"`` or ``"bpr"``), an FM / NFM (:meth:`fm`) or SASRec (:meth:`sasrec`). Used by
-    ``recforge.models``."""
+class _Trainer:
+    """A model of ``recforge.models`` on the generic Rust trainer: its JSON spec, parameters,
+    optimiser, history and training interactions."""
 
     def __new__(
         cls,
-        objective: str,
+        spec: str,
         n_users: int,
         n_items: int,
-        dim: int,
-        biases: bool,
-        init_std: float,
-        seed: int,
-        device: str,
-        optimizer: str,
-        lr: float,
-        weight_decay: float,
-        momentum: float,
-        clip_grad_norm: float,
-        reg: float,
-        batch_size: int,
-    ) -> _Factorization: ...
+        device: str = "auto",
+        features: tuple[npt.ArrayLike, npt.ArrayLike, int, npt.ArrayLike, npt.ArrayLike, int, int] | None = None,
+    ) -> _Trainer: ...
     @staticmethod
-    def fm(
-        objective: str,
-        user_idx: npt.ArrayLike,
-        user_val: npt.ArrayLike,
-        user_width: int,
-        item_idx: npt.ArrayLike,
-        item_val: npt.ArrayLike,
-        item_width: int,
-        n_features: int,
-        dim: int,
-        hidden: Sequence[int],
-        dropout: float,
-        init_std: float,
-        seed: int,
-        device: str,
-        optimizer: str,
-        lr: float,
-        weight_decay: float,
-        clip_grad_norm: float,
-        reg: float,
-        batch_size: int,
-        batch_norm: bool = False,
-    ) -> _Factorization:
-        """An FM (``hidden`` empty) or NFM over padded user/item feature rows."""
+    def check_spec(spec: str) -> str:
+        """The spec validated and normalised (JSON)."""
     @staticmethod
-    def sasrec(
-        objective: str,
-        n_items: int,
-        dim: int,
-        n_layers: int,
-        n_heads: int,
-        max_len: int,
-        dropout: float,
-        init_std: float,
-        seed: int,
-        device: str,
-        optimizer: str,
-        lr: float,
-        weight_decay: float,
-        clip_grad_norm: float,
-        batch_size: int,
-    ) -> _Factorization:
-        """A SASRec model; ``objective`` is ``"bce"`` or ``"ce"``."""
-    def set_train(self, train: Interactions) -> int:
-        """Sets the training data; returns the number of batches per epoch."""
-    def set_schedule(
-        self, name: str, warmup: int, total: int, end: float = 0.0, every: int = 1, gamma: float = 0.1
-    ) -> None:
-        """Learning-rate schedule over ``total`` optimiser steps."""
-    def train_epoch(
-        self, epoch: int, progress: Callable[[int, int, float], Any] | None = None
-    ) -> tuple[float, int, bool]: ...
+    def load(path: str | os.PathLike[str], device: str = "auto", expect: str | None = None) -> _Trainer:
+        """Reads a model folder written by :meth:`save`."""
+    def fit(
+        self,
+        train: Interactions,
+        valid: Interactions | None = None,
+        epochs: int | None = None,
+        patience: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        on_batch: Callable[[int, int, float], object] | None = None,
+        on_epoch: Callable[[int, dict[str, float]], object] | None = None,
+    ) -> bool:
+        """Trains; returns whether Ctrl-C interrupted it."""
+    def set_train(self, train: Interactions) -> None: ...
+    @property
+    def train(self) -> Interactions | None: ...
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]: ...
     def score_all(self, users: npt.ArrayLike, history: Interactions | None = None) -> torch.Tensor: ...
     def fold_in(self, items: npt.ArrayLike, ratings: npt.ArrayLike, reg: float) -> torch.Tensor: ...
     def state_dict(self) -> dict[str, torch.Tensor]: ...
-    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None: ...
-    def save(self, dir: str, state_json: str) -> None: ...
-    def load(self, dir: str) -> str: ...
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor]) -> None: ...
+    def save(self, dir: str | os.PathLike[str]) -> None: ...
     @property
-    def steps(self) -> int: ...
+    def spec(self) -> str: ...
+    @property
+    def history(self) -> list[dict[str, float]]: ...
+    @property
+    def best_epoch(self) -> int | None: ...
+    @property
+    def sizes(self) -> tuple[int, int]: ...
     @property
     def lr(self) -> float: ...
+    @property
+    def steps(self) -> int: ...
     @property
     def device(self) -> str: ...
     @property
@@ -281,6 +246,7 @@ class _LlmClient:
         timeout: float = 60.0,
         max_retries: int = 5,
         backoff: float = 0.5,
+        max_retry_wait: float = 60.0,
         cache: str | None = None,
     ) -> _LlmClient: ...
     def chat_batch(
@@ -288,7 +254,7 @@ class _LlmClient:
         requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None]],
         progress: Callable[[int, int], Any] | None = None,
     ) -> tuple[
-        list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float]],
+        list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]],
         dict[str, float],
     ]: ...
     def chat(
@@ -297,12 +263,14 @@ class _LlmClient:
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: str | None = None,
-    ) -> Awaitable[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float]]: ...
+    ) -> Awaitable[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]]: ...
     def embed_batch(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int, int], Any] | None = None
     ) -> tuple[list[list[float] | None], list[str | None], dict[str, float]]: ...
     @property
     def cache_len(self) -> int: ...
+    @property
+    def cache_skipped_lines(self) -> int: ...
 
 @final
 class _Tokenizer:

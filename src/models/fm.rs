@@ -18,10 +18,14 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
+use crate::train::model::{Model, Validation};
 
 /// Sizes and options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -399,7 +403,8 @@ impl Fm {
 }
 
 /// Training objective of an FM / NFM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FmLoss {
     /// Squared error against ratings.
     Mse,
@@ -548,6 +553,191 @@ impl Fm {
         let bi = sum.f_square()?.f_sub(&sq)?.f_mul_scalar(0.5)?;
         let score = lin.f_add(&self.interaction(&bi, train)?)?;
         Ok(Joint { score, sq, v, val })
+    }
+}
+
+/// The training data of an FM: ratings (MSE) or positives with this epoch's negatives.
+enum FmData {
+    Ratings(super::svd::Ratings),
+    Implicit {
+        train: Arc<Interactions>,
+        users: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+    },
+}
+
+/// An FM / NFM on the trainer: the network, its user and item feature rows (saved with the
+/// weights as `features.{user,item}.{idx,val}`), its objective and its training data.
+pub struct FmModel {
+    fm: Fm,
+    users: FeatureRows,
+    items: FeatureRows,
+    objective: FmLoss,
+    reg: f64,
+    data: Option<FmData>,
+}
+
+impl FmModel {
+    /// A fresh network over `features`.
+    pub fn new(
+        config: FmConfig,
+        features: crate::train::spec::FmFeatures,
+        objective: FmLoss,
+        reg: f64,
+        device: Device,
+    ) -> Result<Self> {
+        let n = config.n_features;
+        let rows = |(idx, val, width): &(Vec<i64>, Vec<f32>, usize)| {
+            FeatureRows::new(idx, val, *width, n, device)
+        };
+        let users = rows(&features.users)?;
+        let items = rows(&features.items)?;
+        Ok(Self {
+            fm: Fm::new(config, device)?,
+            users,
+            items,
+            objective,
+            reg,
+            data: None,
+        })
+    }
+
+    /// The feature rows stored in a checkpoint's tensors (`None` when it has none).
+    pub fn features_from(
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Option<crate::train::spec::FmFeatures>> {
+        let Some(factors) = tensors.get("factors") else {
+            return Ok(None);
+        };
+        let side = |who: &str| -> Result<Option<(Vec<i64>, Vec<f32>, usize)>> {
+            let (Some(idx), Some(val)) = (
+                tensors.get(&format!("features.{who}.idx")),
+                tensors.get(&format!("features.{who}.val")),
+            ) else {
+                return Ok(None);
+            };
+            let shape = idx.size();
+            if shape.len() != 2 || val.size() != shape {
+                return Err(RecforgeError::data(format!(
+                    "features.{who}: index and value tensors must be [rows, width] alike, got {:?} and {:?}",
+                    shape,
+                    val.size()
+                )));
+            }
+            let flat_idx = Vec::<i64>::try_from(idx.f_to_kind(Kind::Int64)?.f_reshape([-1])?)?;
+            let flat_val = Vec::<f32>::try_from(val.f_to_kind(Kind::Float)?.f_reshape([-1])?)?;
+            Ok(Some((flat_idx, flat_val, shape[1] as usize)))
+        };
+        match (side("user")?, side("item")?) {
+            (Some(users), Some(items)) => Ok(Some(crate::train::spec::FmFeatures {
+                users,
+                items,
+                n_features: factors.size()[0],
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+impl Model for FmModel {
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.fm.params()
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut b = self.fm.buffers();
+        for (who, rows) in [("user", &self.users), ("item", &self.items)] {
+            b.push((format!("features.{who}.idx"), rows.idx.shallow_clone()));
+            b.push((format!("features.{who}.val"), rows.val.shallow_clone()));
+        }
+        b
+    }
+    fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.fm.load(tensors)
+    }
+    fn device(&self) -> Device {
+        self.fm.device()
+    }
+    fn n_users(&self) -> Option<i64> {
+        Some(self.users.n_rows())
+    }
+    fn n_items(&self) -> i64 {
+        self.items.n_rows()
+    }
+    fn set_train(&mut self, train: Arc<Interactions>, _fresh: bool) -> Result<()> {
+        let dev = self.device();
+        self.data = Some(if self.objective == FmLoss::Mse {
+            FmData::Ratings(super::mf::rating_data(&train, dev)?)
+        } else {
+            let c = train.to_columns();
+            let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
+            let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
+            let pos = Tensor::from_slice(&items).f_to(dev)?;
+            FmData::Implicit {
+                train,
+                users: Tensor::from_slice(&users).f_to(dev)?,
+                neg: pos.f_zeros_like()?,
+                pos,
+            }
+        });
+        Ok(())
+    }
+    fn start_epoch(&mut self, seed: u64, epoch: u64) -> Result<usize> {
+        let dev = self.device();
+        match &mut self.data {
+            None => Err(RecforgeError::config("set the training data first")),
+            Some(FmData::Ratings(r)) => Ok(r.ratings.size()[0] as usize),
+            Some(FmData::Implicit { train, neg, .. }) => {
+                let drawn = crate::sampling::training_negatives(
+                    train,
+                    1,
+                    &crate::sampling::Strategy::Uniform,
+                    true,
+                    seed,
+                    epoch,
+                )?;
+                *neg = Tensor::from_slice(&drawn).f_to(dev)?;
+                Ok(drawn.len())
+            }
+        }
+    }
+    fn batch_loss(&self, idx: &Tensor) -> Result<Tensor> {
+        let (fm, ur, ir, obj, reg) = (&self.fm, &self.users, &self.items, self.objective, self.reg);
+        match &self.data {
+            None => Err(RecforgeError::config("set the training data first")),
+            Some(FmData::Ratings(d)) => loss(
+                fm,
+                ur,
+                ir,
+                &d.users,
+                &d.items,
+                Some(&d.ratings),
+                None,
+                obj,
+                idx,
+                reg,
+            ),
+            Some(FmData::Implicit {
+                users, pos, neg, ..
+            }) => loss(fm, ur, ir, users, pos, None, Some(neg), obj, idx, reg),
+        }
+    }
+    fn predict(&self, u: &Tensor, i: &Tensor) -> Result<Tensor> {
+        self.fm.score_pairs(
+            &self.fm.aggregate(&self.users, u)?,
+            &self.fm.aggregate(&self.items, i)?,
+            false,
+        )
+    }
+    fn score_all(&self, u: &Tensor, _history: Option<&Interactions>) -> Result<Tensor> {
+        self.fm.score_all(&self.users, &self.items, u)
+    }
+    fn validation(&self) -> Validation {
+        if self.objective == FmLoss::Mse {
+            Validation::Rmse
+        } else {
+            Validation::Ranking
+        }
     }
 }
 

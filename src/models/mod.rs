@@ -3,10 +3,14 @@
 pub mod bprmf;
 pub mod factors;
 pub mod fm;
+pub mod mf;
 pub mod sasrec;
 pub mod svd;
 
 pub use factors::{Factors, FactorsConfig};
+pub use fm::FmModel;
+pub use mf::{MfModel, MfObjective};
+pub use sasrec::SasRecModel;
 
 use std::collections::HashMap;
 

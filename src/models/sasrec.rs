@@ -18,11 +18,14 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
+use crate::train::model::{Model, Validation};
 
 /// Sizes and options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +77,7 @@ impl SasRecConfig {
 
 /// Training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SeqLoss {
     /// One sampled negative per position, binary cross-entropy (Kang & McAuley).
     Bce,
@@ -376,6 +380,103 @@ impl SasRec {
                 Ok(pos.f_add(&negl)?.f_mean(Kind::Float)?.f_neg()?)
             }
         }
+    }
+}
+
+/// SASRec on the trainer: the network, its objective, and the interactions its users'
+/// histories come from.
+pub struct SasRecModel {
+    net: SasRec,
+    objective: SeqLoss,
+    train: Option<Arc<Interactions>>,
+    rows: Option<SeqBatches>,
+}
+
+impl SasRecModel {
+    /// A fresh network.
+    pub fn new(config: SasRecConfig, objective: SeqLoss, device: Device) -> Result<Self> {
+        Ok(Self {
+            net: SasRec::new(config, device)?,
+            objective,
+            train: None,
+            rows: None,
+        })
+    }
+}
+
+impl Model for SasRecModel {
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.net.params()
+    }
+    fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.net.load(tensors)
+    }
+    fn device(&self) -> Device {
+        self.net.device()
+    }
+    fn n_users(&self) -> Option<i64> {
+        None
+    }
+    fn n_items(&self) -> i64 {
+        self.net.config.n_items
+    }
+    fn set_train(&mut self, train: Arc<Interactions>, _fresh: bool) -> Result<()> {
+        // Fails early when no user has two items.
+        training_rows(&train, None, self.net.config.max_len)?;
+        self.train = Some(train);
+        Ok(())
+    }
+    fn start_epoch(&mut self, seed: u64, epoch: u64) -> Result<usize> {
+        let train = self
+            .train
+            .as_ref()
+            .ok_or_else(|| RecforgeError::config("set the training data first"))?;
+        let neg = match self.objective {
+            SeqLoss::Bce => Some(crate::sampling::training_negatives(
+                train,
+                1,
+                &crate::sampling::Strategy::Uniform,
+                true,
+                seed,
+                epoch,
+            )?),
+            SeqLoss::Ce => None,
+        };
+        let rows = training_rows(train, neg.as_deref(), self.net.config.max_len)?;
+        let n = rows.input.size()[0] as usize;
+        self.rows = Some(rows);
+        Ok(n)
+    }
+    fn batch_loss(&self, idx: &Tensor) -> Result<Tensor> {
+        let rows = self
+            .rows
+            .as_ref()
+            .ok_or_else(|| RecforgeError::config("start an epoch first"))?;
+        self.net.loss(rows, idx, self.objective)
+    }
+    fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .score_all(users, None)?
+            .f_gather(1, &items.f_unsqueeze(1)?, false)?
+            .f_squeeze_dim(1)?)
+    }
+    fn score_all(&self, users: &Tensor, history: Option<&Interactions>) -> Result<Tensor> {
+        let h = history.or(self.train.as_deref()).ok_or_else(|| {
+            RecforgeError::config("this model has no interaction history: fit it first")
+        })?;
+        if h.n_items() as i64 != self.net.config.n_items {
+            return Err(RecforgeError::data(format!(
+                "history has {} items but the model was built for {}",
+                h.n_items(),
+                self.net.config.n_items
+            )));
+        }
+        let users = Vec::<i64>::try_from(users.f_to(Device::Cpu)?)?;
+        let seq = history_rows(h, &users, self.net.config.max_len)?;
+        self.net.score_sequences(&seq.f_to(self.device())?)
+    }
+    fn validation(&self) -> Validation {
+        Validation::Ranking
     }
 }
 

@@ -40,7 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<data::PyInteractions>()?;
     m.add_class::<data::PyIdMap>()?;
-    m.add_class::<models::PyFactorization>()?;
+    m.add_class::<models::PyTrainer>()?;
     m.add_class::<llm::PyLlmClient>()?;
     m.add_class::<text::PyTokenizer>()?;
     m.add_class::<text::PyEncoder>()?;

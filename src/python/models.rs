@@ -1,673 +1,209 @@
-//! Bindings of the training core and the matrix-factorisation models (`recforge.models`).
+//! Bindings of the generic trainer (`recforge._native._Trainer`): argument and result conversion
+//! only; the models, their training and their checkpoints live in `crate::train` and
+//! `crate::models`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use tch::Tensor;
 
 use super::convert;
 use super::data::PyInteractions;
 use super::errors::ConfigError;
-use super::gil::without_gil;
+use super::gil::{without_gil, Bridge};
 use super::tensor::PyTensor;
-use crate::data::Interactions;
-use crate::error::{RecforgeError, Result};
-use crate::models::fm::{self, FeatureRows, Fm, FmConfig, FmLoss};
-use crate::models::sasrec::{self, SasRec, SasRecConfig, SeqLoss};
-use crate::models::{bprmf, svd, Factors, FactorsConfig};
-use crate::sampling::{self, Strategy};
-use crate::train::{self, LrSchedule, OptimConfig, Optimizer, Schedule};
+use crate::error::Result;
+use crate::train::{EpochLog, FitOptions, FmFeatures, Hooks, Spec, Trainer};
 
-enum Data {
-    Ratings(svd::Ratings),
-    Implicit {
-        train: Arc<Interactions>,
-        users: Tensor,
-        pos: Tensor,
-    },
-    Sequences(Arc<Interactions>),
-}
-
-/// The network: matrix factorisation, an FM / NFM with its user and item feature rows, or a
-/// sequential model with the interactions its users' histories come from.
-enum Net {
-    Mf(Factors),
-    Fm {
-        fm: Fm,
-        users: FeatureRows,
-        items: FeatureRows,
-        objective: FmLoss,
-    },
-    Seq {
-        model: SasRec,
-        objective: SeqLoss,
-        history: Option<Arc<Interactions>>,
-    },
-}
-
-impl Net {
-    fn params(&self) -> Vec<(String, Tensor)> {
-        match self {
-            Net::Mf(m) => m.params(),
-            Net::Fm { fm, .. } => fm.params(),
-            Net::Seq { model, .. } => model.params(),
-        }
-    }
-    /// Tensors saved with the parameters but not trained (batch-norm running statistics).
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        match self {
-            Net::Fm { fm, .. } => fm.buffers(),
-            _ => Vec::new(),
-        }
-    }
-    fn device(&self) -> tch::Device {
-        match self {
-            Net::Mf(m) => m.device(),
-            Net::Fm { fm, .. } => fm.device(),
-            Net::Seq { model, .. } => model.device(),
-        }
-    }
-    fn load(&mut self, t: &HashMap<String, Tensor>) -> Result<()> {
-        match self {
-            Net::Mf(m) => m.load(t),
-            Net::Fm { fm, .. } => fm.load(t),
-            Net::Seq { model, .. } => model.load(t),
-        }
-    }
-    /// Users (None: any) and items the model was built for.
-    fn sizes(&self) -> (Option<i64>, i64) {
-        match self {
-            Net::Mf(m) => (Some(m.config.n_users), m.config.n_items),
-            Net::Fm { users, items, .. } => (Some(users.n_rows()), items.n_rows()),
-            Net::Seq { model, .. } => (None, model.config.n_items),
-        }
-    }
-    fn check_ids(&self, u: &[i64], i: &[i64]) -> Result<()> {
-        match self {
-            Net::Mf(m) => m.check_ids(u, i),
-            Net::Fm { users, items, .. } => Fm::check_ids(users, items, u, i),
-            Net::Seq { model, .. } => {
-                let n = model.config.n_items;
-                match i.iter().find(|&&x| x < 0 || x >= n) {
-                    Some(x) => Err(RecforgeError::data(format!(
-                        "item {x} is out of range (n_items = {n})"
-                    ))),
-                    None => Ok(()),
-                }
-            }
-        }
-    }
-    fn predict(&self, u: &Tensor, i: &Tensor) -> Result<Tensor> {
-        match self {
-            Net::Mf(m) => m.predict(u, i),
-            Net::Fm {
-                fm, users, items, ..
-            } => fm.score_pairs(&fm.aggregate(users, u)?, &fm.aggregate(items, i)?, false),
-            Net::Seq { .. } => self
-                .score_all(u, None)?
-                .f_gather(1, &i.f_unsqueeze(1)?, false)?
-                .f_squeeze_dim(1)
-                .map_err(Into::into),
-        }
-    }
-    /// Scores of every item for users `u`; a sequential model reads the users' histories from
-    /// `history` (default: its training interactions).
-    fn score_all(&self, u: &Tensor, history: Option<&Interactions>) -> Result<Tensor> {
-        match self {
-            Net::Mf(m) => m.score_all(u),
-            Net::Fm {
-                fm, users, items, ..
-            } => fm.score_all(users, items, u),
-            Net::Seq {
-                model,
-                history: own,
-                ..
-            } => {
-                let h = history.or(own.as_deref()).ok_or_else(|| {
-                    RecforgeError::config("this model has no interaction history: fit it first")
-                })?;
-                let users = Vec::<i64>::try_from(u.f_to(tch::Device::Cpu)?)?;
-                let seq = sasrec::history_rows(h, &users, model.config.max_len)?;
-                model.score_sequences(&seq.f_to(model.device())?)
-            }
-        }
-    }
-    /// Whether training uses ratings (else sampled negatives).
-    fn on_ratings(&self, bpr: bool) -> bool {
-        match self {
-            Net::Mf(_) => !bpr,
-            Net::Fm { objective, .. } => *objective == FmLoss::Mse,
-            Net::Seq { .. } => false,
-        }
-    }
-}
-
-struct State {
-    model: Net,
-    opt: Optimizer,
-    bpr: bool,
-    reg: f64,
-    batch_size: usize,
-    seed: u64,
-    data: Option<Data>,
-}
-
-/// A matrix-factorisation model and its optimiser: objective `"ratings"` (biased MF / SVD) or
-/// `"bpr"` (BPR-MF). Used by `recforge.models.SVD` and `recforge.models.BPRMF`.
-#[pyclass(module = "recforge._native", name = "_Factorization")]
-pub struct PyFactorization {
-    state: Mutex<State>,
-}
-
-impl PyFactorization {
-    /// Wraps a built network with its optimiser and training settings.
-    fn assemble(
-        model: Net,
-        optim: OptimConfig,
-        bpr: bool,
-        reg: f64,
-        batch_size: usize,
-        seed: u64,
-    ) -> PyResult<Self> {
-        if !(reg.is_finite() && reg >= 0.0) || batch_size == 0 {
-            return Err(ConfigError::new_err("reg must be >= 0 and batch_size >= 1"));
-        }
-        let opt = Optimizer::new(optim, &model.params())?;
-        let state = State {
-            model,
-            opt,
-            bpr,
-            reg,
-            batch_size,
-            seed,
-            data: None,
-        };
-        Ok(Self {
-            state: Mutex::new(state),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
+/// A model of `recforge.models` with its optimiser, spec, history and training data.
+#[pyclass(module = "recforge._native", name = "_Trainer")]
+pub struct PyTrainer {
+    inner: Mutex<Trainer>,
 }
 
 fn ids(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<i64>> {
     Ok(convert::int64_array(obj, name)?.as_slice()?.to_vec())
 }
 
+fn log_dict<'py>(py: Python<'py>, log: &EpochLog) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in &log.0 {
+        if k == "epoch" {
+            d.set_item(k, *v as u64)?;
+        } else {
+            d.set_item(k, *v)?;
+        }
+    }
+    Ok(d)
+}
+
+/// Training hooks that call back into Python through the one progress / Ctrl-C bridge.
+struct PyHooks<'a> {
+    bridge: &'a mut Bridge,
+    on_batch: Option<Py<PyAny>>,
+    on_epoch: Option<Py<PyAny>>,
+}
+
+impl Hooks for PyHooks<'_> {
+    fn batch(&mut self, _epoch: u64, done: usize, total: usize, loss: f64) -> bool {
+        let cb = &self.on_batch;
+        self.bridge.call(done < total, |py| match cb {
+            Some(cb) => cb.call1(py, (done, total, loss)).map(|_| ()),
+            None => Ok(()),
+        })
+    }
+    fn epoch(&mut self, log: &EpochLog) -> bool {
+        let cb = &self.on_epoch;
+        self.bridge.call(false, |py| match cb {
+            Some(cb) => {
+                let epoch = log.get("epoch").unwrap_or(0.0) as u64;
+                cb.call1(py, (epoch, log_dict(py, log)?)).map(|_| ())
+            }
+            None => Ok(()),
+        })
+    }
+}
+
+type FeatureArgs<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    usize,
+    Bound<'py, PyAny>,
+    Bound<'py, PyAny>,
+    usize,
+    i64,
+);
+
+impl PyTrainer {
+    /// The trainer, or a clear error while `fit` holds it (a callback calling back into the
+    /// model it is training).
+    fn lock(&self) -> PyResult<MutexGuard<'_, Trainer>> {
+        match self.inner.try_lock() {
+            Ok(g) => Ok(g),
+            Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(ConfigError::new_err(
+                "the model is busy (training or scoring in another call); use it after fit() returns",
+            )),
+        }
+    }
+}
+
 #[pymethods]
-impl PyFactorization {
+impl PyTrainer {
+    /// A fresh model from its JSON spec for `n_users` x `n_items` on `device`; an FM / NFM takes
+    /// `features = (user_idx, user_val, user_width, item_idx, item_val, item_width, n_features)`
+    /// (row-major padded feature rows).
     #[new]
-    #[pyo3(signature = (objective, n_users, n_items, dim, biases, init_std, seed, device, optimizer, lr, weight_decay, momentum, clip_grad_norm, reg, batch_size))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (spec, n_users, n_items, device="auto", features=None))]
     fn new(
-        objective: &str,
+        spec: &str,
         n_users: i64,
         n_items: i64,
-        dim: i64,
-        biases: bool,
-        init_std: f64,
-        seed: u64,
         device: &str,
-        optimizer: &str,
-        lr: f64,
-        weight_decay: f64,
-        momentum: f64,
-        clip_grad_norm: f64,
-        reg: f64,
-        batch_size: usize,
+        features: Option<FeatureArgs<'_>>,
     ) -> PyResult<Self> {
-        let bpr = match objective {
-            "ratings" => false,
-            "bpr" => true,
-            other => return Err(ConfigError::new_err(format!("unknown objective {other:?}"))),
-        };
+        let spec = Spec::from_json(spec)?;
         let device = crate::device::resolve(device)?;
-        let config = FactorsConfig {
-            n_users,
-            n_items,
-            dim,
-            biases,
-            init_std,
-            seed,
+        let features = match features {
+            None => None,
+            Some((ui, uv, uw, ii, iv, iw, n)) => {
+                let i64s = |x: &Bound<'_, PyAny>| ids(x, "feature indices");
+                let f32s = |x: &Bound<'_, PyAny>| -> PyResult<Vec<f32>> {
+                    Ok(convert::float32_array(x, "feature values")?
+                        .as_slice()?
+                        .to_vec())
+                };
+                Some(FmFeatures {
+                    users: (i64s(&ui)?, f32s(&uv)?, uw),
+                    items: (i64s(&ii)?, f32s(&iv)?, iw),
+                    n_features: n,
+                })
+            }
         };
-        let model = Net::Mf(Factors::new(config, device)?);
-        let optim = OptimConfig {
-            kind: optimizer.parse()?,
-            lr,
-            weight_decay,
-            momentum,
-            clip_grad_norm,
-            ..OptimConfig::default()
-        };
-        Self::assemble(model, optim, bpr, reg, batch_size, seed)
+        Ok(Self {
+            inner: Mutex::new(Trainer::new(spec, n_users, n_items, device, features)?),
+        })
     }
 
-    /// An FM (`hidden` empty) or NFM over padded user / item feature rows (`[rows, width]`
-    /// row-major index and value buffers); `objective` is `mse`, `bpr` or `bce`.
+    /// Parses and validates a JSON spec; returns it normalised (every key, defaults filled).
     #[staticmethod]
-    #[pyo3(signature = (objective, user_idx, user_val, user_width, item_idx, item_val, item_width, n_features, dim, hidden, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, reg, batch_size, batch_norm=false))]
-    #[allow(clippy::too_many_arguments)]
-    fn fm(
-        objective: &str,
-        user_idx: &Bound<'_, PyAny>,
-        user_val: &Bound<'_, PyAny>,
-        user_width: usize,
-        item_idx: &Bound<'_, PyAny>,
-        item_val: &Bound<'_, PyAny>,
-        item_width: usize,
-        n_features: i64,
-        dim: i64,
-        hidden: Vec<i64>,
-        dropout: f64,
-        init_std: f64,
-        seed: u64,
-        device: &str,
-        optimizer: &str,
-        lr: f64,
-        weight_decay: f64,
-        clip_grad_norm: f64,
-        reg: f64,
-        batch_size: usize,
-        batch_norm: bool,
-    ) -> PyResult<Self> {
-        let objective = match objective {
-            "mse" => FmLoss::Mse,
-            "bpr" => FmLoss::Bpr,
-            "bce" => FmLoss::Bce,
-            other => {
-                return Err(ConfigError::new_err(format!(
-                    "loss must be 'mse', 'bpr' or 'bce', got {other:?}"
-                )))
-            }
-        };
-        let device = crate::device::resolve(device)?;
-        let rows = |idx: &Bound<'_, PyAny>,
-                    val: &Bound<'_, PyAny>,
-                    width: usize|
-         -> PyResult<FeatureRows> {
-            let i = convert::int64_array(idx, "feature indices")?;
-            let v = convert::float32_array(val, "feature values")?;
-            Ok(FeatureRows::new(
-                i.as_slice()?,
-                v.as_slice()?,
-                width,
-                n_features,
-                device,
-            )?)
-        };
-        let users = rows(user_idx, user_val, user_width)?;
-        let items = rows(item_idx, item_val, item_width)?;
-        let config = FmConfig {
-            n_features,
-            dim,
-            hidden,
-            dropout,
-            init_std,
-            seed,
-            batch_norm,
-        };
-        let fm = Fm::new(config, device)?;
-        let optim = OptimConfig {
-            kind: optimizer.parse()?,
-            lr,
-            weight_decay,
-            clip_grad_norm,
-            ..OptimConfig::default()
-        };
-        let bpr = objective != FmLoss::Mse;
-        let model = Net::Fm {
-            fm,
-            users,
-            items,
-            objective,
-        };
-        Self::assemble(model, optim, bpr, reg, batch_size, seed)
+    fn check_spec(spec: &str) -> PyResult<String> {
+        Ok(Spec::from_json(spec)?.to_value().to_string())
     }
 
-    /// A SASRec sequential model over `n_items` items; `objective` is `bce` or `ce`.
+    /// Reads a model folder written by `save` (or a checkpoint) onto `device`; `expect` is the
+    /// model class the caller wants.
     #[staticmethod]
-    #[pyo3(signature = (objective, n_items, dim, n_layers, n_heads, max_len, dropout, init_std, seed, device, optimizer, lr, weight_decay, clip_grad_norm, batch_size))]
-    #[allow(clippy::too_many_arguments)]
-    fn sasrec(
-        objective: &str,
-        n_items: i64,
-        dim: i64,
-        n_layers: i64,
-        n_heads: i64,
-        max_len: i64,
-        dropout: f64,
-        init_std: f64,
-        seed: u64,
-        device: &str,
-        optimizer: &str,
-        lr: f64,
-        weight_decay: f64,
-        clip_grad_norm: f64,
-        batch_size: usize,
-    ) -> PyResult<Self> {
-        let objective = match objective {
-            "bce" => SeqLoss::Bce,
-            "ce" => SeqLoss::Ce,
-            other => {
-                return Err(ConfigError::new_err(format!(
-                    "loss must be 'bce' or 'ce', got {other:?}"
-                )))
-            }
-        };
+    #[pyo3(signature = (path, device="auto", expect=None))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str, expect: Option<String>) -> PyResult<Self> {
         let device = crate::device::resolve(device)?;
-        let config = SasRecConfig {
-            n_items,
-            dim,
-            n_layers,
-            n_heads,
-            max_len,
-            dropout,
-            init_std,
-            seed,
-        };
-        let model = Net::Seq {
-            model: SasRec::new(config, device)?,
-            objective,
-            history: None,
-        };
-        let optim = OptimConfig {
-            kind: optimizer.parse()?,
-            lr,
-            weight_decay,
-            clip_grad_norm,
-            betas: (0.9, 0.98),
-            ..OptimConfig::default()
-        };
-        Self::assemble(model, optim, true, 0.0, batch_size, seed)
+        let t = without_gil(py, move || Trainer::load(&path, device, expect.as_deref()))?;
+        Ok(Self {
+            inner: Mutex::new(t),
+        })
     }
 
-    /// Sets the training interactions (moved to the model's device once); returns the number of
-    /// batches an epoch has.
-    fn set_train(&self, py: Python<'_>, train: &PyInteractions) -> PyResult<usize> {
-        let train = train.inner.clone();
-        let mut st = self.lock();
-        let st = &mut *st;
-        let (n_users, n_items) = st.model.sizes();
-        if n_users.is_some_and(|n| n != train.n_users() as i64) || train.n_items() as i64 != n_items
-        {
-            return Err(super::errors::data_error(format!(
-                "train has {} users x {} items but the model was built for {} x {}",
-                train.n_users(),
-                train.n_items(),
-                n_users.map_or("any".to_string(), |n| n.to_string()),
-                n_items
-            )));
-        }
-        if let Net::Seq { history, model, .. } = &mut st.model {
-            let rows = sasrec::training_rows(&train, None, model.config.max_len)?;
-            let n = rows.input.size()[0] as usize;
-            *history = Some(train.clone());
-            st.data = Some(Data::Sequences(train));
-            return Ok(n.div_ceil(st.batch_size));
-        }
-        let on_ratings = st.model.on_ratings(st.bpr);
-        let dev = st.model.device();
-        let data = without_gil(py, || -> Result<Data> {
-            let c = train.to_columns();
-            let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
-            let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
-            let u = Tensor::from_slice(&users).f_to(dev)?;
-            let i = Tensor::from_slice(&items).f_to(dev)?;
-            if !on_ratings {
-                return Ok(Data::Implicit {
-                    train: train.clone(),
-                    users: u,
-                    pos: i,
-                });
-            }
-            let r = c.ratings.ok_or_else(|| {
-                RecforgeError::data("a rating model needs interactions with ratings")
-            })?;
-            let mean = r.iter().map(|&x| x as f64).sum::<f64>() / r.len().max(1) as f64;
-            Ok(Data::Ratings(svd::Ratings {
-                users: u,
-                items: i,
-                ratings: Tensor::from_slice(&r).f_to(dev)?,
-                mean,
-            }))
-        })?;
-        if let (Data::Ratings(r), 0, Net::Mf(m)) = (&data, st.opt.steps(), &st.model) {
-            // Start the global bias at the mean rating, as Funk SVD does.
-            let g = m.get("global_bias")?;
-            let _ =
-                tch::no_grad(|| g.shallow_clone().f_fill_(r.mean)).map_err(RecforgeError::from)?;
-        }
-        let n = match &data {
-            Data::Ratings(r) => r.ratings.size()[0],
-            Data::Implicit { pos, .. } => pos.size()[0],
-            Data::Sequences(_) => 0,
-        } as usize;
-        st.data = Some(data);
-        Ok(n.div_ceil(st.batch_size))
-    }
-
-    /// Sets the learning-rate schedule over `total` optimiser steps: `name` is `constant`,
-    /// `linear`, `cosine` (decaying to `end` times the rate) or `step` (times `gamma` every
-    /// `every` steps), after `warmup` linear warm-up steps.
-    #[pyo3(signature = (name, warmup, total, end=0.0, every=1, gamma=0.1))]
-    fn set_schedule(
-        &self,
-        name: &str,
-        warmup: u64,
-        total: u64,
-        end: f64,
-        every: u64,
-        gamma: f64,
-    ) -> PyResult<()> {
-        let schedule = match name {
-            "constant" => Schedule::Constant,
-            "linear" => Schedule::Linear { end },
-            "cosine" => Schedule::Cosine { end },
-            "step" => Schedule::Step { every, gamma },
-            other => {
-                return Err(ConfigError::new_err(format!(
-                    "lr_schedule must be constant, linear, cosine or step, got {other:?}"
-                )))
-            }
-        };
-        self.lock().opt.set_schedule(Some(LrSchedule {
-            schedule,
-            warmup,
-            total,
-        }))?;
-        Ok(())
-    }
-
-    /// The learning rate of the next optimiser step.
-    #[getter]
-    fn lr(&self) -> f64 {
-        self.lock().opt.lr()
-    }
-
-    /// One epoch; returns `(mean loss, batches, interrupted)`. `progress(done, total, loss)` is
-    /// called at most every 0.1 s and after the last batch; Ctrl-C ends the epoch between batches,
-    /// and an exception raised by `progress` stops it and propagates.
-    #[pyo3(signature = (epoch, progress=None))]
-    fn train_epoch(
+    /// Trains; returns whether Ctrl-C interrupted it. `on_batch(done, total, loss)` is called at
+    /// most every 0.1 s and after an epoch's last batch, `on_epoch(epoch, logs)` after every
+    /// epoch; an exception raised by either stops training (the best weights are kept) and
+    /// propagates.
+    #[pyo3(signature = (train, valid=None, epochs=None, patience=None, checkpoint_dir=None, resume=false, on_batch=None, on_epoch=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
         &self,
         py: Python<'_>,
-        epoch: u64,
-        progress: Option<Py<PyAny>>,
-    ) -> PyResult<(f64, usize, bool)> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let mut failure: Option<PyErr> = None;
-        let failed = &mut failure;
-        let stats = without_gil(py, move || -> Result<train::EpochStats> {
-            let mut last = Instant::now();
-            let mut after = |done: usize, total: usize, loss: f64| -> bool {
-                if done < total && last.elapsed() < Duration::from_millis(100) {
-                    return false;
-                }
-                last = Instant::now();
-                Python::attach(|py| {
-                    if py.check_signals().is_err() {
-                        return true;
-                    }
-                    match progress
-                        .as_ref()
-                        .map(|cb| cb.call1(py, (done, total, loss)))
-                    {
-                        Some(Err(e)) => {
-                            *failed = Some(e);
-                            true
-                        }
-                        _ => false,
-                    }
-                })
+        train: &PyInteractions,
+        valid: Option<PyRef<'_, PyInteractions>>,
+        epochs: Option<u64>,
+        patience: Option<u64>,
+        checkpoint_dir: Option<PathBuf>,
+        resume: bool,
+        on_batch: Option<Py<PyAny>>,
+        on_epoch: Option<Py<PyAny>>,
+    ) -> PyResult<bool> {
+        let train = train.inner.clone();
+        let valid = valid.map(|v| v.inner.clone());
+        let options = FitOptions {
+            epochs,
+            patience,
+            checkpoint_dir,
+            resume,
+        };
+        let mut guard = self.lock()?;
+        let trainer = &mut *guard;
+        let mut bridge = Bridge::new(Duration::from_millis(100));
+        let b = &mut bridge;
+        let out = without_gil(py, move || {
+            let mut hooks = PyHooks {
+                bridge: b,
+                on_batch,
+                on_epoch,
             };
-            let (model, opt, reg, bs, seed) =
-                (&st.model, &mut st.opt, st.reg, st.batch_size, st.seed);
-            match (st.data.as_ref(), model) {
-                (None, _) => Err(RecforgeError::config("call set_train before train_epoch")),
-                (Some(Data::Ratings(d)), Net::Mf(m)) => train::run_epoch(
-                    d.ratings.size()[0] as usize,
-                    bs,
-                    seed,
-                    epoch,
-                    opt,
-                    |idx| svd::loss(m, d, idx, reg),
-                    &mut after,
-                ),
-                (
-                    Some(Data::Ratings(d)),
-                    Net::Fm {
-                        fm,
-                        users,
-                        items,
-                        objective,
-                    },
-                ) => train::run_epoch(
-                    d.ratings.size()[0] as usize,
-                    bs,
-                    seed,
-                    epoch,
-                    opt,
-                    |idx| {
-                        fm::loss(
-                            fm,
-                            users,
-                            items,
-                            &d.users,
-                            &d.items,
-                            Some(&d.ratings),
-                            None,
-                            *objective,
-                            idx,
-                            reg,
-                        )
-                    },
-                    &mut after,
-                ),
-                (
-                    Some(Data::Sequences(train)),
-                    Net::Seq {
-                        model, objective, ..
-                    },
-                ) => {
-                    let neg = match objective {
-                        SeqLoss::Bce => Some(sampling::training_negatives(
-                            train,
-                            1,
-                            &Strategy::Uniform,
-                            true,
-                            seed,
-                            epoch,
-                        )?),
-                        SeqLoss::Ce => None,
-                    };
-                    let rows = sasrec::training_rows(train, neg.as_deref(), model.config.max_len)?;
-                    train::run_epoch(
-                        rows.input.size()[0] as usize,
-                        bs,
-                        seed,
-                        epoch,
-                        opt,
-                        |idx| model.loss(&rows, idx, *objective),
-                        &mut after,
-                    )
-                }
-                (Some(Data::Implicit { train, users, pos }), net) => {
-                    let neg = sampling::training_negatives(
-                        train,
-                        1,
-                        &Strategy::Uniform,
-                        true,
-                        seed,
-                        epoch,
-                    )?;
-                    let neg = Tensor::from_slice(&neg).f_to(net.device())?;
-                    let n = pos.size()[0] as usize;
-                    match net {
-                        Net::Mf(m) => {
-                            let triples = bprmf::Triples {
-                                users: users.shallow_clone(),
-                                pos: pos.shallow_clone(),
-                                neg,
-                            };
-                            train::run_epoch(
-                                n,
-                                bs,
-                                seed,
-                                epoch,
-                                opt,
-                                |idx| bprmf::loss(m, &triples, idx, reg),
-                                &mut after,
-                            )
-                        }
-                        Net::Fm {
-                            fm,
-                            users: ur,
-                            items: ir,
-                            objective,
-                        } => train::run_epoch(
-                            n,
-                            bs,
-                            seed,
-                            epoch,
-                            opt,
-                            |idx| {
-                                fm::loss(
-                                    fm,
-                                    ur,
-                                    ir,
-                                    users,
-                                    pos,
-                                    None,
-                                    Some(&neg),
-                                    *objective,
-                                    idx,
-                                    reg,
-                                )
-                            },
-                            &mut after,
-                        ),
-                        Net::Seq { .. } => Err(RecforgeError::config(
-                            "a sequential model needs sequence data",
-                        )),
-                    }
-                }
-                _ => Err(RecforgeError::config(
-                    "this model cannot train on this kind of data",
-                )),
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        Ok((stats.loss, stats.batches, stats.interrupted))
+            trainer.fit(train, valid.as_deref(), &options, &mut hooks)
+        });
+        let interrupted = bridge.interrupted();
+        let report = bridge.finish(out, false)?;
+        Ok(interrupted || report.interrupted)
+    }
+
+    /// Sets the training interactions without training (histories of a sequential model, the
+    /// items `recommend` skips).
+    fn set_train(&self, train: &PyInteractions) -> PyResult<()> {
+        Ok(self.lock()?.set_train(train.inner.clone())?)
+    }
+
+    /// The training interactions (None before `fit`).
+    #[getter]
+    fn train(&self) -> PyResult<Option<PyInteractions>> {
+        Ok(self
+            .lock()?
+            .train_data()
+            .map(|t| PyInteractions { inner: t.clone() }))
     }
 
     /// Scores of (user, item) pairs as float32.
@@ -685,13 +221,14 @@ impl PyFactorization {
                 i.len()
             )));
         }
-        let mut guard = self.lock();
-        let st = &mut *guard;
+        let mut guard = self.lock()?;
+        let t = &mut *guard;
         let out = without_gil(py, move || -> Result<Vec<f32>> {
-            st.model.check_ids(&u, &i)?;
-            let dev = st.model.device();
+            let model = t.model();
+            model.check_ids(&u, &i)?;
+            let dev = model.device();
             let s = tch::no_grad(|| {
-                st.model.predict(
+                model.predict(
                     &Tensor::from_slice(&u).f_to(dev)?,
                     &Tensor::from_slice(&i).f_to(dev)?,
                 )
@@ -712,20 +249,13 @@ impl PyFactorization {
     ) -> PyResult<PyTensor> {
         let u = ids(users, "users")?;
         let history = history.map(|h| h.inner.clone());
-        let mut guard = self.lock();
-        let st = &mut *guard;
+        let mut guard = self.lock()?;
+        let t = &mut *guard;
         let t = without_gil(py, move || -> Result<Tensor> {
-            st.model.check_ids(&u, &[])?;
-            if let (Some(h), (_, n_items)) = (&history, st.model.sizes()) {
-                if h.n_items() as i64 != n_items {
-                    return Err(RecforgeError::data(format!(
-                        "history has {} items but the model was built for {n_items}",
-                        h.n_items()
-                    )));
-                }
-            }
-            let idx = Tensor::from_slice(&u).f_to(st.model.device())?;
-            tch::no_grad(|| st.model.score_all(&idx, history.as_deref()))
+            let model = t.model();
+            model.check_ids(&u, &[])?;
+            let idx = Tensor::from_slice(&u).f_to(model.device())?;
+            tch::no_grad(|| model.score_all(&idx, history.as_deref()))
         })?;
         Ok(PyTensor(t))
     }
@@ -742,22 +272,17 @@ impl PyFactorization {
         let ratings = convert::float32_array(ratings, "ratings")?
             .as_slice()?
             .to_vec();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let t = without_gil(py, move || match &st.model {
-            Net::Mf(m) => svd::fold_in(m, &items, &ratings, reg),
-            _ => Err(RecforgeError::config("fold_in is available for SVD only")),
-        })?;
+        let mut guard = self.lock()?;
+        let t = &mut *guard;
+        let t = without_gil(py, move || t.model().fold_in(&items, &ratings, reg))?;
         Ok(PyTensor(t))
     }
 
-    /// Copies of the parameters by name.
+    /// Copies of the parameters and buffers by name.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        let st = self.lock();
-        for (name, t) in st.model.params().into_iter().chain(st.model.buffers()) {
-            let copy = t.detach().copy();
-            d.set_item(name, PyTensor(copy))?;
+        for (name, t) in self.lock()?.state_dict()? {
+            d.set_item(name, PyTensor(t))?;
         }
         Ok(d)
     }
@@ -765,56 +290,74 @@ impl PyFactorization {
     /// Loads parameters by name (a missing or mis-shaped tensor is a DataError).
     fn load_state_dict(&self, tensors: HashMap<String, PyTensor>) -> PyResult<()> {
         let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k, v.0)).collect();
-        self.lock().model.load(&map)?;
+        self.lock()?.load_state_dict(&map)?;
         Ok(())
     }
 
-    /// Writes a checkpoint folder: parameters + optimiser state, and `state_json`.
-    fn save(&self, py: Python<'_>, dir: PathBuf, state_json: &str) -> PyResult<()> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        without_gil(py, move || {
-            let mut tensors = st.model.params();
-            tensors.extend(st.model.buffers());
-            tensors.extend(st.opt.state_tensors());
-            train::save_checkpoint(&dir, &tensors, state_json)
-        })
+    /// Writes the model folder: weights, optimiser state, training interactions, `state.json`.
+    fn save(&self, py: Python<'_>, dir: PathBuf) -> PyResult<()> {
+        let mut guard = self.lock()?;
+        let t = &mut *guard;
+        without_gil(py, move || t.save(&dir))
     }
 
-    /// Reads a checkpoint folder into this model and optimiser; returns its `state.json` text.
-    fn load(&self, py: Python<'_>, dir: PathBuf) -> PyResult<String> {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        without_gil(py, move || {
-            let (tensors, state) = train::load_checkpoint(&dir)?;
-            st.model.load(&tensors)?;
-            if tensors.contains_key("optim.step") {
-                st.opt.load_state(&tensors)?;
-            }
-            Ok(state)
-        })
+    /// The normalised spec as JSON.
+    #[getter]
+    fn spec(&self) -> PyResult<String> {
+        Ok(self.lock()?.spec().to_value().to_string())
+    }
+
+    /// The epoch records of the training so far.
+    #[getter]
+    fn history<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let guard = self.lock()?;
+        let items = guard
+            .history
+            .iter()
+            .map(|log| log_dict(py, log))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// The epoch whose weights are kept (with validation).
+    #[getter]
+    fn best_epoch(&self) -> PyResult<Option<u64>> {
+        Ok(self.lock()?.best_epoch)
+    }
+
+    /// `(n_users, n_items)` the model was built for.
+    #[getter]
+    fn sizes(&self) -> PyResult<(i64, i64)> {
+        Ok(self.lock()?.sizes())
+    }
+
+    /// The learning rate of the next optimiser step.
+    #[getter]
+    fn lr(&self) -> PyResult<f64> {
+        Ok(self.lock()?.optimizer().lr())
     }
 
     /// Optimiser steps taken.
     #[getter]
-    fn steps(&self) -> u64 {
-        self.lock().opt.steps()
+    fn steps(&self) -> PyResult<u64> {
+        Ok(self.lock()?.optimizer().steps())
     }
 
     /// The device name.
     #[getter]
-    fn device(&self) -> String {
-        crate::device::name(self.lock().model.device())
+    fn device(&self) -> PyResult<String> {
+        Ok(crate::device::name(self.lock()?.model().device()))
     }
 
-    /// Number of parameters.
+    /// Number of trained parameters.
     #[getter]
-    fn n_parameters(&self) -> i64 {
-        self.lock()
-            .model
+    fn n_parameters(&self) -> PyResult<i64> {
+        Ok(self
+            .lock()?
+            .model()
             .params()
             .iter()
             .map(|(_, t)| t.numel() as i64)
-            .sum()
+            .sum())
     }
 }

@@ -4,8 +4,14 @@
 pub mod checkpoint;
 pub mod epoch;
 mod fused;
+pub mod model;
 pub mod optim;
+pub mod spec;
+pub mod trainer;
 
 pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use epoch::{run_epoch, EpochStats};
-pub use optim::{Kind as OptimKind, LrSchedule, OptimConfig, Optimizer, Schedule};
+pub use model::{Model, Validation};
+pub use optim::{Kind as OptimKind, LrSchedule, OptimConfig, Optimizer, ParamGroup, Schedule};
+pub use spec::{FmFeatures, ModelSpec, Spec, TrainSpec};
+pub use trainer::{EpochLog, FitOptions, FitReport, Hooks, NoHooks, Trainer};

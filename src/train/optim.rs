@@ -60,6 +60,26 @@ pub struct OptimConfig {
     pub eps: f64,
     /// Clip the global gradient norm to this value (0 = off).
     pub clip_grad_norm: f64,
+    /// Per-group learning rate and weight decay, by parameter-name prefix (first match wins;
+    /// parameters no group matches use `lr` and `weight_decay`).
+    #[serde(default)]
+    pub groups: Vec<ParamGroup>,
+}
+
+/// Learning rate and weight decay for the parameters whose names start with `prefix` (e.g.
+/// `backbone.` for an LLM backbone inside a recommender). The group's rate follows the same
+/// schedule, scaled by `lr / base lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// Parameter-name prefix.
+    pub prefix: String,
+    /// Learning rate (default: the base rate).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// Weight decay (default: the base decay).
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
 }
 
 impl Default for OptimConfig {
@@ -72,6 +92,7 @@ impl Default for OptimConfig {
             betas: (0.9, 0.999),
             eps: 1e-8,
             clip_grad_norm: 0.0,
+            groups: Vec::new(),
         }
     }
 }
@@ -98,6 +119,14 @@ impl OptimConfig {
         }
         if !(self.clip_grad_norm.is_finite() && self.clip_grad_norm >= 0.0) {
             return bad("clip_grad_norm", self.clip_grad_norm);
+        }
+        for g in &self.groups {
+            if let Some(lr) = g.lr.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return bad(&format!("param_groups[{:?}].lr", g.prefix), lr);
+            }
+            if let Some(wd) = g.weight_decay.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return bad(&format!("param_groups[{:?}].weight_decay", g.prefix), wd);
+            }
         }
         Ok(())
     }
@@ -188,6 +217,8 @@ pub struct Optimizer {
     /// Per parameter: reused buffers (a dense gradient for sparse ones, a work tensor), so a step
     /// allocates no parameter-sized memory (fresh pages cost more than the arithmetic).
     scratch: Vec<[Option<Tensor>; 2]>,
+    /// Per parameter: (learning-rate factor, weight decay) from its group.
+    hyper: Vec<(f64, f64)>,
     step: u64,
 }
 
@@ -221,12 +252,25 @@ impl Optimizer {
             })
             .collect();
         let scratch = params.iter().map(|_| [None, None]).collect();
+        let hyper = params
+            .iter()
+            .map(
+                |(name, _)| match config.groups.iter().find(|g| name.starts_with(&g.prefix)) {
+                    Some(g) => (
+                        g.lr.map_or(1.0, |lr| lr / config.lr),
+                        g.weight_decay.unwrap_or(config.weight_decay),
+                    ),
+                    None => (1.0, config.weight_decay),
+                },
+            )
+            .collect();
         Ok(Self {
             config,
             schedule: None,
             params,
             state,
             scratch,
+            hyper,
             step: 0,
         })
     }
@@ -352,14 +396,22 @@ impl Optimizer {
                 }
             }
             let missing = || RecforgeError::config("optimizer state is missing a tensor");
-            for ((((_, p), state), grad), scratch) in self
+            let base = c.clone();
+            for (((((_, p), state), grad), scratch), &(lr_factor, weight_decay)) in self
                 .params
                 .iter_mut()
                 .zip(&mut self.state)
                 .zip(grads)
                 .zip(&mut self.scratch)
+                .zip(&self.hyper)
             {
                 let Some(mut g) = grad else { continue };
+                let c = OptimConfig {
+                    lr: base.lr * lr_factor,
+                    weight_decay,
+                    groups: Vec::new(),
+                    ..base.clone()
+                };
                 if matches!(c.kind, Kind::Adam | Kind::AdamW) && fused::is_flat_f32(p) {
                     if !fused::is_flat_f32(&g) && g.device() == p.device() {
                         g = g.f_to_kind(tch::Kind::Float)?.f_contiguous()?;

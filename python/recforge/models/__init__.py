@@ -2,7 +2,8 @@
 
 Every model has ``fit(train, valid=None, ...)``, ``predict(users, items)``, ``score_all(users)``
 (full-ranking scores, usable directly by :func:`recforge.metrics.full_ranking`),
-``recommend(users, k, exclude_seen=True)``, ``save(path)`` and ``load(path)``.
+``recommend(users, k, exclude_seen=True, exclude=None)``, ``save(path)`` and
+``load(path, device="auto")``. They share one trainer in the Rust core (``recforge._native._Trainer``).
 """
 
 from ._base import FactorModel, LrSchedule, Recommender, TorchModel

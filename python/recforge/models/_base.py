@@ -33,39 +33,15 @@ LrSchedule = str | dict[str, Any] | None
 _SCHEDULE_KEYS = {"name", "warmup_epochs", "end", "every_epochs", "gamma"}
 
 
-def _check_schedule(schedule: LrSchedule) -> LrSchedule:
-    if schedule is None:
-        return None
-    spec = {"name": schedule} if isinstance(schedule, str) else schedule
-    if not isinstance(spec, dict) or spec.get("name") not in ("constant", "linear", "cosine", "step"):
-        raise ConfigError(
-            f"lr_schedule must be None, 'constant', 'linear', 'cosine', 'step' or a dict with one of them as 'name', got {schedule!r}"
-        )
-    unknown = set(spec) - _SCHEDULE_KEYS
-    if unknown:
-        raise ConfigError(f"lr_schedule has unknown keys {sorted(unknown)}; known: {sorted(_SCHEDULE_KEYS)}")
-    for key in ("warmup_epochs", "end", "every_epochs", "gamma"):
-        v = spec.get(key, 0)
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ConfigError(f"lr_schedule[{key!r}] must be a non-negative number, got {v!r}")
-    if spec["name"] == "step" and not float(spec.get("every_epochs", 1)) > 0:
-        raise ConfigError("lr_schedule 'step' needs every_epochs > 0")
-    return dict(spec)
-
-
 class _BatchBar:
     """The within-epoch progress bar, fed from Rust (``progress(done, total, loss)``)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
         self.bar = tqdm(total=0, desc=desc, unit="batch", position=1, leave=False, disable=not enabled)
 
-    def start(self, epoch: int) -> None:
-        self.bar.reset(total=0)
-        self.bar.set_description(f"epoch {epoch}")
-
     def __call__(self, done: int, total: int, loss: float) -> None:
-        if self.bar.total != total:
-            self.bar.total = total
+        if done <= 1 or self.bar.total != total:
+            self.bar.reset(total=total)
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
@@ -79,90 +55,148 @@ def _interactions(x: object, name: str) -> Interactions:
     return x
 
 
+def _user_ids(users: npt.ArrayLike, n_users: int) -> npt.NDArray[np.int64]:
+    u = np.atleast_1d(np.asarray(users))
+    if u.ndim != 1 or not (u.dtype.kind in "iu" or (u.size == 0 and u.dtype.kind == "f")):
+        raise DataError(f"users must be a 1-D array of integer ids, got dtype {u.dtype} and shape {u.shape}")
+    u = u.astype(np.int64)
+    bad = u[(u < 0) | (u >= n_users)]
+    if bad.size:
+        raise DataError(f"user {int(bad[0])} is out of range (n_users = {n_users})")
+    return u
+
+
 class Recommender(ABC):
-    """Common API: ``fit``, ``predict``, ``score_all``, ``recommend``, ``save`` / ``load``."""
+    """The contract of every model: ``fit``, ``predict``, ``score_all``, ``recommend``, ``save``
+    and ``load(path, device="auto")``."""
 
     n_users: int
     n_items: int
-    _train: Interactions | None = None
+
+    @abstractmethod
+    def fit(self, train: Interactions, valid: Interactions | None = None) -> "Recommender":
+        """Train on ``train`` (validating on ``valid`` where the model validates)."""
+
+    @abstractmethod
+    def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Scores of (user, item) pairs."""
 
     @abstractmethod
     def score_all(self, users: npt.ArrayLike) -> torch.Tensor:
         """``[len(users), n_items]`` scores."""
 
+    @abstractmethod
+    def save(self, path: str | Path) -> None:
+        """Write the model into folder ``path``."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Any:
+        """Load a model written by :meth:`save`."""
+
+    @property
+    def train_interactions(self) -> Interactions | None:
+        """The interactions the model was trained on (kept in its saved folder too)."""
+        return None
+
     def recommend(
-        self, users: npt.ArrayLike, k: int = 10, exclude_seen: bool = True
+        self,
+        users: npt.ArrayLike,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Interactions | Sequence[Interactions] | None = None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Top-``k`` items and their scores for each user (``[B, k]`` arrays), skipping the
-        user's training items when ``exclude_seen``."""
-        u = np.atleast_1d(np.asarray(users, dtype=np.int64))
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
+        """Top-``k`` items and their scores for each user (``[B, w]`` arrays), best first.
+
+        With ``exclude_seen`` the user's training items are never recommended (a loaded model
+        knows them from its folder); ``exclude=`` adds more interactions to skip (e.g. train +
+        valid). When a user has fewer than ``k`` items left, the arrays are only as wide as the
+        longest list (``w <= k``) and the rows that are shorter end with item ``-1`` and score
+        ``nan``: a seen or excluded item is never returned.
+        """
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+        u = _user_ids(users, self.n_users)
+        parts: list[Interactions] = []
+        if exclude is not None:
+            parts = [exclude] if isinstance(exclude, Interactions) else list(exclude)
+            for j, x in enumerate(parts):
+                _interactions(x, f"exclude[{j}]")
+                if x.n_items != self.n_items:
+                    raise DataError(f"exclude[{j}] has {x.n_items} items but the model has {self.n_items}")
+        if exclude_seen:
+            seen = self.train_interactions
+            if seen is None:
+                raise ConfigError(
+                    f"{type(self).__name__} does not know the users' seen items (no training interactions): "
+                    "pass exclude=<Interactions> or exclude_seen=False"
+                )
+            parts.append(seen)
         scores = self.score_all(u).float().cpu().clone()
-        if exclude_seen and self._train is not None:
-            indptr, indices = self._train.indptr, self._train.indices
-            rows = np.repeat(np.arange(len(u)), indptr[u + 1] - indptr[u])
-            cols = np.concatenate([indices[indptr[x] : indptr[x + 1]] for x in u]) if len(u) else rows
-            scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        return top.indices.numpy().astype(np.int64), top.values.numpy()
+        mask = torch.zeros(scores.shape, dtype=torch.bool)
+        for x in parts:
+            indptr, indices = x.indptr, x.indices
+            ok = u < x.n_users
+            uu = u[ok]
+            rows = np.repeat(np.nonzero(ok)[0], indptr[uu + 1] - indptr[uu])
+            cols = np.concatenate([indices[indptr[v] : indptr[v + 1]] for v in uu]) if len(uu) else rows
+            mask[torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))] = True
+        left = (~mask).sum(dim=1)
+        width = int(min(k, int(left.max()) if len(u) else k))
+        scores[mask] = -torch.inf
+        top = torch.topk(scores, width, dim=1) if width > 0 else None
+        if top is None:
+            return np.zeros((len(u), 0), dtype=np.int64), np.zeros((len(u), 0), dtype=np.float32)
+        items = top.indices.numpy().astype(np.int64)
+        values = top.values.numpy().astype(np.float32)
+        short = np.arange(width)[None, :] >= left.numpy()[:, None]
+        items[short] = -1
+        values[short] = np.nan
+        return items, values
 
 
 class TorchModel(Recommender):
-    """A model whose parameters and optimiser live in the Rust core (``self._native``)."""
+    """A model trained by recforge's generic trainer in the Rust core (``self._native``).
+
+    Subclasses give their constructor's arguments to :meth:`_init_spec`; the spec is validated
+    once, in Rust, saved as the checkpoint's config and shown by ``repr``.
+    """
 
     #: validation metric monitored by default, and whether larger is better
     monitor: str = "ndcg@10"
     higher_is_better: bool = True
-    #: config entries that :meth:`load` sets as attributes instead of passing to the constructor
-    data_attributes: tuple[str, ...] = ()
 
-    def __init__(self, *, epochs: int, batch_size: int, seed: int, device: str) -> None:
-        if epochs < 1 or batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
-        if seed < 0:
-            raise ConfigError(f"seed must be non-negative, got {seed}")
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
+    def _init_spec(self, values: dict[str, Any]) -> None:
+        values = {k: v for k, v in values.items() if k not in ("self", "__class__", "kwargs")}
+        device = values.pop("device", "auto")
+        spec = {"model": type(self).__name__, **values}
+        try:
+            text = json.dumps(spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{type(self).__name__}: arguments must be plain numbers, strings, lists or dicts ({e})") from e
+        self._spec: dict[str, Any] = json.loads(_native._Trainer.check_spec(text))
+        for key, value in self._spec.items():
+            if key != "model":
+                setattr(self, key, value)
         self.device = _native.resolve_device(device)
         self._native: Any = None
-        self.lr_schedule: LrSchedule = None
         self.history: list[dict[str, float]] = []
         self.best_epoch: int | None = None
         self.interrupted = False
 
-    @staticmethod
-    def _check_hparams(dim: int, lr: float, reg: float, optimizer: str) -> None:
-        """Fail at construction, not at the first fit, on values no model accepts."""
-        if dim < 1:
-            raise ConfigError(f"dim must be >= 1, got {dim}")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"lr must be a positive number, got {lr}")
-        if not (reg >= 0 and math.isfinite(reg)):
-            raise ConfigError(f"reg must be a non-negative number, got {reg}")
-        if optimizer.lower() not in ("adam", "adamw", "sgd", "adagrad"):
-            raise ConfigError(f"optimizer must be adam, adamw, sgd or adagrad, got {optimizer!r}")
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
 
-    # Subclasses: build the native model, evaluate on validation data, report their config.
-    @abstractmethod
-    def _build(self, n_users: int, n_items: int) -> Any:
-        """The native model for this many users and items."""
-
-    @abstractmethod
-    def _validate(self, valid: Interactions) -> dict[str, float]:
-        """Validation metrics (must include ``self.monitor``)."""
-
-    @abstractmethod
     def config(self) -> dict[str, Any]:
-        """Constructor arguments, as saved in checkpoints."""
+        """The spec (constructor arguments), as saved in checkpoints."""
+        return {k: v for k, v in self._spec.items() if k != "model"}
 
-    def _better(self, a: float, b: float | None) -> bool:
-        if b is None or math.isnan(b):
-            return True
-        return a > b if self.higher_is_better else a < b
+    def _features(self, n_users: int, n_items: int, **data: Any) -> Any:
+        """Data-dependent inputs of the native model (an FM's side features)."""
+        return None
 
-    def fit(
+    def fit(  # type: ignore[override]
         self,
         train: Interactions,
         valid: Interactions | None = None,
@@ -184,100 +218,68 @@ class TorchModel(Recommender):
         continues from ``last`` exactly where it stopped. Ctrl-C stops between batches, keeps the
         best weights and returns (``self.interrupted`` is then True).
         """
+        return self._fit(train, valid, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
+                         resume=resume, patience=patience, progress=progress, features=None)  # fmt: skip
+
+    def _fit(
+        self,
+        train: Interactions,
+        valid: Interactions | None,
+        *,
+        epochs: int | None,
+        callbacks: Sequence[Callback],
+        checkpoint_dir: str | Path | None,
+        resume: bool,
+        patience: int | None,
+        progress: bool,
+        features: Any,
+    ) -> "TorchModel":
         train = _interactions(train, "train")
         if valid is not None:
             valid = _interactions(valid, "valid")
-            if (valid.n_users, valid.n_items) != (train.n_users, train.n_items):
-                raise DataError("train and valid must share one id space")
-        total = self.epochs if epochs is None else int(epochs)
-        # fit() trains from scratch (same seed, same result); resume=True continues a checkpoint.
+        for name, v in (("epochs", epochs), ("patience", patience)):
+            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if name == "epochs" else 0)):
+                raise ConfigError(f"{name} must be a {'positive' if name == 'epochs' else 'non-negative'} integer, got {v!r}")
+        cbs = list(callbacks)
+        if not all(callable(cb) for cb in cbs):
+            raise ConfigError("callbacks must be callables cb(epoch, logs)")
         self.n_users, self.n_items = train.n_users, train.n_items
-        self._native = self._build(train.n_users, train.n_items)
-        self.history, self.best_epoch = [], None
-        self._train = train
-        ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        start, best_value, best_state = 0, None, None
-        if resume:
-            if ckpt is None or not (ckpt / "last" / "state.json").is_file():
-                raise ConfigError("resume=True needs a checkpoint_dir holding a 'last' checkpoint")
-            if (ckpt / "best" / "state.json").is_file():
-                self._native.load(str(ckpt / "best"))
-                best_state = self._native.state_dict()
-            state = json.loads(self._native.load(str(ckpt / "last")))
-            start = state["epoch"] + 1
-            self.history = state["history"]
-            self.best_epoch, best_value = state["best_epoch"], state["best_value"]
-        batches = self._native.set_train(train)
-        self._set_schedule(batches, total)
-        self.interrupted = False
-        since_best = 0
-        bar = tqdm(range(start, total), desc=type(self).__name__, unit="epoch", disable=not progress, leave=False)
+        native = _native._Trainer(json.dumps(self._spec), train.n_users, train.n_items, self.device, features)
+        self._native = native
+        total = self.epochs if epochs is None else int(epochs)
+        bar = tqdm(total=total, desc=type(self).__name__, unit="epoch", disable=not progress, leave=False)
         batch_bar = _BatchBar(progress, type(self).__name__)
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k != "epoch"})
+            for cb in cbs:
+                cb(epoch, logs)
+
         try:
-            for epoch in bar:
-                batch_bar.start(epoch)
-                loss, _batches, interrupted = self._native.train_epoch(epoch, batch_bar if progress else None)
-                if interrupted:
-                    self.interrupted = True
-                    log.warning("training interrupted at epoch %d; keeping the best weights", epoch)
-                    break
-                logs: dict[str, float] = {"epoch": epoch, "loss": loss, "lr": float(self._native.lr)}
-                if valid is not None:
-                    logs.update(self._validate(valid))
-                    value = logs[self.monitor]
-                    if self._better(value, best_value):
-                        best_value, self.best_epoch, since_best = value, epoch, 0
-                        best_state = self._native.state_dict()
-                        if ckpt is not None:
-                            self._save_checkpoint(ckpt / "best", epoch, best_value)
-                    else:
-                        since_best += 1
-                self.history.append(logs)
-                if ckpt is not None:
-                    self._save_checkpoint(ckpt / "last", epoch, best_value)
-                bar.set_postfix({k: round(v, 4) for k, v in logs.items() if k != "epoch"})
-                for cb in callbacks:
-                    cb(epoch, logs)
-                if patience is not None and valid is not None and since_best > patience:
-                    break
+            interrupted = native.fit(
+                train, valid, epochs=total, patience=patience,
+                checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+                resume=resume, on_batch=batch_bar if progress else None, on_epoch=on_epoch,
+            )  # fmt: skip
         finally:
             batch_bar.close()
             bar.close()
-            if best_state is not None:
-                self._native.load_state_dict(best_state)
+            self.history = native.history
+            self.best_epoch = native.best_epoch
+        self.interrupted = bool(interrupted)
+        if self.interrupted:
+            log.warning("training interrupted at epoch %d; keeping the best weights", len(self.history))
         return self
-
-    def _set_schedule(self, batches_per_epoch: int, epochs: int) -> None:
-        spec = _check_schedule(self.lr_schedule)
-        if spec is None:
-            return
-        assert isinstance(spec, dict)
-        self._native.set_schedule(
-            spec["name"],
-            warmup=round(float(spec.get("warmup_epochs", 0)) * batches_per_epoch),
-            total=epochs * batches_per_epoch,
-            end=float(spec.get("end", 0.0)),
-            every=max(1, round(float(spec.get("every_epochs", 1)) * batches_per_epoch)),
-            gamma=float(spec.get("gamma", 0.1)),
-        )
 
     @property
     def current_lr(self) -> float:
         """The learning rate the next optimiser step will use (after the schedule)."""
         return float(self._require_fit().lr)
 
-    def _save_checkpoint(self, path: Path, epoch: int, best_value: float | None) -> None:
-        state = {
-            "model": type(self).__name__,
-            "config": self.config(),
-            "n_users": self.n_users,
-            "n_items": self.n_items,
-            "epoch": epoch,
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "best_value": best_value,
-        }
-        self._native.save(str(path), json.dumps(state))
+    @property
+    def train_interactions(self) -> Interactions | None:
+        return None if self._native is None else self._native.train
 
     def _require_fit(self) -> Any:
         if self._native is None:
@@ -293,76 +295,30 @@ class TorchModel(Recommender):
         return self._require_fit().score_all(np.atleast_1d(np.asarray(users)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the parameters, by Hugging-Face-style names."""
+        """Copies of the parameters and buffers, by readable names."""
         return self._require_fit().state_dict()
 
     def save(self, path: str | Path) -> None:
-        """Write the model (weights as safetensors + JSON config) into folder ``path``."""
-        self._save_checkpoint(Path(path), len(self.history) - 1, None)
+        """Write the model into folder ``path``: weights, optimiser state and training
+        interactions (safetensors, checksummed) and ``state.json`` (spec and history)."""
+        self._require_fit().save(str(path))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Any:
-        """Load a model written by :meth:`save` (or a checkpoint folder)."""
-        p = Path(path)
-        if not (p / "state.json").is_file():
-            raise DataError(f"{p}: not a recforge model folder (no state.json)")
-        state = json.loads((p / "state.json").read_text())
-        if state.get("model") != cls.__name__:
-            raise DataError(f"{p} holds a {state.get('model')}, not a {cls.__name__}")
-        config = dict(state["config"])
-        # Data-dependent settings (e.g. an FM's side features) are attributes, not arguments.
-        data = {k: config.pop(k) for k in cls.data_attributes if k in config}
-        model = cls(**config, device=device)
-        for k, v in data.items():
-            setattr(model, k, v)
-        model.n_users, model.n_items = state["n_users"], state["n_items"]
-        model._native = model._build(model.n_users, model.n_items)
-        model._native.load(str(p))
-        model.history = state["history"]
+        """Load a model written by :meth:`save` (or a checkpoint folder) onto ``device``."""
+        native = _native._Trainer.load(str(path), device, cls.__name__)
+        spec = json.loads(native.spec)
+        spec.pop("model", None)
+        # The saved spec is complete (every key the trainer knows), so it is applied as it is
+        # rather than through the constructor's narrower signature.
+        model = cls.__new__(cls)
+        model._init_spec({**spec, "device": device})
+        model._native = native
+        model.n_users, model.n_items = native.sizes
+        model.history = native.history
+        model.best_epoch = native.best_epoch
         return model
 
 
-
-
 class FactorModel(TorchModel):
-    """A TorchModel with the hyperparameters every factor model shares; subclasses keep explicit
-    constructor signatures (their defaults) and hand them to :meth:`_set_hparams`."""
-
-    _common = ("dim", "epochs", "batch_size", "lr", "reg", "optimizer", "weight_decay",
-               "clip_grad_norm", "init_std", "seed", "lr_schedule")  # fmt: skip
-    #: further constructor arguments a subclass saves in its config
-    _extra: tuple[str, ...] = ()
-
-    def _set_hparams(self, values: dict[str, Any]) -> None:
-        TorchModel.__init__(
-            self, epochs=values["epochs"], batch_size=values["batch_size"],
-            seed=values["seed"], device=values["device"],
-        )  # fmt: skip
-        self._check_hparams(values["dim"], values["lr"], values["reg"], values["optimizer"])
-        self.dim, self.lr, self.reg = int(values["dim"]), float(values["lr"]), float(values["reg"])
-        self.optimizer = values["optimizer"]
-        self.weight_decay = float(values["weight_decay"])
-        self.clip_grad_norm = float(values["clip_grad_norm"])
-        self.init_std = float(values["init_std"])
-        self.lr_schedule = _check_schedule(values.get("lr_schedule"))
-
-    def config(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self._common + self._extra}
-
-
-def rmse_logs(model: TorchModel, valid: Interactions) -> dict[str, float]:
-    """Validation RMSE of a rating model."""
-    a = valid.to_arrays()
-    if a["ratings"] is None:
-        raise ConfigError("validation interactions need ratings")
-    pred = model.predict(a["users"], a["items"])
-    return {"rmse": float(np.sqrt(np.mean((pred - a["ratings"]) ** 2)))}
-
-
-def ranking_logs(model: TorchModel, valid: Interactions) -> dict[str, float]:
-    """Validation full-ranking NDCG@10 and Hit@10 with the training items masked."""
-    from .. import metrics
-
-    assert model._train is not None
-    r = metrics.full_ranking(model.score_all, valid, [model._train], ks=(10,), metrics=("ndcg", "hit"))
-    return {"ndcg@10": r["ndcg@10"], "hit@10": r["hit@10"]}
+    """A TorchModel with the hyperparameters every factor model shares (kept for subclasses)."""

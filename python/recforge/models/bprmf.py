@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from .. import _native
-from .._native import Interactions
-from ._base import FactorModel, LrSchedule, ranking_logs
+from ._base import LrSchedule, TorchModel
 
 
-class BPRMF(FactorModel):
+class BPRMF(TorchModel):
     """``score(u, i) = p_u . q_i``, trained so each observed item scores above one uniformly
     sampled unobserved item (fresh negatives every epoch), with L2 regularisation.
 
@@ -33,14 +29,4 @@ class BPRMF(FactorModel):
         seed: int = 0,
         device: str = "auto",
     ) -> None:
-        self._set_hparams(locals())
-
-    def _build(self, n_users: int, n_items: int) -> Any:
-        return _native._Factorization(
-            "bpr", n_users, n_items, self.dim, False, self.init_std, self.seed, self.device,
-            self.optimizer, self.lr, self.weight_decay, 0.0, self.clip_grad_norm, self.reg,
-            self.batch_size,
-        )  # fmt: skip
-
-    def _validate(self, valid: Interactions) -> dict[str, float]:
-        return ranking_logs(self, valid)
+        self._init_spec(locals())

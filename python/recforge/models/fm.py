@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .. import _native
 from .._native import Interactions
 from ..errors import ConfigError, DataError
-from ._base import FactorModel, LrSchedule, ranking_logs, rmse_logs
+from ._base import Callback, LrSchedule, TorchModel
 
 #: Per-entity side features: for each user (or item) a list of feature ids, or a mapping
 #: ``{feature id: value}``; feature ids are 0-based within that side.
 SideFeatures = Sequence[Sequence[int] | Mapping[int, float]]
+
+
+def _feature_id(k: object, name: str, e: int) -> int:
+    """A side-feature id: an integer (bools, fractions and non-numbers are refused, never cut)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer, float, np.floating)):
+        raise DataError(f"{name}[{e}] has feature id {k!r}: feature ids must be integers")
+    if isinstance(k, (float, np.floating)) and not float(k).is_integer():
+        raise DataError(f"{name}[{e}] has feature id {k!r}: feature ids must be integers")
+    f = int(k)
+    if f < 0:
+        raise DataError(f"{name}[{e}] has a negative feature id {f}")
+    return f
 
 
 def _rows(
@@ -30,11 +42,15 @@ def _rows(
     n_side = 0
     for e, row in enumerate(side):
         if isinstance(row, Mapping):
-            f, v = [int(k) for k in row], [float(x) for x in row.values()]
+            f = [_feature_id(k, name, e) for k in row]
+            v = [float(x) for x in row.values()]
+        elif isinstance(row, (str, bytes)) or not isinstance(row, Iterable):
+            raise DataError(f"{name}[{e}] must be a list of feature ids or a {{feature id: value}} mapping, got {row!r}")
         else:
-            f, v = [int(k) for k in row], [1.0] * len(row)
-        if any(k < 0 for k in f):
-            raise DataError(f"{name}[{e}] has a negative feature id")
+            f = [_feature_id(k, name, e) for k in row]
+            v = [1.0] * len(f)
+        if not all(np.isfinite(v)):
+            raise DataError(f"{name}[{e}] has a value that is not a finite number")
         n_side = max(n_side, max(f, default=-1) + 1)
         pairs.append((f, v))
     width = 1 + max((len(f) for f, _ in pairs), default=0)
@@ -49,18 +65,17 @@ def _rows(
     return idx, val, width, n_side
 
 
-class FM(FactorModel):
+class FM(TorchModel):
     """Factorization Machine (Rendle 2010) over the user id, the item id and optional multi-hot
     side features (genres, keywords, ...), for ratings (``loss="mse"``) or top-K ranking
     (``loss="bpr"`` or ``"bce"`` with one sampled negative item per positive, fresh every epoch).
 
     Pass side features to :meth:`fit` as ``item_features=[[feature ids of item 0], ...]`` (or
-    ``{feature id: value}`` mappings), likewise ``user_features``.
+    ``{feature id: value}`` mappings), likewise ``user_features``. They belong to that ``fit``
+    alone and are saved once, with the weights (``features.item.idx`` / ``.val``).
     """
 
     default_hidden: tuple[int, ...] = ()
-    data_attributes = ("user_features", "item_features")
-    _extra = ("loss", "hidden", "dropout", "batch_norm", "user_features", "item_features")
 
     def __init__(
         self,
@@ -82,19 +97,18 @@ class FM(FactorModel):
         seed: int = 0,
         device: str = "auto",
     ) -> None:
-        self._set_hparams(locals())
-        if loss not in ("mse", "bpr", "bce"):
-            raise ConfigError(f"loss must be 'mse', 'bpr' or 'bce', got {loss!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-        self.loss, self.dropout = loss, float(dropout)
-        self.hidden = list(self.default_hidden if hidden is None else hidden)
-        if batch_norm and not self.hidden:
-            raise ConfigError("batch_norm applies to the MLP: it needs hidden layers (an NFM)")
-        self.batch_norm = bool(batch_norm)
-        self.monitor, self.higher_is_better = ("rmse", False) if loss == "mse" else ("ndcg@10", True)
-        self.user_features: SideFeatures | None = None
-        self.item_features: SideFeatures | None = None
+        values = dict(locals())
+        values["hidden"] = list(self.default_hidden if hidden is None else hidden)
+        self._init_spec(values)
+
+    @property  # type: ignore[override]
+    def monitor(self) -> str:
+        """The validation metric: RMSE for ``loss="mse"``, NDCG@10 otherwise."""
+        return "rmse" if self.loss == "mse" else "ndcg@10"
+
+    @property  # type: ignore[override]
+    def higher_is_better(self) -> bool:
+        return self.loss != "mse"
 
     def fit(  # type: ignore[override]
         self,
@@ -103,30 +117,35 @@ class FM(FactorModel):
         *,
         user_features: SideFeatures | None = None,
         item_features: SideFeatures | None = None,
-        **kwargs: Any,
+        epochs: int | None = None,
+        callbacks: Sequence[Callback] = (),
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        patience: int | None = None,
+        progress: bool = True,
     ) -> "FM":
+        """Train as :meth:`TorchModel.fit`, over the user / item ids plus the given side features."""
+        if not isinstance(train, Interactions):
+            raise ConfigError(f"train must be recforge.Interactions, got {type(train).__name__}")
+        features = None
         if user_features is not None or item_features is not None:
-            self.user_features = [list(r) if not isinstance(r, Mapping) else dict(r) for r in user_features] if user_features is not None else None  # type: ignore[misc]
-            self.item_features = [list(r) if not isinstance(r, Mapping) else dict(r) for r in item_features] if item_features is not None else None  # type: ignore[misc]
-        return super().fit(train, valid, **kwargs)  # type: ignore[return-value]
+            features = self._feature_rows(train.n_users, train.n_items, user_features, item_features)
+        self._fit(train, valid, epochs=epochs, callbacks=callbacks, checkpoint_dir=checkpoint_dir,
+                  resume=resume, patience=patience, progress=progress, features=features)  # fmt: skip
+        return self
 
-    def _build(self, n_users: int, n_items: int) -> Any:
-        ui, uv, uw, n_user_side = _rows(n_users, 0, self.user_features, 0, "user_features")
+    @staticmethod
+    def _feature_rows(
+        n_users: int, n_items: int, user_features: SideFeatures | None, item_features: SideFeatures | None
+    ) -> tuple[Any, ...]:
+        ui, uv, uw, n_user_side = _rows(n_users, 0, user_features, 0, "user_features")
         # Layout: user ids | item ids | item side features | user side features.
-        ii, iv, iw, n_item_side = _rows(n_items, n_users, self.item_features, n_users + n_items, "item_features")
-        if self.user_features is not None:
+        ii, iv, iw, n_item_side = _rows(n_items, n_users, item_features, n_users + n_items, "item_features")
+        if user_features is not None:
             side = n_users + n_items + n_item_side
-            ui, uv, uw, _ = _rows(n_users, 0, self.user_features, side, "user_features")
+            ui, uv, uw, _ = _rows(n_users, 0, user_features, side, "user_features")
         n_features = n_users + n_items + n_item_side + n_user_side
-        return _native._Factorization.fm(
-            self.loss, ui.ravel(), uv.ravel(), uw, ii.ravel(), iv.ravel(), iw, n_features, self.dim,
-            self.hidden, self.dropout, self.init_std, self.seed, self.device, self.optimizer,
-            self.lr, self.weight_decay, self.clip_grad_norm, self.reg, self.batch_size,
-            self.batch_norm,
-        )  # fmt: skip
-
-    def _validate(self, valid: Interactions) -> dict[str, float]:
-        return rmse_logs(self, valid) if self.loss == "mse" else ranking_logs(self, valid)
+        return (ui.ravel(), uv.ravel(), uw, ii.ravel(), iv.ravel(), iw, n_features)
 
 
 class NFM(FM):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
-from .. import _native
-from .._native import Interactions
-from ._base import FactorModel, LrSchedule, rmse_logs
+from ._base import LrSchedule, TorchModel
 
 
-class SVD(FactorModel):
+class SVD(TorchModel):
     """``r_hat = mu + b_u + b_i + p_u . q_i``, trained on squared error with L2 regularisation.
 
     Args:
@@ -51,17 +47,7 @@ class SVD(FactorModel):
         seed: int = 0,
         device: str = "auto",
     ) -> None:
-        self._set_hparams(locals())
-
-    def _build(self, n_users: int, n_items: int) -> Any:
-        return _native._Factorization(
-            "ratings", n_users, n_items, self.dim, True, self.init_std, self.seed, self.device,
-            self.optimizer, self.lr, self.weight_decay, 0.0, self.clip_grad_norm, self.reg,
-            self.batch_size,
-        )  # fmt: skip
-
-    def _validate(self, valid: Interactions) -> dict[str, float]:
-        return rmse_logs(self, valid)
+        self._init_spec(locals())
 
     def fold_in(
         self, items: npt.ArrayLike, ratings: npt.ArrayLike, reg: float | None = None
