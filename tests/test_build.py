@@ -35,7 +35,7 @@ def test_bad_device_names_are_config_errors(bad: str) -> None:
 def test_tensor_in_place_change_in_rust_is_seen_by_python() -> None:
     t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     view = t[1]
-    out = recforge._native._tensor_add_(t, 10.0)
+    out = recforge._native._testing._tensor_add_(t, 10.0)
     # Same storage: the Python tensor, a view of it and the returned tensor all see the change.
     assert torch.equal(t, torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10)
     assert torch.equal(view, torch.tensor([13.0, 14.0, 15.0]))
@@ -45,7 +45,7 @@ def test_tensor_in_place_change_in_rust_is_seen_by_python() -> None:
 
 
 def test_tensor_made_in_rust_is_a_torch_tensor() -> None:
-    t = recforge._native._tensor_arange(5)
+    t = recforge._native._testing._tensor_arange(5)
     assert isinstance(t, torch.Tensor)
     assert t.dtype == torch.float32
     assert t.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
@@ -56,10 +56,10 @@ def test_tensor_made_in_rust_is_a_torch_tensor() -> None:
 
 def test_non_tensor_is_a_data_error_and_torch_failures_are_torch_errors() -> None:
     with pytest.raises(errors.DataError, match="expected a torch.Tensor, got ndarray"):
-        recforge._native._tensor_add_(np.zeros(3), 1.0)
+        recforge._native._testing._tensor_add_(np.zeros(3), 1.0)
     leaf = torch.zeros(3, requires_grad=True)
     with pytest.raises(errors.TorchError):
-        recforge._native._tensor_add_(leaf, 1.0)  # in-place on a leaf that requires grad
+        recforge._native._testing._tensor_add_(leaf, 1.0)  # in-place on a leaf that requires grad
 
 
 def test_exception_hierarchy() -> None:

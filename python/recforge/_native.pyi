@@ -1,6 +1,7 @@
 """Type stubs of the compiled core (``src/python/``)."""
 
 import os
+import types
 from typing import Any, Awaitable, Callable, Mapping, Sequence, final
 
 
@@ -120,8 +121,9 @@ def ratio_split(
 def device() -> str: ...
 def resolve_device(name: str) -> str: ...
 def num_threads() -> int: ...
-def _tensor_add_(tensor: torch.Tensor, value: float) -> torch.Tensor: ...
-def _tensor_arange(n: int) -> torch.Tensor: ...
+#: Test hooks of the tensor bridge (``_tensor_add_``, ``_tensor_arange``), not part of the API.
+_testing: types.ModuleType
+
 def _rank_batch(
     scores: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.int64],
     users: npt.ArrayLike,

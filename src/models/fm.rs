@@ -588,7 +588,7 @@ impl FmModel {
         device: Device,
     ) -> Result<Self> {
         let n = config.n_features;
-        let rows = |(idx, val, width): &(Vec<i64>, Vec<f32>, usize)| {
+        let rows = |(idx, val, width): &crate::train::spec::FeatureBuffers| {
             FeatureRows::new(idx, val, *width, n, device)
         };
         let users = rows(&features.users)?;
@@ -610,7 +610,7 @@ impl FmModel {
         let Some(factors) = tensors.get("factors") else {
             return Ok(None);
         };
-        let side = |who: &str| -> Result<Option<(Vec<i64>, Vec<f32>, usize)>> {
+        let side = |who: &str| -> Result<Option<crate::train::spec::FeatureBuffers>> {
             let (Some(idx), Some(val)) = (
                 tensors.get(&format!("features.{who}.idx")),
                 tensors.get(&format!("features.{who}.val")),

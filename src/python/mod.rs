@@ -57,7 +57,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(device, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(tensor::_tensor_add_, m)?)?;
-    m.add_function(wrap_pyfunction!(tensor::_tensor_arange, m)?)?;
+    // Test hooks of the tensor bridge live apart from the API, in `_native._testing`.
+    let testing = PyModule::new(m.py(), "_testing")?;
+    testing.add_function(wrap_pyfunction!(tensor::_tensor_add_, &testing)?)?;
+    testing.add_function(wrap_pyfunction!(tensor::_tensor_arange, &testing)?)?;
+    m.add_submodule(&testing)?;
     Ok(())
 }

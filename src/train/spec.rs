@@ -334,13 +334,16 @@ pub struct Spec {
     pub train: TrainSpec,
 }
 
+/// Padded `[rows, width]` feature rows, row-major: indices, values, width.
+pub type FeatureBuffers = (Vec<i64>, Vec<f32>, usize);
+
 /// Side features of an FM: padded `[rows, width]` index and value buffers for users and items.
 #[derive(Debug, Clone)]
 pub struct FmFeatures {
-    /// User rows: indices, values, width.
-    pub users: (Vec<i64>, Vec<f32>, usize),
-    /// Item rows: indices, values, width.
-    pub items: (Vec<i64>, Vec<f32>, usize),
+    /// User rows.
+    pub users: FeatureBuffers,
+    /// Item rows.
+    pub items: FeatureBuffers,
     /// Number of features.
     pub n_features: i64,
 }

@@ -110,7 +110,8 @@ class Recommender(ABC):
 
         With ``exclude_seen`` the user's training items are never recommended (a loaded model
         knows them from its folder); ``exclude=`` adds more interactions to skip (e.g. train +
-        valid). When a user has fewer than ``k`` items left, the arrays are only as wide as the
+        valid). A model that knows no training interactions and gets no ``exclude`` raises
+        rather than return items the user may have seen. When a user has fewer than ``k`` items left, the arrays are only as wide as the
         longest list (``w <= k``) and the rows that are shorter end with item ``-1`` and score
         ``nan``: a seen or excluded item is never returned.
         """
@@ -126,12 +127,13 @@ class Recommender(ABC):
                     raise DataError(f"exclude[{j}] has {x.n_items} items but the model has {self.n_items}")
         if exclude_seen:
             seen = self.train_interactions
-            if seen is None:
+            if seen is not None:
+                parts.append(seen)
+            elif exclude is None:
                 raise ConfigError(
                     f"{type(self).__name__} does not know the users' seen items (no training interactions): "
                     "pass exclude=<Interactions> or exclude_seen=False"
                 )
-            parts.append(seen)
         scores = self.score_all(u).float().cpu().clone()
         mask = torch.zeros(scores.shape, dtype=torch.bool)
         for x in parts:
