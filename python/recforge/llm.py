@@ -11,7 +11,12 @@ out = client.chat_batch([[{"role": "user", "content": f"Describe movie {t}"}] fo
 
 Settings not given come from the environment (or a ``.env`` file in the working directory):
 ``RECFORGE_LLM_BASE_URL``, ``RECFORGE_LLM_MODEL``, ``OPENAI_API_KEY``. The key is sent as a bearer
-token and is never logged, cached, shown by ``repr`` or put into an error message.
+token and is never logged, cached, shown by ``repr`` or put into an error message; the same holds
+for a password in the base URL (``http://user:password@host/v1``, sent as basic auth). A server
+that echoes a key back has it replaced by ``***``: in error messages always (with any ``Bearer``
+or ``Basic`` credential, before the message is cut to length), in answers when the key is at least
+8 characters long (so placeholder keys such as ``none`` do not rewrite answers; counted in the
+report's ``redacted``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +57,27 @@ def _dotenv(name: str) -> str | None:
     return None
 
 
+def _display_url(url: str) -> str:
+    """``url`` with the password of its user-info part masked (``http://u:***@host/v1``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a malformed URL>"
+    if parts.password is None:
+        return url
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 @dataclass(frozen=True)
 class ChatResult:
-    """One request's outcome: ``text`` when ``ok``, else ``error``."""
+    """One request's outcome: ``text`` when ``ok``, else ``error``.
+
+    ``invalid_utf8``: the server's reply was not valid UTF-8, and ``text`` holds U+FFFD where its
+    bad bytes were. ``redacted``: the answer held the API key (or URL password), replaced by
+    ``***``. ``capped_waits``: how many ``Retry-After`` waits were longer than ``max_retry_wait``
+    and cut to it.
+    """
 
     ok: bool
     text: str | None
@@ -62,11 +86,17 @@ class ChatResult:
     cached: bool
     attempts: int
     latency: float
+    invalid_utf8: bool = False
+    redacted: bool = False
+    capped_waits: int = 0
 
 
 class BatchResult(list[ChatResult]):
     """The results in input order, plus ``report``: requests, ok, failed, cache_hits,
-    cache_misses, retries, prompt/completion tokens, latency percentiles and seconds."""
+    cache_misses, retries, prompt/completion tokens, latency percentiles and seconds;
+    ``invalid_utf8`` (answers whose reply was not valid UTF-8), ``redacted`` (answers in which a
+    secret was masked), ``capped_waits`` (``Retry-After`` waits cut to ``max_retry_wait``) and
+    ``interrupted`` (0; an interrupted batch raises ``KeyboardInterrupt``)."""
 
     report: dict[str, float]
 
@@ -111,9 +141,9 @@ def _report(raw: dict[str, float]) -> dict[str, float]:
 
 
 def _result(row: tuple[Any, ...]) -> ChatResult:
-    ok, text, err, u, cached, attempts, lat = row
+    ok, text, err, u, cached, attempts, lat, invalid_utf8, redacted, capped = row
     usage = None if u is None else {"prompt_tokens": u[0], "completion_tokens": u[1]}
-    return ChatResult(ok, text, err, usage, cached, attempts, lat)
+    return ChatResult(ok, text, err, usage, cached, attempts, lat, invalid_utf8, redacted, capped)
 
 
 class Client:
@@ -133,9 +163,19 @@ class Client:
         max_retries: retries after the first attempt (5) on connect errors, timeouts, 429, 5xx and
             bodies that are not a valid completion; other 4xx are not retried.
         backoff: first retry delay in seconds (0.5), doubled per retry with jitter, capped at
-            30 s; a server's ``Retry-After`` is honoured.
+            30 s; a server's ``Retry-After`` (in seconds) is honoured up to ``max_retry_wait``.
+        max_retry_wait: the longest wait before a retry, in seconds (60). A server asking for a
+            longer ``Retry-After`` (say 100000 s) is retried after ``max_retry_wait`` instead; each
+            such cut is counted in the result's ``capped_waits`` and the report, and a request that
+            fails in the end says so in its error. Set it to what one batch may stall per retry.
         cache: path of a JSON-lines response cache; a batch run again (e.g. after a crash) sends
-            only the requests it has no answer for.
+            only the requests it has no answer for. Lines that cannot be read (a write torn by a
+            crash, invalid UTF-8) are skipped and counted in :attr:`cache_skipped_lines`.
+
+    Ctrl-C (or an exception from the progress callback) during :meth:`chat_batch` or
+    :meth:`embed` raises ``KeyboardInterrupt`` (or that exception) at once; requests in flight
+    still finish in the background and reach the cache, so running the batch again sends only
+    what is missing.
     """
 
     def __init__(
@@ -150,6 +190,7 @@ class Client:
         timeout: float = 60.0,
         max_retries: int = 5,
         backoff: float = 0.5,
+        max_retry_wait: float = 60.0,
         cache: str | Path | None = None,
     ) -> None:
         base_url = base_url or _dotenv("RECFORGE_LLM_BASE_URL")
@@ -158,23 +199,29 @@ class Client:
             raise ConfigError("no base_url: pass one or set RECFORGE_LLM_BASE_URL")
         if not model:
             raise ConfigError("no model: pass one or set RECFORGE_LLM_MODEL")
-        if max_concurrency < 1 or max_retries < 0:
-            raise ConfigError("max_concurrency must be >= 1 and max_retries >= 0")
+        if not 1 <= max_concurrency <= 2**20 or not 0 <= max_retries <= 2**32 - 1:
+            raise ConfigError(f"max_concurrency must be in 1..2**20 and max_retries in 0..2**32-1, got {max_concurrency} and {max_retries}")
         self.base_url, self.model = base_url, model
         self.cache = None if cache is None else Path(cache)
         self._native = _native._LlmClient(
             base_url, model, api_key if api_key is not None else _dotenv("OPENAI_API_KEY"),
             int(max_concurrency), requests_per_minute, tokens_per_minute, float(timeout), int(max_retries),
-            float(backoff), None if cache is None else str(cache),
+            float(backoff), float(max_retry_wait), None if cache is None else str(cache),
         )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"Client(base_url={self.base_url!r}, model={self.model!r}, cache={self.cache!r})"
+        return f"Client(base_url={_display_url(self.base_url)!r}, model={self.model!r}, cache={self.cache!r})"
 
     @property
     def cache_size(self) -> int:
         """Answers held by the response cache."""
         return int(self._native.cache_len)
+
+    @property
+    def cache_skipped_lines(self) -> int:
+        """Lines of the cache file that could not be read when it was opened (torn by a crash,
+        or not valid UTF-8) and were skipped; the other answers load normally."""
+        return int(self._native.cache_skipped_lines)
 
     def chat_batch(
         self,

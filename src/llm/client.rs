@@ -4,19 +4,31 @@
 //! in flight, at most `requests_per_minute` started per minute) and returns one [`ChatResult`] per
 //! request, in input order: an answer or that request's error, so one bad item never loses the
 //! others. Connect errors, timeouts, 429, 5xx and a 200 whose body is not a valid completion are
-//! retried with exponential backoff and jitter, honouring `Retry-After`; other 4xx are not. Answers
-//! go to the [`ResponseCache`] as they arrive, so a batch restarted after a crash only sends what
-//! is missing. The API key is sent as a bearer token and appears in no message.
+//! retried with exponential backoff and jitter, honouring `Retry-After` up to
+//! [`ClientConfig::max_retry_wait`] (a longer wait asked for is cut to it and counted); other 4xx
+//! are not. Answers go to the [`ResponseCache`] as they arrive, so a batch restarted after a crash
+//! only sends what is missing.
+//!
+//! Secrets: the API key is sent as a bearer token and a password in the base URL as basic auth;
+//! neither appears in a message, in `Debug` output or in the cache (see [`super::secrets`]). A
+//! server's reply that is not valid UTF-8 is decoded with replacement characters and flagged
+//! ([`ChatResult::invalid_utf8`], counted in [`BatchReport::invalid_utf8`]), never passed silently.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::cache::{key_of, Entry, ResponseCache};
+use super::endpoint::Endpoint;
+use super::limits::{estimate_tokens, RateLimit, TokenBucket};
+use super::secrets::{display_url, Secrets};
+use super::usage::Usage;
 use crate::error::{RecforgeError, Result};
 use crate::rng::Rng;
 
@@ -42,15 +54,6 @@ pub struct ChatRequest {
     pub response_format: Option<Value>,
 }
 
-/// Token counts reported by the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-}
-
 /// The outcome of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatResult {
@@ -64,6 +67,44 @@ pub struct ChatResult {
     pub attempts: u32,
     /// Seconds from the first attempt to the outcome.
     pub latency: f64,
+    /// The server's reply was not valid UTF-8: the text holds U+FFFD where its bad bytes were.
+    pub invalid_utf8: bool,
+    /// The answer held one of the client's secrets (API key, URL password), replaced by `***`
+    /// before it was returned or cached.
+    pub redacted: bool,
+    /// Waits a server asked for (`Retry-After`) that were longer than `max_retry_wait` and were
+    /// cut to it.
+    pub capped_waits: u32,
+}
+
+impl ChatResult {
+    /// A request that ended in `error` after `attempts` HTTP attempts.
+    pub fn failed(error: impl Into<String>, attempts: u32, latency: f64) -> Self {
+        Self {
+            outcome: Err(error.into()),
+            usage: None,
+            cached: false,
+            attempts,
+            latency,
+            invalid_utf8: false,
+            redacted: false,
+            capped_waits: 0,
+        }
+    }
+
+    /// An answer taken from the cache.
+    pub fn from_cache(entry: Entry) -> Self {
+        Self {
+            outcome: Ok(entry.text),
+            usage: entry.usage,
+            cached: true,
+            attempts: 0,
+            latency: 0.0,
+            invalid_utf8: entry.invalid_utf8,
+            redacted: false,
+            capped_waits: 0,
+        }
+    }
 }
 
 /// Totals of a batch.
@@ -93,6 +134,16 @@ pub struct BatchReport {
     pub latency_p99: f64,
     /// Wall-clock seconds of the batch.
     pub seconds: f64,
+    /// Answers whose reply was not valid UTF-8 (decoded with replacement characters).
+    pub invalid_utf8: usize,
+    /// Answers in which a secret of the client was found and masked.
+    pub redacted: usize,
+    /// `Retry-After` waits cut to `max_retry_wait`, over all requests.
+    pub capped_waits: u64,
+    /// The batch was stopped by its progress callback: requests without an outcome yet failed
+    /// with "interrupted" and are not sent (those in flight finish in the background and reach
+    /// the cache).
+    pub interrupted: bool,
 }
 
 /// Settings of a client.
@@ -116,8 +167,11 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// Retries after the first attempt.
     pub max_retries: u32,
-    /// First backoff delay (doubles per retry, with jitter, capped at 30 s).
+    /// First backoff delay (doubles per retry, with jitter, capped at [`MAX_BACKOFF`]).
     pub backoff: Duration,
+    /// The longest wait before a retry: a server's `Retry-After` longer than this is cut to it
+    /// (and counted in [`ChatResult::capped_waits`]), and so is the backoff.
+    pub max_retry_wait: Duration,
     /// Response cache file.
     pub cache: Option<PathBuf>,
 }
@@ -125,7 +179,7 @@ pub struct ClientConfig {
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("base_url", &self.base_url)
+            .field("base_url", &display_url(&self.base_url))
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "***"))
             .field("max_concurrency", &self.max_concurrency)
@@ -133,10 +187,21 @@ impl std::fmt::Debug for ClientConfig {
             .field("tokens_per_minute", &self.tokens_per_minute)
             .field("timeout", &self.timeout)
             .field("max_retries", &self.max_retries)
+            .field("backoff", &self.backoff)
+            .field("max_retry_wait", &self.max_retry_wait)
             .field("cache", &self.cache)
             .finish()
     }
 }
+
+/// The longest exponential-backoff delay (jitter included).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The error of a request that a batch's interruption stopped.
+const INTERRUPTED: &str = "interrupted before this request had an outcome";
+
+/// The longest error body quoted in a message, in characters (cut after redaction).
+const SNIPPET_CHARS: usize = 200;
 
 /// The runtime every client shares (created on first use).
 pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
@@ -153,125 +218,21 @@ pub fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     .map_err(|e| RecforgeError::config(format!("cannot start the async runtime: {e}")))
 }
 
-/// Spaces request starts `60 / rpm` seconds apart.
-#[derive(Debug)]
-struct RateLimit {
-    interval: Duration,
-    next: tokio::sync::Mutex<Instant>,
-}
-
-impl RateLimit {
-    async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
-            *next = slot + self.interval;
-            slot
-        };
-        tokio::time::sleep_until(slot.into()).await;
-    }
-}
-
-/// A token bucket refilled at `per_minute / 60` tokens a second, holding at most `per_minute`.
-#[derive(Debug)]
-struct TokenBucket {
-    per_minute: f64,
-    state: tokio::sync::Mutex<(f64, Instant)>,
-    /// Wakes waiters when tokens come back early (a request used less than its estimate).
-    refunded: tokio::sync::Notify,
-}
-
-impl TokenBucket {
-    /// Waits until `n` tokens (at most the bucket's size) are available and takes them.
-    async fn take(&self, n: f64) {
-        let n = n.min(self.per_minute);
-        let rate = self.per_minute / 60.0;
-        loop {
-            let wait = {
-                let mut st = self.state.lock().await;
-                let now = Instant::now();
-                st.0 = (st.0 + now.duration_since(st.1).as_secs_f64() * rate).min(self.per_minute);
-                st.1 = now;
-                if st.0 >= n {
-                    st.0 -= n;
-                    return;
-                }
-                (n - st.0) / rate
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
-                _ = self.refunded.notified() => {}
-            }
-        }
-    }
-
-    /// Returns `n` tokens (negative: charges more), after the real usage is known.
-    async fn settle(&self, n: f64) {
-        let mut st = self.state.lock().await;
-        st.0 = (st.0 + n).min(self.per_minute);
-        if n > 0.0 {
-            self.refunded.notify_waiters();
-        }
-    }
-}
-
 /// One text's embedding, or the error of its request.
 pub type Embedding = std::result::Result<Vec<f32>, String>;
 
-/// Which API a request goes to, and what a valid answer holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Endpoint {
-    /// `/chat/completions`: `choices[0].message.content`.
-    Chat,
-    /// `/embeddings` for `n` inputs: `data[k].embedding` for each, as JSON text.
-    Embeddings(usize),
-}
-
-impl Endpoint {
-    fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat/completions",
-            Endpoint::Embeddings(_) => "embeddings",
-        }
-    }
-
-    /// The answer text, or None when the body is not a valid answer.
-    fn extract(self, v: &Value) -> Option<String> {
-        match self {
-            Endpoint::Chat => v
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            Endpoint::Embeddings(n) => {
-                let data = v.get("data")?.as_array()?;
-                if data.len() != n {
-                    return None;
-                }
-                let mut rows: Vec<(i64, Vec<f32>)> = Vec::with_capacity(n);
-                for (k, d) in data.iter().enumerate() {
-                    let e: Vec<f32> = serde_json::from_value(d.get("embedding")?.clone()).ok()?;
-                    rows.push((
-                        d.get("index").and_then(Value::as_i64).unwrap_or(k as i64),
-                        e,
-                    ));
-                }
-                rows.sort_by_key(|r| r.0);
-                let dim = rows.first().map(|r| r.1.len())?;
-                if dim == 0 || rows.iter().any(|r| r.1.len() != dim) {
-                    return None;
-                }
-                serde_json::to_string(&rows.into_iter().map(|r| r.1).collect::<Vec<_>>()).ok()
-            }
-        }
-    }
+/// An answer as received.
+struct Answered {
+    text: String,
+    usage: Option<Usage>,
+    invalid_utf8: bool,
 }
 
 /// What one attempt got.
 enum Attempt {
-    Answer(String, Option<Usage>),
-    /// Worth retrying, after at least the given delay (`Retry-After`).
-    Retry(String, Option<Duration>),
+    Answer(Answered),
+    /// Worth retrying, after at least the `Retry-After` seconds the server asked for.
+    Retry(String, Option<f64>),
     /// Not worth retrying as sent; the HTTP status when the server answered.
     Fail(String, Option<u16>),
 }
@@ -287,46 +248,39 @@ pub struct Client {
     /// In-flight bound shared by every call of this client (batches and single calls).
     slots: Arc<Semaphore>,
     seed: Mutex<u64>,
-}
-
-/// Tokens a request may use: prompt characters / 4 plus `max_tokens` (256 when unset).
-fn estimate_tokens(body: &Value) -> f64 {
-    let chars: usize = body["messages"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .map(|m| m["content"].as_str().map_or(0, str::len))
-                .sum()
-        })
-        .unwrap_or(0);
-    chars as f64 / 4.0 + body["max_tokens"].as_u64().unwrap_or(256) as f64
+    secrets: Secrets,
 }
 
 impl Client {
-    /// A client; fails on a malformed base URL or an unreadable cache file.
+    /// A client; fails on a malformed base URL, a setting out of range or an unreadable cache
+    /// file.
     pub fn new(config: ClientConfig) -> Result<Self> {
+        let secrets = Secrets::new(&config.base_url, config.api_key.as_deref());
         let url = config.base_url.trim();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(RecforgeError::config(format!(
-                "base_url must start with http:// or https://, got {url:?}"
+                "base_url must start with http:// or https://, got {:?}",
+                secrets.redact_message(&display_url(url))
             )));
         }
         if config.model.is_empty() {
             return Err(RecforgeError::config("model must not be empty"));
         }
-        if config.max_concurrency == 0 {
-            return Err(RecforgeError::config("max_concurrency must be >= 1"));
+        if config.max_concurrency == 0 || config.max_concurrency > Semaphore::MAX_PERMITS {
+            return Err(RecforgeError::config(format!(
+                "max_concurrency must be in 1..={}, got {}",
+                Semaphore::MAX_PERMITS,
+                config.max_concurrency
+            )));
         }
         let limit = match config.requests_per_minute {
-            Some(r) if !(r.is_finite() && r > 0.0) => {
+            // At least one start a year: a slower rate is a mistake (and overflows a Duration).
+            Some(r) if !(r.is_finite() && r >= 1e-5) => {
                 return Err(RecforgeError::config(format!(
-                    "requests_per_minute must be positive, got {r}"
+                    "requests_per_minute must be at least 1e-5 (one a year) and finite, got {r}"
                 )))
             }
-            Some(r) => Some(RateLimit {
-                interval: Duration::from_secs_f64(60.0 / r),
-                next: tokio::sync::Mutex::new(Instant::now()),
-            }),
+            Some(r) => Some(RateLimit::new(r)),
             None => None,
         };
         let tokens = match config.tokens_per_minute {
@@ -335,11 +289,7 @@ impl Client {
                     "tokens_per_minute must be >= 1, got {t}"
                 )))
             }
-            Some(t) => Some(TokenBucket {
-                per_minute: t,
-                state: tokio::sync::Mutex::new((t, Instant::now())),
-                refunded: tokio::sync::Notify::new(),
-            }),
+            Some(t) => Some(TokenBucket::new(t)),
             None => None,
         };
         let http = reqwest::Client::builder()
@@ -360,6 +310,7 @@ impl Client {
             limit,
             tokens,
             seed: Mutex::new(seed),
+            secrets,
         })
     }
 
@@ -371,6 +322,11 @@ impl Client {
     /// Answers held by the cache.
     pub fn cache_len(&self) -> usize {
         self.cache.as_ref().map_or(0, ResponseCache::len)
+    }
+
+    /// Lines of the cache file skipped when it was opened (torn writes, invalid UTF-8).
+    pub fn cache_skipped_lines(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.skipped_lines)
     }
 
     fn body(&self, r: &ChatRequest) -> Value {
@@ -388,16 +344,22 @@ impl Client {
         body
     }
 
+    /// The cache key of a request: its body and the base URL (with any password masked, so the
+    /// key, which is stored, depends on no secret).
     fn cache_key(&self, body: &Value) -> String {
-        key_of(&json!({ "base_url": self.config.base_url.trim_end_matches('/'), "request": body }))
+        let url = display_url(&self.config.base_url);
+        key_of(&json!({ "base_url": url.trim_end_matches('/'), "request": body }))
     }
 
-    /// Removes the API key from a text that will be shown (e.g. a server's error body).
+    /// A text that will be shown (an error), without secrets.
     fn redact(&self, text: &str) -> String {
-        match &self.config.api_key {
-            Some(k) if !k.is_empty() => text.replace(k.as_str(), "***"),
-            _ => text.to_string(),
-        }
+        self.secrets.redact_message(text)
+    }
+
+    /// The start of a server's reply for a message: secrets removed from the whole reply first,
+    /// then cut to [`SNIPPET_CHARS`] characters, so no part of a secret survives the cut.
+    fn snippet(&self, body: &str) -> String {
+        self.redact(body).chars().take(SNIPPET_CHARS).collect()
     }
 
     async fn attempt(&self, endpoint: Endpoint, body: &Value) -> Attempt {
@@ -428,10 +390,9 @@ impl Client {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(300.0)));
-        let text = match resp.text().await {
-            Ok(t) => t,
+            .filter(|s| s.is_finite() && *s >= 0.0);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
             Err(e) if e.is_timeout() => return Attempt::Retry("timed out reading".into(), None),
             Err(e) => {
                 return Attempt::Retry(
@@ -443,35 +404,49 @@ impl Client {
                 )
             }
         };
-        let snippet = || {
-            let s: String = text.chars().take(200).collect();
-            self.redact(&s)
+        // JSON on the wire is UTF-8 (RFC 8259 section 8.1): bad bytes are replaced and flagged.
+        let (text, invalid_utf8) = match std::str::from_utf8(&bytes) {
+            Ok(t) => (t.to_string(), false),
+            Err(_) => (String::from_utf8_lossy(&bytes).into_owned(), true),
         };
         if status.as_u16() == 429 || status.is_server_error() {
-            return Attempt::Retry(format!("HTTP {status}: {}", snippet()), retry_after);
+            return Attempt::Retry(
+                format!("HTTP {status}: {}", self.snippet(&text)),
+                retry_after,
+            );
         }
         if !status.is_success() {
             return Attempt::Fail(
-                format!("HTTP {status}: {}", snippet()),
+                format!("HTTP {status}: {}", self.snippet(&text)),
                 Some(status.as_u16()),
             );
         }
         let parsed: Value = match serde_json::from_str(&text) {
             Ok(v) => v,
             Err(_) => {
-                return Attempt::Retry(format!("the response is not JSON: {:?}", snippet()), None)
+                return Attempt::Retry(
+                    format!("the response is not JSON: {:?}", self.snippet(&text)),
+                    None,
+                )
             }
         };
         let Some(content) = endpoint.extract(&parsed) else {
             return Attempt::Retry(
-                format!("the response holds no valid answer: {:?}", snippet()),
+                format!(
+                    "the response holds no valid answer: {:?}",
+                    self.snippet(&text)
+                ),
                 None,
             );
         };
         let usage = parsed
             .get("usage")
             .and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
-        Attempt::Answer(content, usage)
+        Attempt::Answer(Answered {
+            text: content,
+            usage,
+            invalid_utf8,
+        })
     }
 
     fn jitter(&self) -> f64 {
@@ -480,10 +455,37 @@ impl Client {
         Rng::new(*s, 7).unit_f64()
     }
 
-    async fn run_one(&self, endpoint: Endpoint, mut body: Value, key: String) -> ChatResult {
+    /// The wait before retry number `attempts` (1-based): exponential backoff with jitter, or
+    /// at least what the server asked for (`retry_after`, seconds), never more than
+    /// `max_retry_wait`. Also says whether the server's wish was cut.
+    fn retry_delay(&self, attempts: u32, retry_after: Option<f64>) -> (Duration, bool) {
+        let doublings = attempts.saturating_sub(1).min(62) as i32;
+        let base = self.config.backoff.as_secs_f64() * 2f64.powi(doublings);
+        let backoff = (base * (0.5 + self.jitter())).min(MAX_BACKOFF.as_secs_f64());
+        let delay = retry_after.map_or(backoff, |a| a.max(backoff.min(1.0)));
+        let cap = self.config.max_retry_wait.as_secs_f64();
+        let capped = retry_after.is_some_and(|a| a > cap);
+        // `delay` is finite and non-negative here, and the cap is a valid Duration.
+        let delay =
+            Duration::try_from_secs_f64(delay.min(cap)).unwrap_or(self.config.max_retry_wait);
+        (delay, capped)
+    }
+
+    /// One request with its retries. Once `stop` is set (the batch was interrupted), no further
+    /// attempt is sent: an attempt under way finishes (and its answer is cached), the others end
+    /// as "interrupted".
+    async fn run_one(
+        &self,
+        endpoint: Endpoint,
+        mut body: Value,
+        key: String,
+        stop: &AtomicBool,
+    ) -> ChatResult {
         let start = Instant::now();
         let mut attempts = 0u32;
         let mut dropped_format = false;
+        let mut capped_waits = 0u32;
+        let mut longest_asked: f64 = 0.0;
         loop {
             if let Some(l) = &self.limit {
                 l.wait().await;
@@ -492,36 +494,21 @@ impl Client {
             if let (Some(b), Some(e)) = (&self.tokens, estimate) {
                 b.take(e).await;
             }
-            attempts += 1;
+            if stop.load(Ordering::Relaxed) {
+                let latency = start.elapsed().as_secs_f64();
+                return ChatResult::failed(INTERRUPTED, attempts, latency);
+            }
+            attempts = attempts.saturating_add(1);
             let attempt = self.attempt(endpoint, &body).await;
             if let (Some(b), Some(e)) = (&self.tokens, estimate) {
                 let used = match &attempt {
-                    Attempt::Answer(_, Some(u)) => (u.prompt_tokens + u.completion_tokens) as f64,
+                    Attempt::Answer(Answered { usage: Some(u), .. }) => u.total() as f64,
                     _ => e,
                 };
                 b.settle(e - used).await;
             }
             let (msg, after) = match attempt {
-                Attempt::Answer(text, usage) => {
-                    let stored = self.cache.as_ref().map(|c| {
-                        c.put(Entry {
-                            key,
-                            text: text.clone(),
-                            usage,
-                        })
-                    });
-                    let outcome = match stored {
-                        Some(Err(e)) => Err(format!("answered, but the cache write failed: {e}")),
-                        _ => Ok(text),
-                    };
-                    return ChatResult {
-                        outcome,
-                        usage,
-                        cached: false,
-                        attempts,
-                        latency: start.elapsed().as_secs_f64(),
-                    };
-                }
+                Attempt::Answer(a) => return self.answered(a, key, attempts, start, capped_waits),
                 // Many OpenAI-compatible servers reject `response_format` with 400 or 422: ask
                 // once more without it (the answer is still validated by the caller's parser).
                 Attempt::Fail(_, Some(400 | 422))
@@ -543,18 +530,61 @@ impl Client {
                 Attempt::Retry(msg, _) => (format!("{msg} (after {attempts} attempts)"), None),
             };
             let Some(after) = after else {
+                let msg = if capped_waits > 0 {
+                    format!(
+                        "{msg}; the server asked to wait up to {longest_asked} s before retrying, \
+                         cut to max_retry_wait = {} s",
+                        self.config.max_retry_wait.as_secs_f64()
+                    )
+                } else {
+                    msg
+                };
+                let failed = ChatResult::failed(msg, attempts, start.elapsed().as_secs_f64());
                 return ChatResult {
-                    outcome: Err(msg),
-                    usage: None,
-                    cached: false,
-                    attempts,
-                    latency: start.elapsed().as_secs_f64(),
+                    capped_waits,
+                    ..failed
                 };
             };
-            let base = self.config.backoff.as_secs_f64() * 2f64.powi(attempts as i32 - 1);
-            let delay = (base * (0.5 + self.jitter())).min(30.0);
-            let delay = after.map_or(delay, |a| a.as_secs_f64().max(delay.min(1.0)));
-            tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+            let (delay, capped) = self.retry_delay(attempts, after);
+            if capped {
+                capped_waits += 1;
+                longest_asked = longest_asked.max(after.unwrap_or(0.0));
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The result of an answer: secrets masked, stored in the cache (as returned).
+    fn answered(
+        &self,
+        a: Answered,
+        key: String,
+        attempts: u32,
+        start: Instant,
+        capped_waits: u32,
+    ) -> ChatResult {
+        let (text, redacted) = self.secrets.redact_answer(&a.text);
+        let stored = self.cache.as_ref().map(|c| {
+            c.put(Entry {
+                key,
+                text: text.clone(),
+                usage: a.usage,
+                invalid_utf8: a.invalid_utf8,
+            })
+        });
+        let outcome = match stored {
+            Some(Err(e)) => Err(format!("answered, but the cache write failed: {e}")),
+            _ => Ok(text),
+        };
+        ChatResult {
+            outcome,
+            usage: a.usage,
+            cached: false,
+            attempts,
+            latency: start.elapsed().as_secs_f64(),
+            invalid_utf8: a.invalid_utf8,
+            redacted,
+            capped_waits,
         }
     }
 
@@ -564,30 +594,24 @@ impl Client {
         let body = self.body(&request);
         let key = self.cache_key(&body);
         if let Some(e) = self.cache.as_ref().and_then(|c| c.get(&key)) {
-            return ChatResult {
-                outcome: Ok(e.text),
-                usage: e.usage,
-                cached: true,
-                attempts: 0,
-                latency: 0.0,
-            };
+            return ChatResult::from_cache(e);
         }
         match Arc::clone(&self.slots).acquire_owned().await {
-            Ok(_permit) => self.run_one(Endpoint::Chat, body, key).await,
-            Err(_) => ChatResult {
-                outcome: Err("the client was closed".into()),
-                usage: None,
-                cached: false,
-                attempts: 0,
-                latency: 0.0,
-            },
+            Ok(_permit) => {
+                let never = AtomicBool::new(false);
+                self.run_one(Endpoint::Chat, body, key, &never).await
+            }
+            Err(_) => ChatResult::failed("the client was closed", 0, 0.0),
         }
     }
 
     /// Sends every request (cache hits excepted) and returns the results in input order.
     /// `progress(done, total)` is called on the calling thread as results arrive and at least
-    /// every 0.2 s; when it returns `true` the call returns `Interrupted` at once (requests in
-    /// flight still finish in the background and their answers still reach the cache).
+    /// every 0.2 s; when it returns `true` the call returns at once with
+    /// [`BatchReport::interrupted`] set: the results received so far, and an "interrupted" error
+    /// for the others. No request (or retry) is sent after that; requests in flight still finish
+    /// in the background and their answers still reach the cache, so the same batch run again
+    /// sends only what is missing.
     pub fn chat_batch(
         self: &Arc<Self>,
         requests: Vec<ChatRequest>,
@@ -645,38 +669,25 @@ impl Client {
         for (i, (endpoint, body)) in bodies.into_iter().enumerate() {
             let key = self.cache_key(&body);
             match self.cache.as_ref().and_then(|c| c.get(&key)) {
-                Some(e) => {
-                    results[i] = Some(ChatResult {
-                        outcome: Ok(e.text),
-                        usage: e.usage,
-                        cached: true,
-                        attempts: 0,
-                        latency: 0.0,
-                    })
-                }
+                Some(e) => results[i] = Some(ChatResult::from_cache(e)),
                 None => pending.push((i, endpoint, body, key)),
             }
         }
         let mut done = n - pending.len();
-        let interrupted = || RecforgeError::config("interrupted");
         if progress(done, n) {
-            return Err(interrupted());
+            return Ok(Self::finish(results, started, true));
         }
         let rt = runtime()?;
         let sem = Arc::clone(&self.slots);
+        let stop = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (i, endpoint, body, key) in pending {
             let (me, sem, tx) = (Arc::clone(self), Arc::clone(&sem), tx.clone());
+            let stop = Arc::clone(&stop);
             rt.spawn(async move {
                 let result = match sem.acquire_owned().await {
-                    Ok(_permit) => me.run_one(endpoint, body, key).await,
-                    Err(_) => ChatResult {
-                        outcome: Err("the batch was cancelled".into()),
-                        usage: None,
-                        cached: false,
-                        attempts: 0,
-                        latency: 0.0,
-                    },
+                    Ok(_permit) => me.run_one(endpoint, body, key, &stop).await,
+                    Err(_) => ChatResult::failed("the batch was cancelled", 0, 0.0),
                 };
                 let _ = tx.send((i, result));
             });
@@ -695,24 +706,32 @@ impl Client {
                 Err(_) => {}
             }
             if progress(done, n) {
-                return Err(interrupted());
+                stop.store(true, Ordering::Relaxed);
+                return Ok(Self::finish(results, started, true));
             }
         }
+        Ok(Self::finish(results, started, false))
+    }
+
+    /// The results (a missing one fails, saying why) and their report.
+    fn finish(
+        results: Vec<Option<ChatResult>>,
+        started: Instant,
+        interrupted: bool,
+    ) -> (Vec<ChatResult>, BatchReport) {
+        let missing = if interrupted {
+            INTERRUPTED
+        } else {
+            "the request task ended without a result"
+        };
         let results: Vec<ChatResult> = results
             .into_iter()
-            .map(|r| {
-                r.unwrap_or(ChatResult {
-                    outcome: Err("the request task ended without a result".into()),
-                    usage: None,
-                    cached: false,
-                    attempts: 0,
-                    latency: 0.0,
-                })
-            })
+            .map(|r| r.unwrap_or_else(|| ChatResult::failed(missing, 0, 0.0)))
             .collect();
         let mut report = BatchReport {
-            requests: n,
+            requests: results.len(),
             seconds: started.elapsed().as_secs_f64(),
+            interrupted,
             ..BatchReport::default()
         };
         let mut lat = Vec::new();
@@ -722,17 +741,23 @@ impl Client {
             } else {
                 report.failed += 1;
             }
+            report.invalid_utf8 += usize::from(r.invalid_utf8);
+            report.redacted += usize::from(r.redacted);
+            report.capped_waits += u64::from(r.capped_waits);
             if r.cached {
                 report.cache_hits += 1;
                 continue;
             }
             report.cache_misses += 1;
-            report.retries += r.attempts.saturating_sub(1) as u64;
+            report.retries += u64::from(r.attempts.saturating_sub(1));
             if let Some(u) = r.usage {
-                report.prompt_tokens += u.prompt_tokens;
-                report.completion_tokens += u.completion_tokens;
+                report.prompt_tokens = report.prompt_tokens.saturating_add(u.prompt_tokens);
+                report.completion_tokens =
+                    report.completion_tokens.saturating_add(u.completion_tokens);
             }
-            lat.push(r.latency);
+            if r.attempts > 0 {
+                lat.push(r.latency);
+            }
         }
         lat.sort_by(f64::total_cmp);
         let q = |p: f64| -> f64 {
@@ -743,6 +768,137 @@ impl Client {
             }
         };
         (report.latency_p50, report.latency_p90, report.latency_p99) = (q(0.5), q(0.9), q(0.99));
-        Ok((results, report))
+        (results, report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(base_url: &str) -> ClientConfig {
+        ClientConfig {
+            base_url: base_url.into(),
+            model: "m".into(),
+            api_key: Some("sk-test-0123456789".into()),
+            max_concurrency: 4,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            timeout: Duration::from_secs(2),
+            max_retries: 3,
+            backoff: Duration::from_millis(100),
+            max_retry_wait: Duration::from_secs(2),
+            cache: None,
+        }
+    }
+
+    fn requests(n: usize) -> Vec<ChatRequest> {
+        (0..n)
+            .map(|k| ChatRequest {
+                messages: vec![Message {
+                    role: "user".into(),
+                    content: format!("q{k}"),
+                }],
+                temperature: 0.0,
+                max_tokens: None,
+                response_format: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_interrupted_batch_says_so_and_sends_nothing_more() {
+        // A server that accepts connections and never answers: requests stay in flight.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1", silent.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        std::thread::spawn({
+            let accepted = Arc::clone(&accepted);
+            move || {
+                let mut held = Vec::new();
+                for conn in silent.incoming().flatten() {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    held.push(conn);
+                }
+            }
+        });
+        let mut c = config(&url);
+        (c.max_concurrency, c.timeout, c.backoff) = (2, Duration::from_millis(300), Duration::ZERO);
+        let client = Arc::new(Client::new(c).unwrap());
+        // Stopped before anything was sent.
+        let (results, report) = client.chat_batch(requests(3), |_, _| true).unwrap();
+        assert!(report.interrupted && report.failed == 3 && report.ok == 0);
+        assert!(results
+            .iter()
+            .all(|r| r.outcome.as_ref().unwrap_err().contains("interrupted")));
+        // Stopped while two requests are in flight: they time out, and neither they nor the
+        // four queued requests are sent again.
+        let mut calls = 0;
+        let (results, report) = client
+            .chat_batch(requests(6), |_, _| {
+                calls += 1;
+                calls > 1
+            })
+            .unwrap();
+        assert!(report.interrupted && results.len() == 6 && report.failed == 6);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let (_, done) = client.chat_batch(Vec::new(), |_, _| false).unwrap();
+        assert!(!done.interrupted && done.requests == 0);
+    }
+
+    #[test]
+    fn retry_waits_never_exceed_max_retry_wait() {
+        let client = Client::new(config("http://127.0.0.1:9/v1")).unwrap();
+        let (d, capped) = client.retry_delay(1, Some(100_000.0));
+        assert_eq!((d, capped), (Duration::from_secs(2), true));
+        let (d, capped) = client.retry_delay(1, Some(1.5));
+        assert!(!capped && d >= Duration::from_secs_f64(1.5) && d <= Duration::from_secs(2));
+        let (d, capped) = client.retry_delay(1, None);
+        assert!(!capped && d <= Duration::from_millis(150), "{d:?}");
+        // Backoff doubling is bounded too, and a huge attempt count neither overflows nor NaNs.
+        for attempts in [30, u32::MAX] {
+            let (d, capped) = client.retry_delay(attempts, None);
+            assert!(!capped && d <= Duration::from_secs(2), "{d:?}");
+        }
+        let mut zero = config("http://127.0.0.1:9/v1");
+        zero.backoff = Duration::ZERO;
+        let zero = Client::new(zero).unwrap();
+        assert_eq!(zero.retry_delay(u32::MAX, None).0, Duration::ZERO);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_config_errors_that_show_no_secret() {
+        let mut c = config("ftp://ann:hunter2hunter2@host/v1");
+        let err = Client::new(c.clone()).unwrap_err().to_string();
+        assert!(err.contains("http://") && !err.contains("hunter2"), "{err}");
+        c.base_url = "http://h/v1".into();
+        for (field, value) in [
+            ("requests_per_minute", 1e-300),
+            ("requests_per_minute", f64::NAN),
+        ] {
+            let mut bad = c.clone();
+            bad.requests_per_minute = Some(value);
+            let err = Client::new(bad).unwrap_err();
+            assert!(matches!(err, RecforgeError::Config(_)) && err.to_string().contains(field));
+        }
+        let mut bad = c.clone();
+        bad.max_concurrency = usize::MAX;
+        assert!(Client::new(bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max_concurrency"));
+        c.base_url = "http://ann:hunter2hunter2@h/v1".into();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("sk-test"),
+            "{shown}"
+        );
+        // The cache key does not depend on the password.
+        let a = Client::new(c.clone()).unwrap();
+        c.base_url = "http://ann:other-password@h/v1".into();
+        let b = Client::new(c).unwrap();
+        let body = a.body(&requests(1)[0]);
+        assert_eq!(a.cache_key(&body), b.cache_key(&body));
     }
 }

@@ -14,7 +14,8 @@ use crate::llm::{ChatRequest, ChatResult, Client, ClientConfig, Message};
 /// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
 /// response_format as JSON text)`.
 type PyRequest = (Vec<(String, String)>, f64, Option<u64>, Option<String>);
-/// One result: `(ok, text, error, (prompt_tokens, completion_tokens), cached, attempts, latency)`.
+/// One result: `(ok, text, error, (prompt_tokens, completion_tokens), cached, attempts, latency,
+/// invalid_utf8, redacted, capped_waits)`.
 type PyResultRow = (
     bool,
     Option<String>,
@@ -23,6 +24,9 @@ type PyResultRow = (
     bool,
     u32,
     f64,
+    bool,
+    bool,
+    u32,
 );
 
 fn to_request(k: usize, r: PyRequest) -> PyResult<ChatRequest> {
@@ -51,7 +55,31 @@ fn row(r: ChatResult) -> PyResultRow {
         Err(e) => (false, None, Some(e)),
     };
     let usage = r.usage.map(|u| (u.prompt_tokens, u.completion_tokens));
-    (ok, text, error, usage, r.cached, r.attempts, r.latency)
+    (
+        ok,
+        text,
+        error,
+        usage,
+        r.cached,
+        r.attempts,
+        r.latency,
+        r.invalid_utf8,
+        r.redacted,
+        r.capped_waits,
+    )
+}
+
+/// `seconds` as a Duration: finite, at least `min`, and small enough for one.
+fn seconds(name: &str, seconds: f64, positive: bool) -> PyResult<Duration> {
+    let ok = seconds.is_finite() && (seconds > 0.0 || (!positive && seconds == 0.0));
+    ok.then(|| Duration::try_from_secs_f64(seconds).ok())
+        .flatten()
+        .ok_or_else(|| {
+            let what = if positive { "positive" } else { "non-negative" };
+            ConfigError::new_err(format!(
+                "{name} must be a {what} number of seconds, got {seconds}"
+            ))
+        })
 }
 
 /// An OpenAI-compatible chat client; see `recforge.llm.Client`.
@@ -63,7 +91,7 @@ pub struct PyLlmClient {
 #[pymethods]
 impl PyLlmClient {
     #[new]
-    #[pyo3(signature = (base_url, model, api_key=None, max_concurrency=16, requests_per_minute=None, tokens_per_minute=None, timeout=60.0, max_retries=5, backoff=0.5, cache=None))]
+    #[pyo3(signature = (base_url, model, api_key=None, max_concurrency=16, requests_per_minute=None, tokens_per_minute=None, timeout=60.0, max_retries=5, backoff=0.5, max_retry_wait=60.0, cache=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         base_url: String,
@@ -75,13 +103,9 @@ impl PyLlmClient {
         timeout: f64,
         max_retries: u32,
         backoff: f64,
+        max_retry_wait: f64,
         cache: Option<PathBuf>,
     ) -> PyResult<Self> {
-        if !(timeout.is_finite() && timeout > 0.0 && backoff.is_finite() && backoff >= 0.0) {
-            return Err(ConfigError::new_err(
-                "timeout must be positive and backoff non-negative",
-            ));
-        }
         let config = ClientConfig {
             base_url,
             model,
@@ -89,9 +113,10 @@ impl PyLlmClient {
             max_concurrency,
             requests_per_minute,
             tokens_per_minute,
-            timeout: Duration::from_secs_f64(timeout),
+            timeout: seconds("timeout", timeout, true)?,
             max_retries,
-            backoff: Duration::from_secs_f64(backoff),
+            backoff: seconds("backoff", backoff, false)?,
+            max_retry_wait: seconds("max_retry_wait", max_retry_wait, false)?,
             cache,
         };
         Ok(Self {
@@ -180,6 +205,12 @@ impl PyLlmClient {
     fn cache_len(&self) -> usize {
         self.inner.cache_len()
     }
+
+    /// Lines of the cache file skipped when it was opened (torn writes, invalid UTF-8).
+    #[getter]
+    fn cache_skipped_lines(&self) -> usize {
+        self.inner.cache_skipped_lines()
+    }
 }
 
 fn report_dict(report: &crate::llm::BatchReport) -> HashMap<String, f64> {
@@ -199,5 +230,12 @@ fn report_dict(report: &crate::llm::BatchReport) -> HashMap<String, f64> {
         ("latency_p90".to_string(), report.latency_p90),
         ("latency_p99".to_string(), report.latency_p99),
         ("seconds".to_string(), report.seconds),
+        ("invalid_utf8".to_string(), report.invalid_utf8 as f64),
+        ("redacted".to_string(), report.redacted as f64),
+        ("capped_waits".to_string(), report.capped_waits as f64),
+        (
+            "interrupted".to_string(),
+            f64::from(u8::from(report.interrupted)),
+        ),
     ])
 }
