@@ -167,6 +167,15 @@ class TorchModel(Recommender):
     #: validation metric monitored by default, and whether larger is better
     monitor: str = "ndcg@10"
     higher_is_better: bool = True
+    # Spec values every model has (set from the validated spec by _init_spec).
+    epochs: int
+    batch_size: int
+    lr: float
+    reg: float
+    seed: int
+
+    def _spec_set(self) -> None:
+        """Called once the spec is set (at construction and at load)."""
 
     def _init_spec(self, values: dict[str, Any]) -> None:
         values = {k: v for k, v in values.items() if k not in ("self", "__class__", "kwargs")}
@@ -185,6 +194,7 @@ class TorchModel(Recommender):
         self.history: list[dict[str, float]] = []
         self.best_epoch: int | None = None
         self.interrupted = False
+        self._spec_set()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

@@ -76,6 +76,7 @@ class FM(TorchModel):
     """
 
     default_hidden: tuple[int, ...] = ()
+    loss: str
 
     def __init__(
         self,
@@ -101,14 +102,9 @@ class FM(TorchModel):
         values["hidden"] = list(self.default_hidden if hidden is None else hidden)
         self._init_spec(values)
 
-    @property  # type: ignore[override]
-    def monitor(self) -> str:
-        """The validation metric: RMSE for ``loss="mse"``, NDCG@10 otherwise."""
-        return "rmse" if self.loss == "mse" else "ndcg@10"
-
-    @property  # type: ignore[override]
-    def higher_is_better(self) -> bool:
-        return self.loss != "mse"
+    def _spec_set(self) -> None:
+        # The validation metric: RMSE for loss="mse", NDCG@10 otherwise.
+        self.monitor, self.higher_is_better = ("rmse", False) if self.loss == "mse" else ("ndcg@10", True)
 
     def fit(  # type: ignore[override]
         self,
