@@ -347,13 +347,55 @@ impl Fm {
                 .f_add(&half(i)?.f_unsqueeze(0)?)?
                 .f_add(&cross)?);
         }
-        let sum = u.sum.f_unsqueeze(1)?.f_add(&i.sum.f_unsqueeze(0)?)?;
-        let bi = sum
-            .f_square()?
-            .f_sub(&u.sq.f_unsqueeze(1)?)?
-            .f_sub(&i.sq.f_unsqueeze(0)?)?
-            .f_mul(&Tensor::from(0.5))?;
-        Ok(lin.f_add(&self.interaction(&bi, false)?)?)
+        // NFM. The bi-interaction of (u, i) splits into a user part, an item part and a product:
+        // bi = 0.5 (s_u^2 - q_u) + 0.5 (s_i^2 - q_i) + s_u * s_i, and the first layer (with the
+        // evaluation-mode batch norm before it, an affine map, folded in) is linear in it, so
+        // h1[b, i] = s_i (diag(s_u) W^T) + W bi_u + W bi_i + bias: one batched product per user
+        // batch, with no [B, I, k] intermediate.
+        let w0 = self.get("mlp.0.weight")?; // [H, k]
+        let b0 = self.get("mlp.0.bias")?; // [H]
+        let (w, bias) = if self.buffers.is_empty() {
+            (w0.shallow_clone(), b0.shallow_clone())
+        } else {
+            let scale = self
+                .get("bn.0.running_var")?
+                .f_add(&Tensor::from(BN_EPS))?
+                .f_rsqrt()?
+                .f_mul(self.get("bn.0.weight")?)?;
+            let shift = self
+                .get("bn.0.bias")?
+                .f_sub(&self.get("bn.0.running_mean")?.f_mul(&scale)?)?;
+            (
+                w0.f_mul(&scale.f_unsqueeze(0)?)?,
+                b0.f_add(&w0.f_matmul(&shift)?)?,
+            )
+        };
+        let half = |a: &Aggregates| -> Result<Tensor> {
+            Ok(a.sum.f_square()?.f_sub(&a.sq)?.f_mul(&Tensor::from(0.5))?)
+        };
+        let wt = w.f_transpose(0, 1)?; // [k, H]
+        let hu = half(u)?.f_matmul(&wt)?.f_add(&bias)?; // [B, H]
+        let hi = half(i)?.f_matmul(&wt)?; // [I, H]
+        let per_user = u.sum.f_unsqueeze(2)?.f_mul(&wt.f_unsqueeze(0)?)?; // [B, k, H]
+        let h = i
+            .sum
+            .f_unsqueeze(0)?
+            .f_matmul(&per_user)? // [B, I, H]
+            .f_add(&hu.f_unsqueeze(1)?)?
+            .f_add(&hi.f_unsqueeze(0)?)?;
+        Ok(lin.f_add(&self.mlp_tail(h)?)?)
+    }
+
+    /// The MLP after its first linear layer, in evaluation mode: `h` is that layer's output.
+    fn mlp_tail(&self, mut h: Tensor) -> Result<Tensor> {
+        let n_layers = self.config.hidden.len() + 1;
+        for j in 1..n_layers {
+            h = self.batch_norm(h, j, false)?.f_relu()?;
+            let w = self.get(&format!("mlp.{j}.weight"))?;
+            let b = self.get(&format!("mlp.{j}.bias"))?;
+            h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
+        }
+        Ok(h.f_squeeze_dim(-1)?)
     }
 }
 
@@ -375,7 +417,7 @@ impl Fm {
     }
 
     /// Scores of `users` (a `[B]` index tensor) against every item, `[B, n_items]`, in item chunks
-    /// so an NFM's `[B, chunk, k]` intermediate stays near 32 MB.
+    /// so an NFM's `[B, chunk, hidden]` first-layer output stays near 32 MB.
     pub fn score_all(
         &self,
         users: &FeatureRows,
@@ -385,10 +427,9 @@ impl Fm {
         let ua = self.aggregate(users, u)?;
         let n_items = items.n_rows();
         let b = u.size()[0].max(1);
-        let chunk = if self.config.hidden.is_empty() {
-            n_items
-        } else {
-            (8_000_000 / (b * self.config.dim)).clamp(1, n_items.max(1))
+        let chunk = match self.config.hidden.first() {
+            None => n_items,
+            Some(&h) => (8_000_000 / (b * h.max(1))).clamp(1, n_items.max(1)),
         };
         let mut parts = Vec::new();
         let mut start = 0;
