@@ -56,6 +56,23 @@ def _texts(texts: Sequence[str] | str, name: str = "texts") -> list[str]:
     return out
 
 
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    """An integer argument in ``[lo, hi]`` (the native type's range): a ConfigError naming it
+    instead of an ``OverflowError`` or ``TypeError`` from the binding."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return int(value)
+
+
+def _opt_int(name: str, value: Any, lo: int, hi: int) -> int | None:
+    return None if value is None else _int(name, value, lo, hi)
+
+
 def _ids(a: Any, name: str) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim == 1:
@@ -84,7 +101,7 @@ class Tokenizer:
     def from_pretrained(cls, path: PathLike, pad_id: int | None = None) -> Tokenizer:
         """Reads ``tokenizer.json`` from a folder (or the file itself). ``pad_id`` overrides the pad
         token (default: the file's padding setting, a ``[PAD]``/``<pad>`` token, or 0)."""
-        return cls(_native._Tokenizer(os.fspath(path), pad_id))
+        return cls(_native._Tokenizer(os.fspath(path), _opt_int("pad_id", pad_id, 0, 2**32 - 1)))
 
     def __call__(
         self,
@@ -96,12 +113,17 @@ class Tokenizer:
     ) -> dict[str, np.ndarray]:
         """``{"input_ids", "attention_mask"}``: int64 ``[B, longest]``, truncated to ``max_length``
         tokens (special tokens included) and padded on ``padding_side``."""
+        max_length = _opt_int("max_length", max_length, 0, 2**63 - 1)
         ids, mask = self._native.encode(_texts(texts), add_special_tokens, max_length, padding_side)
         return {"input_ids": ids, "attention_mask": mask}
 
     def decode(self, ids: Sequence[int] | np.ndarray, skip_special_tokens: bool = True) -> str:
         """Text of a sequence of ids."""
-        return self._native.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens)
+        flat = [int(i) for i in np.asarray(ids).reshape(-1)]
+        bad = next((i for i in flat if not _I64[0] <= i <= _I64[1]), None)
+        if bad is not None:
+            raise DataError(f"token id {bad} is out of range for a vocabulary of {self.vocab_size}")
+        return self._native.decode(flat, skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
         """The id of ``token``, or None when the vocabulary lacks it."""
@@ -152,6 +174,7 @@ class Encoder:
             dtype: weight dtype, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (half the memory;
                 mainly for CUDA). Embeddings are returned as float32 either way.
         """
+        max_length = _opt_int("max_length", max_length, 0, 2**63 - 1)
         native = _native._Encoder(os.fspath(path), device, pooling, normalize, max_length, prefix or "", dtype)
         return cls(native, Path(path))
 
@@ -161,7 +184,7 @@ class Encoder:
         items = _texts(texts)
         bar, tick = _bar(len(items), "encode", "text", progress and len(items) > 0)
         try:
-            return self._native.encode(items, batch_size, tick)
+            return self._native.encode(items, _int("batch_size", batch_size, 0, 2**63 - 1), tick)
         finally:
             bar.close()
 
@@ -247,7 +270,7 @@ class CausalLM:
                 text = p.read_text()
             except OSError as e:
                 raise ConfigError(f"cannot read config {p}: {e}") from None
-        return cls(_native._CausalLM.from_config(text, seed, device, dtype))
+        return cls(_native._CausalLM.from_config(text, _int("seed", seed, *_I64), device, dtype))
 
     def hidden_states(
         self, input_ids: Any | None = None, attention_mask: Any | None = None, inputs_embeds: Any | None = None
@@ -299,8 +322,11 @@ class CausalLM:
         with ``pad_token_id`` after it."""
         ids = _ids(input_ids, "input_ids")
         mask = None if attention_mask is None else _ids(attention_mask, "attention_mask")
-        eos = None if eos_token_id is None else [int(e) for e in np.atleast_1d(eos_token_id)]
-        bar, tick = _bar(max_new_tokens, "generate", "tok", progress)
+        eos = None if eos_token_id is None else [_int("eos_token_id", e, *_I64) for e in np.atleast_1d(eos_token_id)]
+        max_new_tokens = _int("max_new_tokens", max_new_tokens, *_I64)
+        top_k, seed = _int("top_k", top_k, *_I64), _int("seed", seed, *_I64)
+        pad_token_id = _opt_int("pad_token_id", pad_token_id, *_I64)
+        bar, tick = _bar(max(max_new_tokens, 0), "generate", "tok", progress)
         try:
             return self._native.generate(
                 ids, mask, max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos, pad_token_id, tick

@@ -27,22 +27,44 @@ pub struct CausalLm {
     pub pad_id: i64,
 }
 
-fn build(config: &HfConfig, vs: &VarStore) -> Result<(Box<dyn Decoder>, Layout)> {
-    let root = vs.root();
-    match config.model_type()?.as_str() {
-        "gpt2" => {
-            let c = Gpt2Config::from_hf(config)?;
-            let layout = c.layout();
-            Ok((Box::new(Gpt2::new(&root, c)), layout))
+/// A parsed and validated decoder configuration.
+enum Arch {
+    Gpt2(Gpt2Config),
+    Llama(LlamaConfig),
+}
+
+impl Arch {
+    /// Reads and validates the config (no allocation).
+    fn parse(config: &HfConfig) -> Result<Self> {
+        match config.model_type()?.as_str() {
+            "gpt2" => Ok(Self::Gpt2(Gpt2Config::from_hf(config)?)),
+            "llama" | "qwen2" | "mistral" => Ok(Self::Llama(LlamaConfig::from_hf(config)?)),
+            other => Err(RecforgeError::config(format!(
+                "config.json model_type {other:?} is not a supported decoder (gpt2, llama, qwen2, mistral)"
+            ))),
         }
-        "llama" | "qwen2" | "mistral" => {
-            let c = LlamaConfig::from_hf(config)?;
-            let layout = c.layout();
-            Ok((Box::new(Llama::new(&root, c)), layout))
+    }
+
+    fn num_parameters(&self) -> Result<i64> {
+        match self {
+            Self::Gpt2(c) => c.num_parameters(),
+            Self::Llama(c) => c.num_parameters(),
         }
-        other => Err(RecforgeError::config(format!(
-            "config.json model_type {other:?} is not a supported decoder (gpt2, llama, qwen2, mistral)"
-        ))),
+    }
+
+    /// Creates the parameters in `vs`.
+    fn build(self, vs: &VarStore) -> Result<(Box<dyn Decoder>, Layout)> {
+        let root = vs.root();
+        Ok(match self {
+            Self::Gpt2(c) => {
+                let layout = c.layout();
+                (Box::new(Gpt2::new(&root, c)?), layout)
+            }
+            Self::Llama(c) => {
+                let layout = c.layout();
+                (Box::new(Llama::new(&root, c)?), layout)
+            }
+        })
     }
 }
 
@@ -54,8 +76,12 @@ impl CausalLm {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Self> {
         let hf = HfConfig::new(config)?;
+        let arch = Arch::parse(&hf)?;
+        if let Some(ckpt) = checkpoint {
+            ckpt.check_holds(arch.num_parameters()?)?;
+        }
         let mut vs = VarStore::new(device);
-        let (net, layout) = build(&hf, &vs)?;
+        let (net, layout) = arch.build(&vs)?;
         if let Some(ckpt) = checkpoint {
             load_into(&vs, ckpt, &layout)?;
         }
@@ -88,12 +114,7 @@ impl CausalLm {
         }
         let config = read_config(dir)?;
         // Check the configuration before reading gigabytes of weights.
-        build(&HfConfig::new(config.clone())?, &VarStore::new(Device::Cpu))
-            .map(|_| ())
-            .or_else(|e| match e {
-                RecforgeError::Config(_) => Err(e),
-                _ => Ok(()),
-            })?;
+        Arch::parse(&HfConfig::new(config.clone())?)?;
         let ckpt = Checkpoint::open(dir)?;
         Self::new(config, device, kind, Some(&ckpt))
     }
@@ -416,6 +437,145 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(e.contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn config_parameter_counts_equal_what_is_built() {
+        // check_holds compares these counts with a checkpoint, so they must be exact.
+        for kind in ["gpt2", "llama", "qwen2"] {
+            for tie in [false, true] {
+                let mut lm = tiny(kind);
+                let mut config = lm.config().clone();
+                config["tie_word_embeddings"] = json!(tie);
+                config["mlp_bias"] = json!(kind == "llama");
+                config["attention_bias"] = json!(kind == "llama");
+                lm = CausalLm::from_config(config.clone(), 0, Device::Cpu, Kind::Float).unwrap();
+                let counted = Arch::parse(&HfConfig::new(config).unwrap())
+                    .unwrap()
+                    .num_parameters()
+                    .unwrap();
+                assert_eq!(counted, lm.num_parameters(false), "{kind} tied={tie}");
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_configs_are_config_errors_naming_the_field() {
+        let base = json!({"model_type": "llama", "vocab_size": 50, "hidden_size": 16,
+                          "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                          "num_key_value_heads": 2});
+        let with = |k: &str, v: Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            c
+        };
+        let cases = [
+            (with("num_attention_heads", json!(0)), "num_attention_heads"),
+            (
+                with("num_attention_heads", json!(-4)),
+                "num_attention_heads",
+            ),
+            (with("num_key_value_heads", json!(0)), "num_key_value_heads"),
+            (with("intermediate_size", json!(-24)), "intermediate_size"),
+            (with("vocab_size", json!(1u64 << 40)), "vocab_size"),
+            (
+                with("num_hidden_layers", json!(1u64 << 40)),
+                "num_hidden_layers",
+            ),
+            (with("rms_norm_eps", json!(-1e-6)), "rms_norm_eps"),
+            (with("rope_theta", json!(0)), "rope_theta"),
+            (with("head_dim", json!(3)), "head_dim"),
+            (
+                json!({"model_type": "gpt2", "vocab_size": 50, "n_embd": 16, "n_head": 0}),
+                "n_head",
+            ),
+            (
+                json!({"model_type": "gpt2", "vocab_size": 50, "n_embd": 16, "n_head": 2,
+                       "layer_norm_epsilon": -1.0}),
+                "layer_norm_epsilon",
+            ),
+        ];
+        for (config, field) in cases {
+            let e = CausalLm::from_config(config, 0, Device::Cpu, Kind::Float)
+                .err()
+                .unwrap();
+            assert!(matches!(e, RecforgeError::Config(_)), "{field}: {e}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        // Sizes whose parameter count overflows, and a model too large to allocate (8 PiB):
+        // errors, where tch's constructors would panic.
+        let mut c = with("hidden_size", json!(i32::MAX));
+        c["intermediate_size"] = json!(i32::MAX);
+        c["num_attention_heads"] = json!(1);
+        c["num_key_value_heads"] = json!(1);
+        c["head_dim"] = json!(2);
+        let e = CausalLm::from_config(c, 0, Device::Cpu, Kind::Float)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("64-bit"), "{e}");
+        let mut c = with("vocab_size", json!(i32::MAX));
+        c["hidden_size"] = json!(1 << 20);
+        let e = CausalLm::from_config(c, 0, Device::Cpu, Kind::Float)
+            .err()
+            .unwrap();
+        assert!(matches!(e, RecforgeError::Config(_)), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot create parameter embed_tokens.weight"),
+            "{e}"
+        );
+        // A config that asks for more parameters than the checkpoint holds fails before building.
+        let lm = tiny("llama");
+        let dir = std::env::temp_dir().join(format!("recforge-lm-holds-{}", std::process::id()));
+        lm.save_pretrained(&dir).unwrap();
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        cfg["num_hidden_layers"] = json!(100_000);
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        let e = CausalLm::from_pretrained(&dir, Device::Cpu, Kind::Float)
+            .err()
+            .unwrap()
+            .to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(e.contains("holds only"), "{e}");
+    }
+
+    #[test]
+    fn a_pad_id_outside_the_vocabulary_only_marks_finished_rows() {
+        // Row 0 stops at its first token while row 1 goes on: its pad id (-1, or past the
+        // vocabulary) was fed back through the embeddings, an index panic.
+        let lm = tiny("llama");
+        let mut greedy = GenerateOptions {
+            max_new_tokens: 4,
+            sampling: Sampling::Greedy,
+            seed: 0,
+            eos: vec![],
+            pad_id: 0,
+        };
+        // A second prompt that never emits row 0's first token.
+        let (prompts, free, stop) = (3..50)
+            .find_map(|t| {
+                let prompts = ids(&[&[1, 2, 3], &[t, (t * 7) % 50, (t * 13) % 50]]);
+                let free = lm
+                    .generate(&prompts, None, &greedy, &mut |_, _| false)
+                    .unwrap();
+                let stop = free.int64_value(&[0, 0]);
+                (0..4)
+                    .all(|j| free.int64_value(&[1, j]) != stop)
+                    .then_some((prompts, free, stop))
+            })
+            .unwrap();
+        for pad in [-1, 50, 1 << 40] {
+            greedy.eos = vec![stop];
+            greedy.pad_id = pad;
+            let out = lm
+                .generate(&prompts, None, &greedy, &mut |_, _| false)
+                .unwrap();
+            let row0: Vec<i64> = Vec::try_from(out.get(0)).unwrap();
+            assert_eq!(row0, vec![stop, pad, pad, pad]);
+            assert!(out.get(1).equal(&free.get(1)), "row 1 must not change");
+        }
     }
 
     #[test]

@@ -1,8 +1,43 @@
 //! Reading the fields of a Hugging Face `config.json`, with errors that name the field.
+//!
+//! Every value a network is built from is checked here, once, when the config is read: sizes
+//! are integers in `1..=MAX_SIZE` (so products of two sizes cannot overflow `i64`), epsilons are
+//! finite and not negative, and [`checked_sum`] / [`checked_product`] add up parameter counts
+//! without wrapping. A bad value is a [`RecforgeError::Config`] naming the field, never a panic
+//! or a NaN later on.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 
 use serde_json::Value;
 
 use crate::error::{RecforgeError, Result};
+
+/// The largest size (vocabulary, width, layer count, ...) a config may give: `i32::MAX`. Real
+/// models stay far below it, and the product of two sizes always fits in an `i64`.
+pub const MAX_SIZE: i64 = i32::MAX as i64;
+
+/// The sum of parameter counts, or a [`RecforgeError::Config`] saying the sizes overflow.
+pub fn checked_sum(parts: &[i64]) -> Result<i64> {
+    parts
+        .iter()
+        .try_fold(0i64, |acc, &p| acc.checked_add(p))
+        .ok_or_else(overflow)
+}
+
+/// The product of sizes, or a [`RecforgeError::Config`] saying they overflow.
+pub fn checked_product(dims: &[i64]) -> Result<i64> {
+    dims.iter()
+        .try_fold(1i64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(overflow)
+}
+
+fn overflow() -> RecforgeError {
+    RecforgeError::config("config.json sizes describe more parameters than fit in a 64-bit count")
+}
 
 /// A `config.json` object with typed getters. Missing optional fields take the `transformers`
 /// default passed by the caller; a present field of the wrong type is an error.
@@ -31,22 +66,58 @@ impl HfConfig {
     }
 
     fn bad(&self, name: &str, want: &str) -> RecforgeError {
+        let got = self.json.get(name).unwrap_or(&Value::Null);
         RecforgeError::config(format!(
-            "config.json field {name:?} must be {want}, got {}",
-            self.json[name]
+            "config.json field {name:?} must be {want}, got {got}"
         ))
     }
 
-    /// A required positive integer.
+    /// A required size: an integer in `1..=MAX_SIZE`.
     pub fn int_req(&self, name: &str) -> Result<i64> {
         let v = self
             .field(name)
             .ok_or_else(|| RecforgeError::config(format!("config.json has no {name:?}")))?;
-        let n = v.as_i64().ok_or_else(|| self.bad(name, "an integer"))?;
-        if n <= 0 {
-            return Err(self.bad(name, "positive"));
+        self.check_size(name, v)
+    }
+
+    /// An optional size (`1..=MAX_SIZE`) with a default.
+    pub fn size(&self, name: &str, default: i64) -> Result<i64> {
+        match self.field(name) {
+            Some(v) => self.check_size(name, v),
+            None => Ok(default),
         }
-        Ok(n)
+    }
+
+    /// An optional size (`1..=MAX_SIZE`), `None` when absent.
+    pub fn size_opt(&self, name: &str) -> Result<Option<i64>> {
+        self.field(name)
+            .map(|v| self.check_size(name, v))
+            .transpose()
+    }
+
+    fn check_size(&self, name: &str, v: &Value) -> Result<i64> {
+        v.as_i64()
+            .filter(|n| (1..=MAX_SIZE).contains(n))
+            .ok_or_else(|| self.bad(name, &format!("an integer between 1 and {MAX_SIZE}")))
+    }
+
+    /// A normalisation epsilon with a default: a finite number, not negative (a negative one
+    /// makes `sqrt(var + eps)` NaN for small variances).
+    pub fn eps(&self, name: &str, default: f64) -> Result<f64> {
+        let v = self.float(name, default)?;
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(self.bad(name, "a finite number >= 0"));
+        }
+        Ok(v)
+    }
+
+    /// A finite number > 0 with a default (a rotary base).
+    pub fn positive(&self, name: &str, default: f64) -> Result<f64> {
+        let v = self.float(name, default)?;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(self.bad(name, "a finite number > 0"));
+        }
+        Ok(v)
     }
 
     /// An optional integer.
@@ -129,5 +200,66 @@ impl HfConfig {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sizes_must_be_integers_in_range_and_errors_name_the_field() {
+        let c = HfConfig::new(
+            json!({"a": 0, "b": -4, "c": 2147483648i64, "d": "16", "e": 1.5,
+                                     "ok": 16, "null": null}),
+        )
+        .unwrap();
+        for name in ["a", "b", "c", "d", "e"] {
+            let e = c.size(name, 1).unwrap_err();
+            assert!(matches!(e, RecforgeError::Config(_)), "{name}");
+            assert!(e.to_string().contains(&format!("{name:?}")), "{e}");
+            assert!(c.int_req(name).is_err() && c.size_opt(name).is_err());
+        }
+        assert_eq!(c.size("ok", 1).unwrap(), 16);
+        assert_eq!(c.size("missing", 7).unwrap(), 7);
+        assert_eq!(c.size("null", 7).unwrap(), 7);
+        assert_eq!(c.size_opt("missing").unwrap(), None);
+        assert!(c
+            .int_req("missing")
+            .unwrap_err()
+            .to_string()
+            .contains("has no"));
+        assert_eq!(c.size("ok", 1).unwrap(), c.int_req("ok").unwrap());
+        assert!(HfConfig::new(json!([1])).is_err());
+    }
+
+    #[test]
+    fn epsilons_and_bases_are_finite_and_signed_right() {
+        let c = HfConfig::new(json!({"neg": -1e-6, "zero": 0.0, "pos": 1e-5, "s": "x"})).unwrap();
+        assert!(c
+            .eps("neg", 1e-6)
+            .unwrap_err()
+            .to_string()
+            .contains("\"neg\""));
+        assert_eq!(c.eps("zero", 1e-6).unwrap(), 0.0);
+        assert_eq!(c.eps("missing", 1e-6).unwrap(), 1e-6);
+        assert!(c.eps("s", 1e-6).is_err());
+        assert!(c.positive("zero", 1.0).is_err() && c.positive("neg", 1.0).is_err());
+        assert_eq!(c.positive("pos", 1.0).unwrap(), 1e-5);
+    }
+
+    #[test]
+    fn parameter_counts_overflow_into_config_errors() {
+        assert_eq!(checked_product(&[3, 4, 5]).unwrap(), 60);
+        assert_eq!(checked_sum(&[1, 2, 3]).unwrap(), 6);
+        let e = checked_product(&[MAX_SIZE, MAX_SIZE, 3]).unwrap_err();
+        assert!(matches!(e, RecforgeError::Config(_)) && e.to_string().contains("64-bit"));
+        assert!(checked_sum(&[i64::MAX, 1]).is_err());
     }
 }

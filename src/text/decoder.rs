@@ -46,7 +46,7 @@ pub trait Decoder: Send {
         key_mask: &Tensor,
         positions: &Tensor,
         cache: Option<&mut KvCache>,
-    ) -> Tensor;
+    ) -> Result<Tensor>;
     /// Vocabulary logits of hidden states.
     fn logits(&self, hidden: &Tensor) -> Tensor;
     /// Number of layers (cache slots).
@@ -105,7 +105,7 @@ pub fn hidden_states(net: &dyn Decoder, embeds: &Tensor, mask: &Tensor) -> Resul
     check_mask(mask, &[b, t])?;
     let positions = positions_from_mask(mask);
     check_positions(net, &positions)?;
-    Ok(net.forward(embeds, mask, &positions, None))
+    net.forward(embeds, mask, &positions, None)
 }
 
 fn check_positions(net: &dyn Decoder, positions: &Tensor) -> Result<()> {
@@ -237,11 +237,11 @@ pub fn generate(
     let dev = ids.device();
     let mut positions = positions_from_mask(mask);
     if let Some(max) = net.max_positions() {
-        let longest = positions.max().int64_value(&[]) + opts.max_new_tokens;
-        if longest >= max {
+        let last = positions.max().int64_value(&[]);
+        if last.saturating_add(opts.max_new_tokens) >= max {
             return Err(RecforgeError::data(format!(
                 "prompt plus max_new_tokens needs {} positions, the model has {max}",
-                longest + 1
+                last.saturating_add(opts.max_new_tokens).saturating_add(1)
             )));
         }
     }
@@ -249,14 +249,14 @@ pub fn generate(
     let eos = Tensor::from_slice(&opts.eos).to_device(dev);
     let mut cache: KvCache = (0..net.num_layers()).map(|_| None).collect();
     let mut key_mask = mask.shallow_clone();
-    let total = opts.max_new_tokens as usize;
-    let mut out: Vec<Tensor> = Vec::with_capacity(total);
+    let total = usize::try_from(opts.max_new_tokens).unwrap_or(usize::MAX);
+    let mut out: Vec<Tensor> = Vec::with_capacity(total.min(1024));
     let mut finished = Tensor::zeros([b], (Kind::Bool, dev));
-    let mut hidden = net.forward(&net.embed(ids), &key_mask, &positions, Some(&mut cache));
+    let mut hidden = net.forward(&net.embed(ids), &key_mask, &positions, Some(&mut cache))?;
     for i in 0..total {
         let logits = net.logits(&hidden.select(1, hidden.size()[1] - 1));
-        let next = pick(&logits, opts.sampling, &mut rng)?;
-        let next = next.where_self(
+        let picked = pick(&logits, opts.sampling, &mut rng)?;
+        let next = picked.where_self(
             &finished.logical_not(),
             &Tensor::full([b], opts.pad_id, (Kind::Int64, dev)),
         );
@@ -269,12 +269,15 @@ pub fn generate(
         }
         key_mask = Tensor::cat(&[key_mask, Tensor::ones([b, 1], (Kind::Int64, dev))], 1);
         positions = positions.narrow(1, positions.size()[1] - 1, 1) + 1;
+        // Finished rows are fed their own pick, not the pad id (which need not be a token of
+        // the vocabulary: -1 or 99 would index outside the embedding table); their outputs
+        // are discarded, and rows do not attend to each other.
         hidden = net.forward(
-            &net.embed(&next.unsqueeze(1)),
+            &net.embed(&picked.unsqueeze(1)),
             &key_mask,
             &positions,
             Some(&mut cache),
-        );
+        )?;
     }
     let mut tokens = if out.is_empty() {
         Tensor::zeros([b, 0], (Kind::Int64, dev))
@@ -283,11 +286,11 @@ pub fn generate(
     };
     let got = tokens.size()[1];
     if got < opts.max_new_tokens {
-        let fill = Tensor::full(
+        let fill = Tensor::f_full(
             [b, opts.max_new_tokens - got],
             opts.pad_id,
             (Kind::Int64, dev),
-        );
+        )?;
         tokens = Tensor::cat(&[tokens, fill], 1);
     }
     Ok(tokens)

@@ -174,29 +174,14 @@ impl SentenceEncoder {
             });
         }
         let config = HfConfig::new(read_config(dir)?)?;
-        let mut vs = VarStore::new(opts.device);
         let model_type = config.model_type()?;
-        let (net, layout, pad_id, limit) = match model_type.as_str() {
-            "bert" => {
-                let c = BertConfig::from_hf(&config)?;
-                let (pad, limit) = (c.pad_token_id, c.max_position_embeddings as usize);
-                (
-                    EncoderNet::Bert(Bert::new(&vs.root(), c)),
-                    bert::LAYOUT,
-                    pad,
-                    limit,
-                )
-            }
-            "t5" | "mt5" => {
-                let c = T5Config::from_hf(&config)?;
-                let pad = c.pad_token_id;
-                (
-                    EncoderNet::T5(T5Encoder::new(&vs.root(), c)),
-                    t5::LAYOUT,
-                    pad,
-                    512,
-                )
-            }
+        enum Arch {
+            Bert(BertConfig),
+            T5(T5Config),
+        }
+        let arch = match model_type.as_str() {
+            "bert" => Arch::Bert(BertConfig::from_hf(&config)?),
+            "t5" | "mt5" => Arch::T5(T5Config::from_hf(&config)?),
             other => {
                 return Err(RecforgeError::config(format!(
                     "config.json model_type {other:?} is not a supported encoder (bert, t5)"
@@ -204,18 +189,53 @@ impl SentenceEncoder {
             }
         };
         let ckpt = Checkpoint::open(dir)?;
+        ckpt.check_holds(match &arch {
+            Arch::Bert(c) => c.num_parameters()?,
+            Arch::T5(c) => c.num_parameters()?,
+        })?;
+        let mut vs = VarStore::new(opts.device);
+        let (net, layout, pad_id, limit) = match arch {
+            Arch::Bert(c) => {
+                let (pad, limit) = (c.pad_token_id, c.max_position_embeddings);
+                (
+                    EncoderNet::Bert(Bert::new(&vs.root(), c)?),
+                    bert::LAYOUT,
+                    pad,
+                    usize::try_from(limit).unwrap_or(usize::MAX),
+                )
+            }
+            Arch::T5(c) => {
+                let pad = c.pad_token_id;
+                (
+                    EncoderNet::T5(T5Encoder::new(&vs.root(), c)?),
+                    t5::LAYOUT,
+                    pad,
+                    512,
+                )
+            }
+        };
         load_into(&vs, &ckpt, &layout)?;
         drop(ckpt);
         if opts.kind != Kind::Float {
             vs.set_kind(opts.kind);
         }
         vs.freeze();
-        let tokenizer = TextTokenizer::from_file(dir, pad_id.map(|p| p as u32))?;
+        // The config's pad id was checked against its vocabulary when it was read.
+        let pad_id = pad_id.and_then(|p| u32::try_from(p).ok());
+        let tokenizer = TextTokenizer::from_file(dir, pad_id)?;
         if tokenizer.vocab_size() as i64 > net.vocab_size() {
             return Err(RecforgeError::config(format!(
                 "tokenizer {} has {} tokens but the model's vocab_size is {}: they do not belong together",
                 dir.join("tokenizer.json").display(),
                 tokenizer.vocab_size(),
+                net.vocab_size()
+            )));
+        }
+        if i64::from(tokenizer.pad_id()) >= net.vocab_size() {
+            return Err(RecforgeError::config(format!(
+                "tokenizer {} pads with id {}, outside the model's vocabulary of {}",
+                dir.join("tokenizer.json").display(),
+                tokenizer.pad_id(),
                 net.vocab_size()
             )));
         }
@@ -291,8 +311,11 @@ impl SentenceEncoder {
             let batch: Vec<&[u32]> = rows.iter().map(|&i| seqs[i].as_slice()).collect();
             let p = pad(&batch, pad_id, PaddingSide::Right);
             let shape = [p.rows as i64, p.cols as i64];
-            let ids = Tensor::from_slice(&p.ids).view(shape).to_device(dev);
-            let mask = Tensor::from_slice(&p.mask).view(shape).to_device(dev);
+            let ids = Tensor::from_slice(&p.ids).f_view(shape)?.to_device(dev);
+            let mask = Tensor::from_slice(&p.mask).f_view(shape)?.to_device(dev);
+            // A tokenizer.json whose vocabulary has ids past its size would index outside the
+            // embedding table.
+            super::decoder::check_ids(&ids, self.net.vocab_size())?;
             let pooled = tch::no_grad(|| -> Result<Tensor> {
                 let states = self.net.forward(&ids, &mask)?;
                 let mut v = self.pooling.apply(&states, &mask).to_kind(Kind::Float);

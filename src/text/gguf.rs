@@ -5,14 +5,60 @@
 //! Format: a header (`GGUF`, version 2 or 3, tensor and metadata counts), typed key/value
 //! metadata, tensor descriptors (name, dims innermost first, type, offset), then the data,
 //! aligned to `general.alignment` (32 by default).
+//!
+//! The file is hostile until proven otherwise: every count and size read from it (metadata and
+//! array lengths, string lengths, tensor dimensions and offsets, the layer count) is checked
+//! against the bytes that remain before anything is allocated, all arithmetic on them is checked,
+//! and metadata of the wrong type is reported with its type. A malformed file is a
+//! [`RecforgeError::Data`] naming the problem and the byte where it was found, never a panic or
+//! an abort.
 
-use std::collections::HashMap;
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
-use tch::{Kind, Tensor};
+use serde_json::{json, Value};
+use tch::Tensor;
 
 use crate::error::{RecforgeError, Result};
+
+/// GGUF metadata value types, by their number in the file.
+fn type_name(kind: u32) -> &'static str {
+    match kind {
+        0 => "uint8",
+        1 => "int8",
+        2 => "uint16",
+        3 => "int16",
+        4 => "uint32",
+        5 => "int32",
+        6 => "float32",
+        7 => "bool",
+        8 => "string",
+        9 => "array",
+        10 => "uint64",
+        11 => "int64",
+        12 => "float64",
+        _ => "unknown",
+    }
+}
+
+/// The fewest bytes one value of a metadata type takes in the file (a string: its 8-byte length;
+/// an array: its 4-byte type and 8-byte length).
+fn min_size(kind: u32) -> Option<usize> {
+    Some(match kind {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => return None,
+    })
+}
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -28,180 +74,308 @@ impl<'a> Reader<'a> {
             self.pos
         ))
     }
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                self.bad(&format!(
+                    "{n} bytes needed but only {} remain (truncated?)",
+                    self.remaining()
+                ))
+            })?;
+        let s = self
+            .buf
+            .get(self.pos..end)
             .ok_or_else(|| self.bad("truncated"))?;
-        let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
     }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let s = self.take(N)?;
+        <[u8; N]>::try_from(s).map_err(|_| self.bad("truncated"))
+    }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A count read from the file that says how many items of at least `item_bytes` bytes each
+    /// follow: more than the rest of the file can hold is an error, before any allocation.
+    fn count(&mut self, what: &str, item_bytes: usize) -> Result<usize> {
+        let n = self.u64()?;
+        let fits = self.remaining().checked_div(item_bytes.max(1)).unwrap_or(0);
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= fits)
+            .ok_or_else(|| {
+                self.bad(&format!(
+                    "{what} {n} needs more than the {} bytes left in the file",
+                    self.remaining()
+                ))
+            })
     }
     fn string(&mut self) -> Result<String> {
-        let n = self.u64()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| self.bad("a string is not UTF-8"))
+        let n = self.count("string length", 1)?;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.bad("a string is not UTF-8"))
     }
     fn value(&mut self, kind: u32, depth: usize) -> Result<Value> {
-        let b = |r: &mut Self, n| r.take(n).map(|s: &[u8]| s.to_vec());
         Ok(match kind {
-            0 => json!(b(self, 1)?[0]),
-            1 => json!(b(self, 1)?[0] as i8),
-            2 => json!(u16::from_le_bytes(b(self, 2)?.try_into().expect("2"))),
-            3 => json!(i16::from_le_bytes(b(self, 2)?.try_into().expect("2"))),
+            0 => json!(u8::from_le_bytes(self.array()?)),
+            1 => json!(i8::from_le_bytes(self.array()?)),
+            2 => json!(u16::from_le_bytes(self.array()?)),
+            3 => json!(i16::from_le_bytes(self.array()?)),
             4 => json!(self.u32()?),
-            5 => json!(self.u32()? as i32),
-            6 => json!(f32::from_le_bytes(b(self, 4)?.try_into().expect("4")) as f64),
-            7 => json!(b(self, 1)?[0] != 0),
+            5 => json!(i32::from_le_bytes(self.array()?)),
+            6 => json!(f64::from(f32::from_le_bytes(self.array()?))),
+            7 => json!(u8::from_le_bytes(self.array()?) != 0),
             8 => json!(self.string()?),
             9 => {
                 if depth > 2 {
                     return Err(self.bad("arrays nested too deep"));
                 }
                 let inner = self.u32()?;
-                let n = self.u64()? as usize;
-                if n > self.buf.len() {
-                    return Err(self.bad("array longer than the file"));
-                }
+                let size = min_size(inner)
+                    .ok_or_else(|| self.bad(&format!("unknown array element type {inner}")))?;
+                let n = self.count("array length", size)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(self.value(inner, depth + 1)?);
+                    items.push(self.value(inner, depth.saturating_add(1))?);
                 }
                 Value::Array(items)
             }
             10 => json!(self.u64()?),
-            11 => json!(self.u64()? as i64),
-            12 => json!(f64::from_le_bytes(b(self, 8)?.try_into().expect("8"))),
+            11 => json!(i64::from_le_bytes(self.array()?)),
+            12 => json!(f64::from_le_bytes(self.array()?)),
             _ => return Err(self.bad(&format!("unknown metadata type {kind}"))),
         })
     }
 }
 
-fn f16(bytes: &[u8]) -> f32 {
-    half_to_f32(u16::from_le_bytes([bytes[0], bytes[1]]))
+/// The metadata of a file: each key's GGUF type and value.
+struct Metadata<'a> {
+    entries: HashMap<String, (u32, Value)>,
+    path: &'a Path,
 }
 
-/// IEEE half precision to f32.
+impl Metadata<'_> {
+    fn wrong_type(&self, key: &str, kind: u32, want: &str) -> RecforgeError {
+        RecforgeError::data(format!(
+            "{}: GGUF metadata {key} has type {}, expected {want}",
+            self.path.display(),
+            type_name(kind)
+        ))
+    }
+
+    /// An integer of any integer type; `None` when the key is absent.
+    fn int(&self, key: &str) -> Result<Option<i64>> {
+        let Some((kind, v)) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        if !matches!(kind, 0..=5 | 10 | 11) {
+            return Err(self.wrong_type(key, *kind, "an integer"));
+        }
+        v.as_i64().map(Some).ok_or_else(|| {
+            RecforgeError::data(format!(
+                "{}: GGUF metadata {key} = {v} does not fit in a 64-bit integer",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// A size (an integer in `1..=i32::MAX`, as config sizes are); `None` when absent.
+    fn size(&self, key: &str) -> Result<Option<i64>> {
+        match self.int(key)? {
+            Some(n) if !(1..=i64::from(i32::MAX)).contains(&n) => {
+                Err(RecforgeError::data(format!(
+                    "{}: GGUF metadata {key} must be between 1 and {}, got {n}",
+                    self.path.display(),
+                    i32::MAX
+                )))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// A required size.
+    fn need(&self, key: &str) -> Result<i64> {
+        self.size(key)?.ok_or_else(|| {
+            RecforgeError::data(format!(
+                "{}: GGUF metadata {key} is missing",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// A number of any numeric type; `None` when absent.
+    fn float(&self, key: &str) -> Result<Option<f64>> {
+        let Some((kind, v)) = self.entries.get(key) else {
+            return Ok(None);
+        };
+        if !matches!(kind, 0..=6 | 10..=12) {
+            return Err(self.wrong_type(key, *kind, "a number"));
+        }
+        // JSON has no NaN or infinity: such a float was stored as null.
+        v.as_f64().map(Some).ok_or_else(|| {
+            RecforgeError::data(format!(
+                "{}: GGUF metadata {key} is not a finite number",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// A string; `None` when absent.
+    fn str(&self, key: &str) -> Result<Option<&str>> {
+        match self.entries.get(key) {
+            None => Ok(None),
+            Some((8, v)) => Ok(v.as_str()),
+            Some((kind, _)) => Err(self.wrong_type(key, *kind, "a string")),
+        }
+    }
+}
+
+fn f16(bytes: [u8; 2]) -> f32 {
+    half_to_f32(u16::from_le_bytes(bytes))
+}
+
+/// IEEE half precision to f32 (exact: every half is an f32).
 fn half_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // Subnormal: normalise.
-            let mut e = 127 - 15 + 1;
-            let mut f = f;
-            while f & 0x400 == 0 {
-                f <<= 1;
-                e -= 1;
-            }
-            sign | (e << 23) | ((f & 0x3ff) << 13)
-        }
-        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
-        (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
+    let sign = if h & 0x8000 == 0 { 1.0f32 } else { -1.0 };
+    let exp = (h >> 10) & 0x1f;
+    let frac = f32::from(h & 0x3ff);
+    match exp {
+        // Subnormal: frac / 1024 * 2^-14.
+        0 => sign * frac * 2f32.powi(-24),
+        0x1f if frac == 0.0 => sign * f32::INFINITY,
+        0x1f => f32::NAN,
+        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(i32::from(e)) * 2f32.powi(-15),
+    }
 }
 
-/// De-quantises `n` values of ggml type `kind` from `data`.
-pub fn dequantize(kind: u32, data: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
-    let need = |block: usize, bytes: usize| -> std::result::Result<(), String> {
-        if n % block != 0 {
-            return Err(format!("{n} values are not whole blocks of {block}"));
-        }
-        if data.len() < n / block * bytes {
-            return Err("tensor data runs past the end of the file".into());
-        }
-        Ok(())
-    };
-    let mut out = Vec::with_capacity(n);
-    match kind {
-        0 => {
-            need(1, 4)?;
-            out.extend(
-                data[..4 * n]
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
-            );
-        }
-        1 => {
-            need(1, 2)?;
-            out.extend(data[..2 * n].chunks_exact(2).map(f16));
-        }
-        30 => {
-            need(1, 2)?;
-            out.extend(
-                data[..2 * n]
-                    .chunks_exact(2)
-                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)),
-            );
-        }
-        2 => {
-            // Q4_0: d (f16), 16 bytes of nibbles; x = (q - 8) * d, low nibbles first.
-            need(32, 18)?;
-            for blk in data[..n / 32 * 18].chunks_exact(18) {
-                let d = f16(&blk[0..2]);
-                let qs = &blk[2..18];
-                out.extend(qs.iter().map(|q| ((q & 0xf) as f32 - 8.0) * d));
-                out.extend(qs.iter().map(|q| ((q >> 4) as f32 - 8.0) * d));
-            }
-        }
-        3 => {
-            // Q4_1: d, m (f16), 16 bytes of nibbles; x = q * d + m.
-            need(32, 20)?;
-            for blk in data[..n / 32 * 20].chunks_exact(20) {
-                let (d, m) = (f16(&blk[0..2]), f16(&blk[2..4]));
-                let qs = &blk[4..20];
-                out.extend(qs.iter().map(|q| (q & 0xf) as f32 * d + m));
-                out.extend(qs.iter().map(|q| (q >> 4) as f32 * d + m));
-            }
-        }
-        8 => {
-            // Q8_0: d (f16), 32 signed bytes; x = q * d.
-            need(32, 34)?;
-            for blk in data[..n / 32 * 34].chunks_exact(34) {
-                let d = f16(&blk[0..2]);
-                out.extend(blk[2..34].iter().map(|&q| q as i8 as f32 * d));
-            }
-        }
+/// Bytes of `n` values of ggml type `kind` (`Err` for a type recforge cannot read, or a count
+/// that is not whole blocks or overflows).
+fn bytes_for(kind: u32, n: usize) -> std::result::Result<usize, String> {
+    let (block, bytes) = match kind {
+        0 => (1, 4),
+        1 | 30 => (1, 2),
+        2 => (32, 18),
+        3 => (32, 20),
+        8 => (32, 34),
         other => {
             return Err(format!(
                 "ggml type {other} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q8_0)"
             ))
         }
+    };
+    if n.checked_rem(block) != Some(0) {
+        return Err(format!("{n} values are not whole blocks of {block}"));
+    }
+    n.checked_div(block)
+        .and_then(|blocks| blocks.checked_mul(bytes))
+        .ok_or_else(|| format!("{n} values of ggml type {kind} overflow a byte count"))
+}
+
+/// De-quantises `n` values of ggml type `kind` from `data`. The length of `data` is checked
+/// before the output is allocated.
+pub fn dequantize(kind: u32, data: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
+    let bytes = bytes_for(kind, n)?;
+    let data = data
+        .get(..bytes)
+        .ok_or("tensor data runs past the end of the file")?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(n)
+        .map_err(|_| format!("cannot allocate {n} values"))?;
+    let pair = |c: &[u8]| {
+        [
+            c.first().copied().unwrap_or(0),
+            c.get(1).copied().unwrap_or(0),
+        ]
+    };
+    match kind {
+        0 => out.extend(data.chunks_exact(4).map(|c| {
+            f32::from_le_bytes([
+                c.first().copied().unwrap_or(0),
+                c.get(1).copied().unwrap_or(0),
+                c.get(2).copied().unwrap_or(0),
+                c.get(3).copied().unwrap_or(0),
+            ])
+        })),
+        1 => out.extend(data.chunks_exact(2).map(|c| f16(pair(c)))),
+        30 => out.extend(
+            data.chunks_exact(2)
+                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes(pair(c))) << 16)),
+        ),
+        2 => {
+            // Q4_0: d (f16), 16 bytes of nibbles; x = (q - 8) * d, low nibbles first.
+            for blk in data.chunks_exact(18) {
+                let (d, qs) = blk.split_at(2);
+                let d = f16(pair(d));
+                out.extend(qs.iter().map(|q| (f32::from(q & 0xf) - 8.0) * d));
+                out.extend(qs.iter().map(|q| (f32::from(q >> 4) - 8.0) * d));
+            }
+        }
+        3 => {
+            // Q4_1: d, m (f16), 16 bytes of nibbles; x = q * d + m.
+            for blk in data.chunks_exact(20) {
+                let (dm, qs) = blk.split_at(4);
+                let (d, m) = dm.split_at(2);
+                let (d, m) = (f16(pair(d)), f16(pair(m)));
+                out.extend(qs.iter().map(|q| f32::from(q & 0xf) * d + m));
+                out.extend(qs.iter().map(|q| f32::from(q >> 4) * d + m));
+            }
+        }
+        8 => {
+            // Q8_0: d (f16), 32 signed bytes; x = q * d.
+            for blk in data.chunks_exact(34) {
+                let (d, qs) = blk.split_at(2);
+                let d = f16(pair(d));
+                out.extend(qs.iter().map(|&q| f32::from(i8::from_le_bytes([q])) * d));
+            }
+        }
+        other => return Err(format!("ggml type {other} is not supported")),
     }
     Ok(out)
 }
 
-fn bytes_for(kind: u32, n: usize) -> Option<usize> {
-    Some(match kind {
-        0 => 4 * n,
-        1 | 30 => 2 * n,
-        2 => n / 32 * 18,
-        3 => n / 32 * 20,
-        8 => n / 32 * 34,
-        _ => return None,
-    })
+/// Undoes llama.cpp's permutation of q/k rows (it interleaves the two rotary halves per head).
+/// `name` and `key` name the tensor and the head count for the error when the rows do not split
+/// into heads.
+fn unpermute(w: Tensor, heads: i64, name: &str, key: &str) -> Result<Tensor> {
+    let size = w.size();
+    let (rows, cols) = match size.as_slice() {
+        [r, c] => (*r, *c),
+        _ => {
+            return Err(RecforgeError::data(format!(
+                "GGUF tensor {name} has shape {size:?}, expected 2 dimensions"
+            )))
+        }
+    };
+    let per_head = heads
+        .checked_mul(2)
+        .and_then(|h2| {
+            rows.checked_rem(h2)
+                .filter(|&r| r == 0)
+                .and(rows.checked_div(h2))
+        })
+        .ok_or_else(|| {
+            RecforgeError::data(format!(
+                "GGUF tensor {name} has {rows} rows, not a multiple of 2 x {key} ({heads})"
+            ))
+        })?;
+    Ok(w.f_view([heads, per_head, 2, cols])?
+        .f_transpose(1, 2)?
+        .f_reshape(&size)?)
 }
 
-/// Undoes llama.cpp's permutation of q/k rows (it interleaves the two rotary halves per head).
-fn unpermute(w: Tensor, heads: i64) -> Tensor {
-    let size = w.size();
-    let rows = size[0];
-    w.view([heads, rows / heads / 2, 2, size[1]])
-        .transpose(1, 2)
-        .reshape(&size)
+/// The layer index of a `blk.N.` tensor name.
+fn block_of(gguf: &str) -> Option<usize> {
+    gguf.strip_prefix("blk.")?.split_once('.')?.0.parse().ok()
 }
 
 fn hf_name(gguf: &str) -> Option<String> {
@@ -235,6 +409,14 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{part}"))
 }
 
+/// One tensor descriptor: name, dimensions (innermost first), ggml type, data offset.
+struct TensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    kind: u32,
+    offset: u64,
+}
+
 /// Reads a llama-architecture GGUF file: a `config.json`-like value and float32 tensors under
 /// Hugging Face `LlamaForCausalLM` names.
 pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
@@ -260,71 +442,109 @@ pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
             path.display()
         )));
     }
-    let (n_tensors, n_kv) = (r.u64()? as usize, r.u64()? as usize);
-    let mut meta = Map::new();
+    // A tensor descriptor takes at least 24 bytes (name length, dimension count, type, offset)
+    // and a metadata entry at least 13 (key length, type, one byte of value).
+    let n_tensors = r.count("tensor count", 24)?;
+    let n_kv = r.count("metadata count", 13)?;
+    let mut entries = HashMap::with_capacity(n_kv);
     for _ in 0..n_kv {
         let key = r.string()?;
         let kind = r.u32()?;
         let v = r.value(kind, 0)?;
-        meta.insert(key, v);
+        if entries.insert(key.clone(), (kind, v)).is_some() {
+            return Err(r.bad(&format!("metadata key {key} appears twice")));
+        }
     }
-    let arch = meta
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let meta = Metadata { entries, path };
+    let arch = meta.str("general.architecture")?.unwrap_or("");
     if arch != "llama" {
         return Err(RecforgeError::config(format!(
             "{}: general.architecture {arch:?} is not supported (llama)",
             path.display()
         )));
     }
-    let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
+    let mut infos = Vec::with_capacity(n_tensors);
     for _ in 0..n_tensors {
         let name = r.string()?;
-        let n_dims = r.u32()? as usize;
+        let n_dims = r.u32()?;
         if n_dims > 4 {
-            return Err(r.bad("a tensor has more than 4 dimensions"));
+            return Err(r.bad(&format!(
+                "tensor {name} has {n_dims} dimensions (at most 4)"
+            )));
         }
         let dims: Vec<u64> = (0..n_dims).map(|_| r.u64()).collect::<Result<_>>()?;
         let kind = r.u32()?;
-        let offset = r.u64()? as usize;
-        infos.push((name, dims, kind, offset));
+        let offset = r.u64()?;
+        infos.push(TensorInfo {
+            name,
+            dims,
+            kind,
+            offset,
+        });
     }
-    let align = meta
-        .get("general.alignment")
-        .and_then(Value::as_u64)
-        .unwrap_or(32) as usize;
-    let data_start = r.pos.div_ceil(align.max(1)) * align.max(1);
-    let get = |k: &str| {
-        meta.get(&format!("llama.{k}"))
-            .and_then(Value::as_u64)
-            .map(|v| v as i64)
-    };
-    let need = |k: &str| {
-        get(k).ok_or_else(|| {
-            RecforgeError::data(format!("{}: metadata llama.{k} is missing", path.display()))
-        })
-    };
-    let heads = need("attention.head_count")?;
-    let kv_heads = get("attention.head_count_kv").unwrap_or(heads);
-    let mut tensors = HashMap::new();
-    for (name, dims, kind, offset) in infos {
-        let n: usize = dims.iter().product::<u64>() as usize;
-        let start = data_start
-            .checked_add(offset)
-            .filter(|&s| s <= buf.len())
+    let align = match meta.int("general.alignment")? {
+        None => 32,
+        Some(a) => usize::try_from(a)
+            .ok()
+            .filter(|a| a.is_power_of_two())
             .ok_or_else(|| {
                 RecforgeError::data(format!(
-                    "{}: tensor {name} starts past the end of the file",
+                    "{}: GGUF metadata general.alignment must be a power of two, got {a}",
                     path.display()
                 ))
+            })?,
+    };
+    let data_start = r
+        .pos
+        .checked_next_multiple_of(align)
+        .filter(|&s| s <= buf.len())
+        .ok_or_else(|| r.bad("the tensor data would start past the end of the file"))?;
+    let heads = meta.need("llama.attention.head_count")?;
+    let kv_heads = meta.size("llama.attention.head_count_kv")?.unwrap_or(heads);
+    let mut tensors = HashMap::with_capacity(infos.len());
+    let mut blocks = BTreeSet::new();
+    for TensorInfo {
+        name,
+        dims,
+        kind,
+        offset,
+    } in infos
+    {
+        let bad =
+            |what: String| RecforgeError::data(format!("{}: tensor {name} {what}", path.display()));
+        // Each dimension is at least 1 and their product a count of values that fits in memory
+        // indices; the bytes they need are then checked against the file.
+        let n = dims
+            .iter()
+            .try_fold(
+                1u64,
+                |acc, &d| if d == 0 { None } else { acc.checked_mul(d) },
+            )
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad(format!("has dimensions {dims:?} (zero or overflowing)")))?;
+        let bytes = bytes_for(kind, n).map_err(bad)?;
+        let data = usize::try_from(offset)
+            .ok()
+            .and_then(|o| data_start.checked_add(o))
+            .and_then(|start| Some(start..start.checked_add(bytes)?))
+            .and_then(|span| buf.get(span))
+            .ok_or_else(|| {
+                bad(format!(
+                    "has {bytes} bytes of data at offset {offset} after the header's {data_start} \
+                     bytes, past the end of the file ({} bytes)",
+                    buf.len()
+                ))
             })?;
-        let len = bytes_for(kind, n).unwrap_or(0).min(buf.len() - start);
-        let values = dequantize(kind, &buf[start..start + len], n)
-            .map_err(|e| RecforgeError::data(format!("{}: tensor {name}: {e}", path.display())))?;
-        let shape: Vec<i64> = dims.iter().rev().map(|&d| d as i64).collect();
-        let mut t = Tensor::from_slice(&values).view(shape.as_slice());
+        let values = dequantize(kind, data, n).map_err(bad)?;
+        // Every dimension is at most n, which fits in usize and was read from an i64-sized file.
+        let shape: Vec<i64> = dims
+            .iter()
+            .rev()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| bad(format!("has dimensions {dims:?} too large")))?;
+        let mut t = Tensor::f_from_slice(&values)?.f_view(shape.as_slice())?;
+        drop(values);
         let Some(hf) = hf_name(&name) else {
             if name == "rope_freqs.weight" {
                 continue;
@@ -334,37 +554,67 @@ pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
                 path.display()
             )));
         };
-        if name.ends_with("attn_q.weight") {
-            t = unpermute(t, heads);
-        } else if name.ends_with("attn_k.weight") {
-            t = unpermute(t, kv_heads);
+        if let Some(b) = block_of(&name) {
+            blocks.insert(b);
         }
-        tensors.insert(hf, t.to_kind(Kind::Float));
+        if name.ends_with("attn_q.weight") {
+            t = unpermute(t, heads, &name, "llama.attention.head_count")?;
+        } else if name.ends_with("attn_k.weight") {
+            t = unpermute(t, kv_heads, &name, "llama.attention.head_count_kv")?;
+        }
+        if tensors.insert(hf, t).is_some() {
+            return Err(bad("appears twice".into()));
+        }
     }
-    let embd = need("embedding_length")?;
+    let block_count = meta.need("llama.block_count")?;
+    let expected: BTreeSet<usize> = (0..usize::try_from(block_count).unwrap_or(usize::MAX))
+        .take(blocks.len().saturating_add(1))
+        .collect();
+    if blocks != expected {
+        return Err(RecforgeError::data(format!(
+            "{}: GGUF metadata llama.block_count is {block_count}, but the file holds tensors of \
+             {} block(s) numbered {:?}",
+            path.display(),
+            blocks.len(),
+            blocks.iter().take(8).collect::<Vec<_>>()
+        )));
+    }
+    let embd = meta.need("llama.embedding_length")?;
     let vocab = tensors
         .get("model.embed_tokens.weight")
-        .map(|t| t.size()[0])
+        .and_then(|t| t.size().first().copied())
         .ok_or_else(|| {
             RecforgeError::data(format!("{}: no token_embd.weight tensor", path.display()))
         })?;
-    let tok = |k: &str| {
-        meta.get(&format!("tokenizer.ggml.{k}"))
-            .and_then(Value::as_u64)
+    let head_dim = match meta.size("llama.rope.dimension_count")? {
+        Some(d) => d,
+        None => embd.checked_div(heads).unwrap_or(0),
+    };
+    // An epsilon may be 0; a rotary base must be positive.
+    let number = |key: &str, default: f64, zero_ok: bool| -> Result<f64> {
+        match meta.float(key)? {
+            None => Ok(default),
+            Some(v) if v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)) => Ok(v),
+            Some(v) => Err(RecforgeError::data(format!(
+                "{}: GGUF metadata {key} must be a finite number {} 0, got {v}",
+                path.display(),
+                if zero_ok { ">=" } else { ">" }
+            ))),
+        }
     };
     let mut config = json!({
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
         "vocab_size": vocab,
         "hidden_size": embd,
-        "intermediate_size": need("feed_forward_length")?,
-        "num_hidden_layers": need("block_count")?,
+        "intermediate_size": meta.need("llama.feed_forward_length")?,
+        "num_hidden_layers": block_count,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": get("rope.dimension_count").unwrap_or(embd / heads),
-        "max_position_embeddings": get("context_length").unwrap_or(2048),
-        "rms_norm_eps": meta.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-6),
-        "rope_theta": meta.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10000.0),
+        "head_dim": head_dim,
+        "max_position_embeddings": meta.size("llama.context_length")?.unwrap_or(2048),
+        "rms_norm_eps": number("llama.attention.layer_norm_rms_epsilon", 1e-6, true)?,
+        "rope_theta": number("llama.rope.freq_base", 10000.0, false)?,
         "tie_word_embeddings": !tensors.contains_key("lm_head.weight"),
         "attention_bias": tensors.contains_key("model.layers.0.self_attn.q_proj.bias"),
     });
@@ -373,11 +623,11 @@ pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
         ("eos_token_id", "eos_token_id"),
         ("pad_token_id", "padding_token_id"),
     ] {
-        if let Some(id) = tok(key) {
+        if let Some(id) = meta.int(&format!("tokenizer.ggml.{key}"))? {
             config[field] = json!(id);
         }
     }
-    if let Some(scaling) = meta.get("llama.rope.scaling.type").and_then(Value::as_str) {
+    if let Some(scaling) = meta.str("llama.rope.scaling.type")? {
         if scaling != "none" {
             config["rope_scaling"] = json!({"rope_type": scaling});
         }
@@ -386,8 +636,14 @@ pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     fn half(x: f32) -> [u8; 2] {
         // Exact for the values used below (small integers and halves).
@@ -407,7 +663,7 @@ mod tests {
         assert_eq!(half_to_f32(0xc000), -2.0);
         assert_eq!(half_to_f32(0x3800), 0.5);
         assert_eq!(half_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16(&half(0.25)), 0.25);
+        assert_eq!(f16(half(0.25)), 0.25);
     }
 
     #[test]
@@ -438,7 +694,7 @@ mod tests {
         // llama.cpp: w.reshape(h, 2, r/h/2, c).swapaxes(1, 2).reshape(r, c)
         let w = Tensor::arange(8 * 3, (Kind::Float, tch::Device::Cpu)).view([8, 3]);
         let permuted = w.view([2, 2, 2, 3]).transpose(1, 2).reshape([8, 3]);
-        assert!(unpermute(permuted, 2).equal(&w));
+        assert!(unpermute(permuted, 2, "q", "heads").unwrap().equal(&w));
     }
 
     #[test]
@@ -448,5 +704,309 @@ mod tests {
         let e = read(&p).err().unwrap().to_string();
         assert!(e.contains("not a GGUF"), "{e}");
         std::fs::remove_file(&p).unwrap();
+    }
+
+    /// The bit-level half-to-float conversion recforge used before (kept as the reference).
+    fn half_bits_reference(h: u16) -> f32 {
+        let sign = ((h >> 15) as u32) << 31;
+        let exp = ((h >> 10) & 0x1f) as u32;
+        let frac = (h & 0x3ff) as u32;
+        let bits = match (exp, frac) {
+            (0, 0) => sign,
+            (0, f) => {
+                let mut e = 127 - 15 + 1;
+                let mut f = f;
+                while f & 0x400 == 0 {
+                    f <<= 1;
+                    e -= 1;
+                }
+                sign | (e << 23) | ((f & 0x3ff) << 13)
+            }
+            (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+            (e, f) => sign | ((e + 127 - 15) << 23) | (f << 13),
+        };
+        f32::from_bits(bits)
+    }
+
+    #[test]
+    fn every_half_converts_exactly() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (half_to_f32(h), half_bits_reference(h));
+            if want.is_nan() {
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}: {got} vs {want}");
+            }
+        }
+    }
+
+    /// A GGUF file described field by field, so tests can corrupt any one of them.
+    struct Spec {
+        version: u32,
+        n_tensors: Option<u64>,
+        n_kv: Option<u64>,
+        meta: Vec<(String, u32, Vec<u8>)>,
+        /// name, dims (innermost first), ggml type, data offset (None: next aligned slot).
+        tensors: Vec<(String, Vec<u64>, u32, Option<u64>)>,
+        cut: Option<usize>,
+    }
+
+    fn gguf_str(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
+    }
+
+    fn u32_le(v: u32) -> Vec<u8> {
+        v.to_le_bytes().to_vec()
+    }
+
+    /// A one-block Llama: width 8, 2 heads, feed-forward 16, vocabulary 10, all F32.
+    fn tiny() -> Spec {
+        let m = |k: &str, v: u32| (k.to_string(), 4, u32_le(v));
+        // An array of 2 strings.
+        let mut tokens = [8u32.to_le_bytes().to_vec(), 2u64.to_le_bytes().to_vec()].concat();
+        tokens.extend(gguf_str("a"));
+        tokens.extend(gguf_str("b"));
+        let meta = vec![
+            ("general.architecture".to_string(), 8, gguf_str("llama")),
+            m("llama.block_count", 1),
+            m("llama.embedding_length", 8),
+            m("llama.feed_forward_length", 16),
+            m("llama.attention.head_count", 2),
+            m("llama.attention.head_count_kv", 2),
+            (
+                "llama.attention.layer_norm_rms_epsilon".to_string(),
+                6,
+                1e-5f32.to_le_bytes().to_vec(),
+            ),
+            ("tokenizer.ggml.tokens".to_string(), 9, tokens),
+            m("tokenizer.ggml.eos_token_id", 2),
+        ];
+        let t = |n: &str, dims: &[u64]| (n.to_string(), dims.to_vec(), 0, None);
+        let tensors = vec![
+            t("token_embd.weight", &[8, 10]),
+            t("blk.0.attn_norm.weight", &[8]),
+            t("blk.0.attn_q.weight", &[8, 8]),
+            t("blk.0.attn_k.weight", &[8, 8]),
+            t("blk.0.attn_v.weight", &[8, 8]),
+            t("blk.0.attn_output.weight", &[8, 8]),
+            t("blk.0.ffn_norm.weight", &[8]),
+            t("blk.0.ffn_gate.weight", &[8, 16]),
+            t("blk.0.ffn_up.weight", &[8, 16]),
+            t("blk.0.ffn_down.weight", &[16, 8]),
+            t("output_norm.weight", &[8]),
+        ];
+        Spec {
+            version: 3,
+            n_tensors: None,
+            n_kv: None,
+            meta,
+            tensors,
+            cut: None,
+        }
+    }
+
+    fn build(spec: &Spec) -> Vec<u8> {
+        let mut out = b"GGUF".to_vec();
+        out.extend(spec.version.to_le_bytes());
+        out.extend(
+            spec.n_tensors
+                .unwrap_or(spec.tensors.len() as u64)
+                .to_le_bytes(),
+        );
+        out.extend(spec.n_kv.unwrap_or(spec.meta.len() as u64).to_le_bytes());
+        for (k, kind, v) in &spec.meta {
+            out.extend(gguf_str(k));
+            out.extend(kind.to_le_bytes());
+            out.extend(v);
+        }
+        let mut data = Vec::new();
+        for (name, dims, kind, offset) in &spec.tensors {
+            out.extend(gguf_str(name));
+            out.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                out.extend(d.to_le_bytes());
+            }
+            out.extend(kind.to_le_bytes());
+            out.extend(offset.unwrap_or(data.len() as u64).to_le_bytes());
+            let n: u64 = dims.iter().product();
+            if n < 1 << 20 {
+                data.extend((0..n).flat_map(|i| ((i % 7) as f32 * 0.1 - 0.3).to_le_bytes()));
+                data.resize(data.len().div_ceil(32) * 32, 0);
+            }
+        }
+        out.resize(out.len().div_ceil(32) * 32, 0);
+        out.extend(data);
+        out.truncate(spec.cut.unwrap_or(usize::MAX));
+        out
+    }
+
+    fn read_spec(spec: &Spec) -> Result<(Value, HashMap<String, Tensor>)> {
+        let p = std::env::temp_dir().join(format!(
+            "recforge-gguf-{}-{:?}.gguf",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&p, build(spec)).unwrap();
+        let out = read(&p);
+        std::fs::remove_file(&p).unwrap();
+        out
+    }
+
+    fn error_of(spec: &Spec) -> String {
+        match read_spec(spec) {
+            Ok(_) => panic!("the file was read"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn set(spec: &mut Spec, key: &str, kind: u32, value: Vec<u8>) {
+        let entry = spec.meta.iter_mut().find(|(k, _, _)| k == key).unwrap();
+        entry.1 = kind;
+        entry.2 = value;
+    }
+
+    #[test]
+    fn a_tiny_llama_file_reads_and_loads() {
+        let (config, tensors) = read_spec(&tiny()).unwrap();
+        assert_eq!(config["num_hidden_layers"], 1);
+        assert_eq!(config["vocab_size"], 10);
+        assert_eq!(config["head_dim"], 4);
+        assert_eq!(config["tie_word_embeddings"], true);
+        assert_eq!(
+            tensors["model.layers.0.mlp.up_proj.weight"].size(),
+            vec![16, 8]
+        );
+        let p = std::env::temp_dir().join(format!("recforge-gguf-lm-{}.gguf", std::process::id()));
+        std::fs::write(&p, build(&tiny())).unwrap();
+        let lm = crate::text::causal_lm::CausalLm::from_gguf(&p, tch::Device::Cpu, Kind::Float);
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(lm.unwrap().net().vocab_size(), 10);
+    }
+
+    #[test]
+    fn sizes_past_the_end_of_the_file_are_errors_before_allocation() {
+        // The issue's repro: a dimension of 2^30 asked for 2^33 floats (an abort).
+        let mut s = tiny();
+        s.tensors[0].1[1] = 1 << 30;
+        let e = error_of(&s);
+        assert!(
+            e.contains("token_embd.weight") && e.contains("past the end"),
+            "{e}"
+        );
+        let mut s = tiny();
+        s.tensors[0].1 = vec![1 << 40, 1 << 40];
+        assert!(error_of(&s).contains("overflowing"));
+        let mut s = tiny();
+        s.tensors[2].1[0] = 0;
+        assert!(error_of(&s).contains("blk.0.attn_q.weight"));
+        let mut s = tiny();
+        s.tensors[3].3 = Some(u64::MAX - 3);
+        assert!(error_of(&s).contains("blk.0.attn_k.weight"));
+        let mut s = tiny();
+        s.tensors[3].2 = 99;
+        assert!(error_of(&s).contains("ggml type 99"));
+        let mut s = tiny();
+        s.n_tensors = Some(1 << 60);
+        assert!(error_of(&s).contains("tensor count"));
+        let mut s = tiny();
+        s.n_kv = Some(u64::MAX);
+        assert!(error_of(&s).contains("metadata count"));
+        let mut s = tiny();
+        let mut huge_array = [
+            8u32.to_le_bytes().to_vec(),
+            (1u64 << 40).to_le_bytes().to_vec(),
+        ]
+        .concat();
+        huge_array.extend(gguf_str("a"));
+        set(&mut s, "tokenizer.ggml.tokens", 9, huge_array);
+        assert!(error_of(&s).contains("array length"));
+        let mut s = tiny();
+        set(
+            &mut s,
+            "general.architecture",
+            8,
+            (1u64 << 63).to_le_bytes().to_vec(),
+        );
+        assert!(error_of(&s).contains("string length"));
+        let mut s = tiny();
+        s.meta.push(("general.alignment".into(), 4, u32_le(48)));
+        assert!(error_of(&s).contains("power of two"));
+    }
+
+    #[test]
+    fn metadata_values_are_checked_and_wrong_types_named() {
+        let mut s = tiny();
+        set(&mut s, "llama.attention.head_count", 8, gguf_str("two"));
+        let e = error_of(&s);
+        assert!(
+            e.contains("llama.attention.head_count has type string, expected an integer"),
+            "{e}"
+        );
+        let mut s = tiny();
+        set(&mut s, "llama.attention.head_count", 4, u32_le(0));
+        assert!(error_of(&s).contains("llama.attention.head_count must be between 1"));
+        let mut s = tiny();
+        set(
+            &mut s,
+            "llama.attention.head_count",
+            5,
+            (-2i32).to_le_bytes().to_vec(),
+        );
+        assert!(error_of(&s).contains("got -2"));
+        let mut s = tiny();
+        set(&mut s, "llama.attention.head_count_kv", 4, u32_le(3));
+        assert!(error_of(&s).contains("head_count_kv"));
+        let mut s = tiny();
+        set(&mut s, "llama.block_count", 4, u32_le(1 << 30));
+        assert!(error_of(&s).contains("llama.block_count is 1073741824"));
+        let mut s = tiny();
+        set(
+            &mut s,
+            "llama.embedding_length",
+            6,
+            8f32.to_le_bytes().to_vec(),
+        );
+        assert!(error_of(&s).contains("has type float32"));
+        let mut s = tiny();
+        set(
+            &mut s,
+            "llama.attention.layer_norm_rms_epsilon",
+            6,
+            (-1f32).to_le_bytes().to_vec(),
+        );
+        assert!(error_of(&s).contains("layer_norm_rms_epsilon"));
+        let mut s = tiny();
+        set(
+            &mut s,
+            "llama.attention.layer_norm_rms_epsilon",
+            6,
+            f32::NAN.to_le_bytes().to_vec(),
+        );
+        assert!(error_of(&s).contains("not a finite number"));
+        let mut s = tiny();
+        set(&mut s, "general.architecture", 4, u32_le(7));
+        assert!(error_of(&s).contains("general.architecture has type uint32, expected a string"));
+        let mut s = tiny();
+        s.meta.push(("llama.block_count".into(), 4, u32_le(1)));
+        assert!(error_of(&s).contains("appears twice"));
+        let mut s = tiny();
+        s.meta.retain(|(k, _, _)| k != "llama.feed_forward_length");
+        assert!(error_of(&s).contains("llama.feed_forward_length is missing"));
+    }
+
+    #[test]
+    fn a_file_cut_at_any_byte_is_a_data_error() {
+        let full = build(&tiny());
+        for cut in 0..full.len() {
+            let mut s = tiny();
+            s.cut = Some(cut);
+            match read_spec(&s) {
+                Err(RecforgeError::Data(_)) => {}
+                Err(e) => panic!("cut at {cut}: {e}"),
+                Ok(_) => panic!("cut at {cut}: the file was read"),
+            }
+        }
     }
 }

@@ -6,10 +6,11 @@ use serde_json::json;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::config::HfConfig;
+use super::config::{checked_product, checked_sum, HfConfig};
 use super::decoder::{extend_cache, Decoder, KvCache};
 use super::layers::{
-    attend, causal_mask, layer_norm, lm_logits, merge_heads, split_heads, Activation,
+    attend, causal_mask, layer_norm, layer_vec, lm_logits, merge_heads, param, split_heads,
+    Activation, Embedding, LayerNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -59,30 +60,55 @@ impl Gpt2Config {
     /// Reads a `config.json` of `model_type` `gpt2`.
     pub fn from_hf(c: &HfConfig) -> Result<Self> {
         c.require("add_cross_attention", &[json!(false)])?;
-        let n_embd = c.int("n_embd", 768)?;
+        let n_embd = c.size("n_embd", 768)?;
         let cfg = Self {
             vocab_size: c.int_req("vocab_size")?,
-            n_positions: c.int("n_positions", 1024)?,
+            n_positions: c.size("n_positions", 1024)?,
             n_embd,
-            n_layer: c.int("n_layer", 12)?,
-            n_head: c.int("n_head", 12)?,
-            n_inner: c.int("n_inner", 4 * n_embd)?,
+            n_layer: c.size("n_layer", 12)?,
+            n_head: c.size("n_head", 12)?,
+            n_inner: match c.size_opt("n_inner")? {
+                Some(n) => n,
+                None => checked_product(&[4, n_embd])?,
+            },
             activation: Activation::parse(
                 &c.str("activation_function", "gelu_new")?,
                 "activation_function",
             )?,
-            layer_norm_epsilon: c.float("layer_norm_epsilon", 1e-5)?,
+            layer_norm_epsilon: c.eps("layer_norm_epsilon", 1e-5)?,
             scale_attn_weights: c.bool("scale_attn_weights", true)?,
             scale_attn_by_inverse_layer_idx: c.bool("scale_attn_by_inverse_layer_idx", false)?,
             tie_word_embeddings: c.bool("tie_word_embeddings", true)?,
         };
-        if cfg.n_embd % cfg.n_head != 0 {
+        if cfg.n_embd.checked_rem(cfg.n_head) != Some(0) {
             return Err(RecforgeError::config(format!(
                 "config.json n_embd {} is not a multiple of n_head {}",
                 cfg.n_embd, cfg.n_head
             )));
         }
+        cfg.num_parameters()?;
         Ok(cfg)
+    }
+
+    /// Number of parameters the configuration describes (an error when it overflows).
+    pub fn num_parameters(&self) -> Result<i64> {
+        let (n, f, v) = (self.n_embd, self.n_inner, self.vocab_size);
+        let block = checked_sum(&[
+            checked_product(&[4, n])?,
+            checked_product(&[4, n, n])?,
+            checked_product(&[4, n])?,
+            checked_product(&[2, n, f])?,
+            f,
+            n,
+        ])?;
+        let wte = checked_product(&[v, n])?;
+        checked_sum(&[
+            wte,
+            checked_product(&[self.n_positions, n])?,
+            checked_product(&[self.n_layer, block])?,
+            checked_product(&[2, n])?,
+            if self.tie_word_embeddings { 0 } else { wte },
+        ])
     }
 
     /// The checkpoint layout for this configuration.
@@ -103,18 +129,19 @@ struct Conv1D {
 }
 
 impl Conv1D {
-    fn new(p: nn::Path, input: i64, output: i64) -> Self {
-        Self {
-            weight: p.var(
+    fn new(p: nn::Path, input: i64, output: i64) -> Result<Self> {
+        Ok(Self {
+            weight: param(
+                &p,
                 "weight",
                 &[input, output],
                 nn::Init::Randn {
                     mean: 0.0,
                     stdev: 0.02,
                 },
-            ),
-            bias: p.zeros("bias", &[output]),
-        }
+            )?,
+            bias: param(&p, "bias", &[output], nn::Init::Const(0.0))?,
+        })
     }
     fn forward(&self, x: &Tensor) -> Tensor {
         x.matmul(&self.weight) + &self.bias
@@ -123,10 +150,10 @@ impl Conv1D {
 
 #[derive(Debug)]
 struct Block {
-    ln_1: nn::LayerNorm,
+    ln_1: LayerNorm,
     c_attn: Conv1D,
     attn_proj: Conv1D,
-    ln_2: nn::LayerNorm,
+    ln_2: LayerNorm,
     c_fc: Conv1D,
     mlp_proj: Conv1D,
 }
@@ -136,50 +163,55 @@ struct Block {
 pub struct Gpt2 {
     /// Its configuration.
     pub config: Gpt2Config,
-    wte: nn::Embedding,
-    wpe: nn::Embedding,
+    wte: Embedding,
+    wpe: Embedding,
     blocks: Vec<Block>,
-    ln_f: nn::LayerNorm,
+    ln_f: LayerNorm,
     lm_head: Option<nn::Linear>,
 }
 
 impl Gpt2 {
-    /// Creates the parameters under `p` (GPT-2's initialisation: normal(0, 0.02)).
-    pub fn new(p: &nn::Path, config: Gpt2Config) -> Self {
-        let (n, eps) = (config.n_embd, config.layer_norm_epsilon);
-        let init = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            ..Default::default()
+    /// Creates the parameters under `p` (GPT-2's initialisation: normal(0, 0.02)); fails when
+    /// libtorch cannot allocate them.
+    pub fn new(p: &nn::Path, config: Gpt2Config) -> Result<Self> {
+        let (n, f, eps) = (config.n_embd, config.n_inner, config.layer_norm_epsilon);
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
         };
-        let wte = nn::embedding(p / "wte", config.vocab_size, n, init);
-        let wpe = nn::embedding(p / "wpe", config.n_positions, n, init);
-        let blocks = (0..config.n_layer)
-            .map(|i| {
-                let b = p / "h" / i;
-                Block {
-                    ln_1: layer_norm(&b / "ln_1", n, eps),
-                    c_attn: Conv1D::new(&b / "attn" / "c_attn", n, 3 * n),
-                    attn_proj: Conv1D::new(&b / "attn" / "c_proj", n, n),
-                    ln_2: layer_norm(&b / "ln_2", n, eps),
-                    c_fc: Conv1D::new(&b / "mlp" / "c_fc", n, config.n_inner),
-                    mlp_proj: Conv1D::new(&b / "mlp" / "c_proj", config.n_inner, n),
-                }
-            })
-            .collect();
-        let ln_f = layer_norm(p / "ln_f", n, eps);
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| super::layers::linear(p / "lm_head", n, config.vocab_size, false));
-        Self {
+        let wte = Embedding::new(p / "wte", config.vocab_size, n, init)?;
+        let wpe = Embedding::new(p / "wpe", config.n_positions, n, init)?;
+        let mut blocks = layer_vec(config.n_layer)?;
+        for i in 0..config.n_layer {
+            let b = p / "h" / i;
+            blocks.push(Block {
+                ln_1: layer_norm(&b / "ln_1", n, eps)?,
+                c_attn: Conv1D::new(&b / "attn" / "c_attn", n, checked_product(&[3, n])?)?,
+                attn_proj: Conv1D::new(&b / "attn" / "c_proj", n, n)?,
+                ln_2: layer_norm(&b / "ln_2", n, eps)?,
+                c_fc: Conv1D::new(&b / "mlp" / "c_fc", n, f)?,
+                mlp_proj: Conv1D::new(&b / "mlp" / "c_proj", f, n)?,
+            });
+        }
+        let ln_f = layer_norm(p / "ln_f", n, eps)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(super::layers::linear(
+                p / "lm_head",
+                n,
+                config.vocab_size,
+                false,
+            )?)
+        };
+        Ok(Self {
             config,
             wte,
             wpe,
             blocks,
             ln_f,
             lm_head,
-        }
+        })
     }
 }
 
@@ -194,18 +226,30 @@ impl Decoder for Gpt2 {
         key_mask: &Tensor,
         positions: &Tensor,
         mut cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let c = &self.config;
-        let (heads, hd) = (c.n_head, c.n_embd / c.n_head);
-        let tq = embeds.size()[1];
+        let hd = c
+            .n_embd
+            .checked_div(c.n_head)
+            .ok_or_else(|| RecforgeError::config("n_head must be positive"))?;
+        let heads = c.n_head;
+        let (_, tq, _) = embeds.size3()?;
         let mask = causal_mask(key_mask, tq);
         let mut x = embeds + self.wpe.forward(positions);
         for (i, b) in self.blocks.iter().enumerate() {
-            let qkv = b.c_attn.forward(&b.ln_1.forward(&x)).split(c.n_embd, -1);
-            let q = split_heads(&qkv[0], heads, hd);
-            let k = split_heads(&qkv[1], heads, hd);
-            let v = split_heads(&qkv[2], heads, hd);
-            let (k, v) = extend_cache(cache.as_deref_mut().map(|c| &mut c[i]), k, v);
+            let qkv = b
+                .c_attn
+                .forward(&b.ln_1.forward(&x))
+                .f_split(c.n_embd, -1)?;
+            let [q, k, v] = qkv.as_slice() else {
+                return Err(RecforgeError::data(
+                    "c_attn output does not split into q, k, v",
+                ));
+            };
+            let q = split_heads(q, heads, hd)?;
+            let k = split_heads(k, heads, hd)?;
+            let v = split_heads(v, heads, hd)?;
+            let (k, v) = extend_cache(cache.as_deref_mut().and_then(|c| c.get_mut(i)), k, v);
             let mut scale = if c.scale_attn_weights {
                 1.0 / (hd as f64).sqrt()
             } else {
@@ -214,12 +258,12 @@ impl Decoder for Gpt2 {
             if c.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), Some(scale)));
+            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), Some(scale)))?;
             x = &x + b.attn_proj.forward(&a);
             let f = c.activation.apply(&b.c_fc.forward(&b.ln_2.forward(&x)));
             x = &x + b.mlp_proj.forward(&f);
         }
-        self.ln_f.forward(&x)
+        Ok(self.ln_f.forward(&x))
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {

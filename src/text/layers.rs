@@ -66,11 +66,11 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// A norm over `dim` features whose scale is `p / "weight"`, initialised to one.
-    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self {
-            weight: p.ones("weight", &[dim]),
+    pub fn new(p: nn::Path, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: param(&p, "weight", &[dim], nn::Init::Const(1.0))?,
             eps,
-        }
+        })
     }
 }
 
@@ -84,34 +84,111 @@ impl Module for RmsNorm {
     }
 }
 
-/// A linear layer named like the Hugging Face one (`weight` `[out, in]`, optional `bias`).
-pub fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> nn::Linear {
-    nn::linear(
-        p,
-        input,
-        output,
-        nn::LinearConfig {
-            bias,
-            ..Default::default()
-        },
-    )
+/// Creates the parameter `name` under `p`, or fails with a [`RecforgeError::Config`] naming it and
+/// its shape when libtorch cannot allocate it: a config that asks for too large a model is an
+/// error, not a panic (tch's `nn::Path::var` unwraps).
+pub fn param(p: &nn::Path, name: &str, dims: &[i64], init: nn::Init) -> Result<Tensor> {
+    p.f_var(name, dims, init).map_err(|e| {
+        RecforgeError::config(format!(
+            "cannot create parameter {} of shape {dims:?} (check the config's sizes): {e}",
+            p.path(name)
+        ))
+    })
 }
 
-/// A layer norm named like the Hugging Face one (`weight`, `bias`).
-pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![dim],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+/// Room for `n` layers, reserved without aborting on a huge `n`.
+pub fn layer_vec<T>(n: i64) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or_else(|| RecforgeError::config(format!("cannot hold {n} layers")))?;
+    Ok(v)
+}
+
+/// A linear layer named like the Hugging Face one (`weight` `[out, in]`, optional `bias`),
+/// initialised as `tch::nn::linear` does.
+pub fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> Result<nn::Linear> {
+    let bs = if bias {
+        let bound = 1.0 / (input as f64).sqrt();
+        Some(param(
+            &p,
+            "bias",
+            &[output],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
+    } else {
+        None
+    };
+    let ws = param(
+        &p,
+        "weight",
+        &[output, input],
+        nn::init::DEFAULT_KAIMING_UNIFORM,
+    )?;
+    Ok(nn::Linear { ws, bs })
+}
+
+/// An embedding table `weight` `[n, dim]` (`tch::nn::Embedding` without the panicking
+/// constructor).
+#[derive(Debug)]
+pub struct Embedding {
+    /// The table.
+    pub ws: Tensor,
+}
+
+impl Embedding {
+    /// A table of `n` rows of `dim` under `p / "weight"`, drawn from `init`.
+    pub fn new(p: nn::Path, n: i64, dim: i64, init: nn::Init) -> Result<Self> {
+        Ok(Self {
+            ws: param(&p, "weight", &[n, dim], init)?,
+        })
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.ws, ids, -1, false, false)
+    }
+}
+
+/// A layer norm named like the Hugging Face one (`weight` initialised to one, `bias` to zero).
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let dim = self.weight.size();
+        Tensor::layer_norm(
+            x,
+            &dim,
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// A layer norm over `dim` features.
+pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm {
+        weight: param(&p, "weight", &[dim], nn::Init::Const(1.0))?,
+        bias: param(&p, "bias", &[dim], nn::Init::Const(0.0))?,
+        eps,
+    })
 }
 
 /// Vocabulary logits of hidden states: through a head of its own, or through the token
 /// embeddings when the head is tied to them.
-pub fn lm_logits(hidden: &Tensor, head: Option<&nn::Linear>, embeddings: &nn::Embedding) -> Tensor {
+pub fn lm_logits(hidden: &Tensor, head: Option<&nn::Linear>, embeddings: &Embedding) -> Tensor {
     match head {
         Some(head) => head.forward(hidden),
         None => hidden.matmul(&embeddings.ws.tr()),
@@ -119,15 +196,18 @@ pub fn lm_logits(hidden: &Tensor, head: Option<&nn::Linear>, embeddings: &nn::Em
 }
 
 /// `[B, T, H*D]` -> `[B, H, T, D]`.
-pub fn split_heads(x: &Tensor, heads: i64, head_dim: i64) -> Tensor {
-    let (b, t, _) = x.size3().expect("3-d activations");
-    x.view([b, t, heads, head_dim]).transpose(1, 2)
+pub fn split_heads(x: &Tensor, heads: i64, head_dim: i64) -> Result<Tensor> {
+    let (b, t, _) = x.size3()?;
+    Ok(x.f_view([b, t, heads, head_dim])?.transpose(1, 2))
 }
 
 /// `[B, H, T, D]` -> `[B, T, H*D]`.
-pub fn merge_heads(x: &Tensor) -> Tensor {
-    let (b, h, t, d) = x.size4().expect("4-d attention output");
-    x.transpose(1, 2).contiguous().view([b, t, h * d])
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.size4()?;
+    let width = h.checked_mul(d).ok_or_else(|| {
+        RecforgeError::data(format!("attention output {:?} is too wide", x.size()))
+    })?;
+    Ok(x.transpose(1, 2).contiguous().f_view([b, t, width])?)
 }
 
 /// Scaled dot-product attention of `q` `[B, H, Tq, D]` over `k`, `v` `[B, Hkv, Tk, D]` (grouped
@@ -200,7 +280,7 @@ mod tests {
     #[test]
     fn rms_norm_matches_formula() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let n = RmsNorm::new(vs.root().sub("n"), 2, 0.0);
+        let n = RmsNorm::new(vs.root().sub("n"), 2, 0.0).unwrap();
         let x = Tensor::from_slice(&[3.0f32, 4.0]).view([1, 2]);
         let y: Vec<f32> = Vec::try_from(n.forward(&x).view([-1])).unwrap();
         let rms = (12.5f32).sqrt();

@@ -7,10 +7,11 @@ use serde_json::{json, Value};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::HfConfig;
+use super::config::{checked_product, checked_sum, HfConfig};
 use super::decoder::{extend_cache, Decoder, KvCache};
 use super::layers::{
-    attend, causal_mask, linear, lm_logits, merge_heads, split_heads, Activation, RmsNorm,
+    attend, causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads, Activation,
+    Embedding, RmsNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -85,13 +86,18 @@ fn rope_settings(c: &HfConfig) -> Result<f64> {
             }
         }
     }
-    let from_params = params
-        .and_then(|p| p.get("rope_theta"))
-        .and_then(Value::as_f64);
-    Ok(match from_params {
-        Some(t) => t,
-        None => c.float("rope_theta", 10000.0)?,
-    })
+    let from_params = params.and_then(|p| p.get("rope_theta"));
+    match from_params {
+        Some(t) => t
+            .as_f64()
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .ok_or_else(|| {
+                RecforgeError::config(format!(
+                    "config.json rope_parameters.rope_theta must be a finite number > 0, got {t}"
+                ))
+            }),
+        None => c.positive("rope_theta", 10000.0),
+    }
 }
 
 impl LlamaConfig {
@@ -115,19 +121,23 @@ impl LlamaConfig {
             intermediate_size: c.int_req("intermediate_size")?,
             num_hidden_layers: c.int_req("num_hidden_layers")?,
             num_attention_heads: heads,
-            num_key_value_heads: c.int("num_key_value_heads", heads)?,
-            head_dim: c.int_opt("head_dim")?.unwrap_or(hidden / heads),
-            rms_norm_eps: c.float("rms_norm_eps", 1e-6)?,
+            num_key_value_heads: c.size("num_key_value_heads", heads)?,
+            // heads >= 1, so the division is defined; hidden / heads >= 0.
+            head_dim: match c.size_opt("head_dim")? {
+                Some(d) => d,
+                None => hidden.checked_div(heads).unwrap_or(0),
+            },
+            rms_norm_eps: c.eps("rms_norm_eps", 1e-6)?,
             rope_theta: rope_settings(c)?,
             hidden_act: Activation::parse(&c.str("hidden_act", "silu")?, "hidden_act")?,
             qkv_bias: qwen || attention_bias,
             o_bias: !qwen && attention_bias,
             mlp_bias: c.bool("mlp_bias", false)?,
             tie_word_embeddings: c.bool("tie_word_embeddings", false)?,
-            max_position_embeddings: c.int("max_position_embeddings", 2048)?,
+            max_position_embeddings: c.size("max_position_embeddings", 2048)?,
             model_type,
         };
-        if cfg.num_key_value_heads < 1 || cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+        if cfg.num_attention_heads.checked_rem(cfg.num_key_value_heads) != Some(0) {
             return Err(RecforgeError::config(format!(
                 "config.json num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 cfg.num_attention_heads, cfg.num_key_value_heads
@@ -135,11 +145,41 @@ impl LlamaConfig {
         }
         if cfg.head_dim % 2 != 0 || cfg.head_dim < 2 {
             return Err(RecforgeError::config(format!(
-                "rotary embeddings need an even head_dim, got {}",
+                "rotary embeddings need an even head_dim of at least 2, got {} (head_dim or \
+                 hidden_size / num_attention_heads)",
                 cfg.head_dim
             )));
         }
+        cfg.num_parameters()?;
         Ok(cfg)
+    }
+
+    /// Number of parameters the configuration describes (an error when it overflows).
+    pub fn num_parameters(&self) -> Result<i64> {
+        let (h, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = checked_product(&[self.num_attention_heads, self.head_dim])?;
+        let kv = checked_product(&[self.num_key_value_heads, self.head_dim])?;
+        let bias = |on: bool, n: i64| if on { n } else { 0 };
+        let layer = checked_sum(&[
+            checked_product(&[2, h])?,
+            checked_product(&[checked_sum(&[q, kv, kv])?, h])?,
+            bias(self.qkv_bias, checked_sum(&[q, kv, kv])?),
+            checked_product(&[q, h])?,
+            bias(self.o_bias, h),
+            checked_product(&[3, h, f])?,
+            bias(self.mlp_bias, checked_sum(&[f, f, h])?),
+        ])?;
+        let embeddings = checked_product(&[v, h])?;
+        checked_sum(&[
+            embeddings,
+            if self.tie_word_embeddings {
+                0
+            } else {
+                embeddings
+            },
+            h,
+            checked_product(&[self.num_hidden_layers, layer])?,
+        ])
     }
 
     /// The checkpoint layout for this configuration.
@@ -170,7 +210,7 @@ struct Layer {
 pub struct Llama {
     /// Its configuration.
     pub config: LlamaConfig,
-    embed_tokens: nn::Embedding,
+    embed_tokens: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Option<nn::Linear>,
@@ -183,66 +223,57 @@ fn rotate_half(x: &Tensor) -> Tensor {
 }
 
 impl Llama {
-    /// Creates the parameters under `p`.
-    pub fn new(p: &nn::Path, config: LlamaConfig) -> Self {
-        let (h, eps) = (config.hidden_size, config.rms_norm_eps);
-        let (q_out, kv_out) = (
-            config.num_attention_heads * config.head_dim,
-            config.num_key_value_heads * config.head_dim,
+    /// Creates the parameters under `p`; fails when libtorch cannot allocate them.
+    pub fn new(p: &nn::Path, config: LlamaConfig) -> Result<Self> {
+        let (h, f, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.rms_norm_eps,
         );
-        let init = nn::EmbeddingConfig {
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-            ..Default::default()
+        let q_out = checked_product(&[config.num_attention_heads, config.head_dim])?;
+        let kv_out = checked_product(&[config.num_key_value_heads, config.head_dim])?;
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
         };
-        let embed_tokens = nn::embedding(p / "embed_tokens", config.vocab_size, h, init);
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let l = p / "layers" / i;
-                let a = &l / "self_attn";
-                let m = &l / "mlp";
-                Layer {
-                    input_norm: RmsNorm::new(&l / "input_layernorm", h, eps),
-                    q: linear(&a / "q_proj", h, q_out, config.qkv_bias),
-                    k: linear(&a / "k_proj", h, kv_out, config.qkv_bias),
-                    v: linear(&a / "v_proj", h, kv_out, config.qkv_bias),
-                    o: linear(&a / "o_proj", q_out, h, config.o_bias),
-                    post_norm: RmsNorm::new(&l / "post_attention_layernorm", h, eps),
-                    gate: linear(
-                        &m / "gate_proj",
-                        h,
-                        config.intermediate_size,
-                        config.mlp_bias,
-                    ),
-                    up: linear(&m / "up_proj", h, config.intermediate_size, config.mlp_bias),
-                    down: linear(
-                        &m / "down_proj",
-                        config.intermediate_size,
-                        h,
-                        config.mlp_bias,
-                    ),
-                }
-            })
-            .collect();
-        let norm = RmsNorm::new(p / "norm", h, eps);
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| linear(p / "lm_head", h, config.vocab_size, false));
+        let embed_tokens = Embedding::new(p / "embed_tokens", config.vocab_size, h, init)?;
+        let mut layers = layer_vec(config.num_hidden_layers)?;
+        for i in 0..config.num_hidden_layers {
+            let l = p / "layers" / i;
+            let a = &l / "self_attn";
+            let m = &l / "mlp";
+            layers.push(Layer {
+                input_norm: RmsNorm::new(&l / "input_layernorm", h, eps)?,
+                q: linear(&a / "q_proj", h, q_out, config.qkv_bias)?,
+                k: linear(&a / "k_proj", h, kv_out, config.qkv_bias)?,
+                v: linear(&a / "v_proj", h, kv_out, config.qkv_bias)?,
+                o: linear(&a / "o_proj", q_out, h, config.o_bias)?,
+                post_norm: RmsNorm::new(&l / "post_attention_layernorm", h, eps)?,
+                gate: linear(&m / "gate_proj", h, f, config.mlp_bias)?,
+                up: linear(&m / "up_proj", h, f, config.mlp_bias)?,
+                down: linear(&m / "down_proj", f, h, config.mlp_bias)?,
+            });
+        }
+        let norm = RmsNorm::new(p / "norm", h, eps)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(linear(p / "lm_head", h, config.vocab_size, false)?)
+        };
         // inv_freq[j] = 1 / theta^(2j / head_dim), computed in float32 as transformers does.
         let d = config.head_dim;
-        let exponents = Tensor::arange_start_step(0, d, 2, (Kind::Int64, p.device()))
+        let exponents = Tensor::f_arange_start_step(0, d, 2, (Kind::Int64, p.device()))?
             .to_kind(Kind::Float)
             / d as f64;
         let inv_freq = Tensor::pow_scalar(config.rope_theta, &exponents).reciprocal();
-        Self {
+        Ok(Self {
             config,
             embed_tokens,
             layers,
             norm,
             lm_head,
             inv_freq,
-        }
+        })
     }
 
     /// cos and sin `[B, 1, T, head_dim]` of positions `[B, T]`.
@@ -264,9 +295,9 @@ impl Decoder for Llama {
         key_mask: &Tensor,
         positions: &Tensor,
         mut cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    ) -> Result<Tensor> {
         let c = &self.config;
-        let tq = embeds.size()[1];
+        let (_, tq, _) = embeds.size3()?;
         let mask = causal_mask(key_mask, tq);
         let (cos, sin) = self.rotary(positions, embeds.kind());
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
@@ -277,21 +308,21 @@ impl Decoder for Llama {
                 &l.q.forward(&n),
                 c.num_attention_heads,
                 c.head_dim,
-            ));
+            )?);
             let k = rope(&split_heads(
                 &l.k.forward(&n),
                 c.num_key_value_heads,
                 c.head_dim,
-            ));
-            let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim);
-            let (k, v) = extend_cache(cache.as_deref_mut().map(|c| &mut c[i]), k, v);
-            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), None));
+            )?);
+            let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim)?;
+            let (k, v) = extend_cache(cache.as_deref_mut().and_then(|c| c.get_mut(i)), k, v);
+            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), None))?;
             x = &x + l.o.forward(&a);
             let n = l.post_norm.forward(&x);
             let f = c.hidden_act.apply(&l.gate.forward(&n)) * l.up.forward(&n);
             x = &x + l.down.forward(&f);
         }
-        self.norm.forward(&x)
+        Ok(self.norm.forward(&x))
     }
 
     fn logits(&self, hidden: &Tensor) -> Tensor {

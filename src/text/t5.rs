@@ -9,8 +9,10 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::config::HfConfig;
-use super::layers::{attend, linear, merge_heads, split_heads, Activation, RmsNorm};
+use super::config::{checked_product, checked_sum, HfConfig};
+use super::layers::{
+    attend, layer_vec, linear, merge_heads, split_heads, Activation, Embedding, RmsNorm,
+};
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
 
@@ -65,29 +67,54 @@ impl T5Config {
             act
         };
         let act = Activation::parse(act, "feed_forward_proj")?;
-        let d_model = c.int("d_model", 512)?;
-        Ok(Self {
+        let cfg = Self {
             vocab_size: c.int_req("vocab_size")?,
-            d_model,
-            d_kv: c.int("d_kv", 64)?,
-            d_ff: c.int("d_ff", 2048)?,
-            num_layers: c.int("num_layers", 6)?.max(0),
-            num_heads: c.int("num_heads", 8)?,
-            relative_attention_num_buckets: c.int("relative_attention_num_buckets", 32)?,
-            relative_attention_max_distance: c.int("relative_attention_max_distance", 128)?,
-            layer_norm_epsilon: c.float("layer_norm_epsilon", 1e-6)?,
+            d_model: c.size("d_model", 512)?,
+            d_kv: c.size("d_kv", 64)?,
+            d_ff: c.size("d_ff", 2048)?,
+            num_layers: c.size("num_layers", 6)?,
+            num_heads: c.size("num_heads", 8)?,
+            relative_attention_num_buckets: c.size("relative_attention_num_buckets", 32)?,
+            relative_attention_max_distance: c.size("relative_attention_max_distance", 128)?,
+            layer_norm_epsilon: c.eps("layer_norm_epsilon", 1e-6)?,
             act,
             gated,
             pad_token_id: c.int_opt("pad_token_id")?.or(Some(0)),
-        })
-        .and_then(|cfg: Self| {
-            if cfg.num_layers < 1 || cfg.num_heads < 1 || cfg.relative_attention_num_buckets < 4 {
-                return Err(RecforgeError::config(
-                    "config.json num_layers and num_heads must be positive and                      relative_attention_num_buckets at least 4",
-                ));
+        };
+        if cfg.relative_attention_num_buckets < 4 {
+            return Err(RecforgeError::config(format!(
+                "config.json relative_attention_num_buckets must be at least 4, got {}",
+                cfg.relative_attention_num_buckets
+            )));
+        }
+        if let Some(pad) = cfg.pad_token_id {
+            if !(0..cfg.vocab_size).contains(&pad) {
+                return Err(RecforgeError::config(format!(
+                    "config.json pad_token_id {pad} is outside the vocabulary of {}",
+                    cfg.vocab_size
+                )));
             }
-            Ok(cfg)
-        })
+        }
+        cfg.num_parameters()?;
+        Ok(cfg)
+    }
+
+    /// Number of parameters the encoder's configuration describes (an error when it overflows).
+    pub fn num_parameters(&self) -> Result<i64> {
+        let d = self.d_model;
+        let inner = checked_product(&[self.num_heads, self.d_kv])?;
+        let ff = checked_product(&[if self.gated { 3 } else { 2 }, d, self.d_ff])?;
+        let block = checked_sum(&[
+            checked_product(&[4, d, inner])?,
+            ff,
+            checked_product(&[2, d])?,
+        ])?;
+        checked_sum(&[
+            checked_product(&[self.vocab_size, d])?,
+            checked_product(&[self.relative_attention_num_buckets, self.num_heads])?,
+            checked_product(&[self.num_layers, block])?,
+            d,
+        ])
     }
 }
 
@@ -105,7 +132,9 @@ pub fn relative_bucket(relative: i64, num_buckets: i64, max_distance: i64) -> i6
         let large = max_exact as f32
             + ((n as f32 / max_exact as f32).ln() / (max_distance as f32 / max_exact as f32).ln()
                 * (half - max_exact) as f32);
-        bucket += (large as i64).min(half - 1);
+        // Clamped below too: a max_distance under max_exact would make the log ratio negative
+        // (or infinite), and the bucket an out-of-range index.
+        bucket += (large as i64).clamp(max_exact, half - 1);
     }
     bucket
 }
@@ -127,59 +156,62 @@ struct Block {
 pub struct T5Encoder {
     /// Its configuration.
     pub config: T5Config,
-    shared: nn::Embedding,
-    relative_bias: nn::Embedding,
+    shared: Embedding,
+    relative_bias: Embedding,
     blocks: Vec<Block>,
     final_norm: RmsNorm,
 }
 
 impl T5Encoder {
-    /// Creates the parameters under `p`.
-    pub fn new(p: &nn::Path, config: T5Config) -> Self {
-        let (d, inner) = (config.d_model, config.num_heads * config.d_kv);
-        let shared = nn::embedding(p / "shared", config.vocab_size, d, Default::default());
-        let eps = config.layer_norm_epsilon;
-        let relative_bias = nn::embedding(
+    /// Creates the parameters under `p`; fails when libtorch cannot allocate them.
+    pub fn new(p: &nn::Path, config: T5Config) -> Result<Self> {
+        let (d, f, eps) = (config.d_model, config.d_ff, config.layer_norm_epsilon);
+        let inner = checked_product(&[config.num_heads, config.d_kv])?;
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 1.0,
+        };
+        let shared = Embedding::new(p / "shared", config.vocab_size, d, init)?;
+        let relative_bias = Embedding::new(
             p / "encoder" / "block" / 0 / "layer" / 0 / "SelfAttention" / "relative_attention_bias",
             config.relative_attention_num_buckets,
             config.num_heads,
-            Default::default(),
-        );
-        let blocks = (0..config.num_layers)
-            .map(|i| {
-                let b = p / "encoder" / "block" / i;
-                let a = &b / "layer" / 0;
-                let f = &b / "layer" / 1;
-                let sa = &a / "SelfAttention";
-                let dense = &f / "DenseReluDense";
-                let wi = if config.gated {
-                    vec![
-                        linear(&dense / "wi_0", d, config.d_ff, false),
-                        linear(&dense / "wi_1", d, config.d_ff, false),
-                    ]
-                } else {
-                    vec![linear(&dense / "wi", d, config.d_ff, false)]
-                };
-                Block {
-                    attn_norm: RmsNorm::new(&a / "layer_norm", d, eps),
-                    q: linear(&sa / "q", d, inner, false),
-                    k: linear(&sa / "k", d, inner, false),
-                    v: linear(&sa / "v", d, inner, false),
-                    o: linear(&sa / "o", inner, d, false),
-                    ff_norm: RmsNorm::new(&f / "layer_norm", d, eps),
-                    wi,
-                    wo: linear(&dense / "wo", config.d_ff, d, false),
-                }
-            })
-            .collect();
-        let final_norm = RmsNorm::new(p / "encoder" / "final_layer_norm", d, eps);
-        Self {
+            init,
+        )?;
+        let mut blocks = layer_vec(config.num_layers)?;
+        for i in 0..config.num_layers {
+            let b = p / "encoder" / "block" / i;
+            let a = &b / "layer" / 0;
+            let ffl = &b / "layer" / 1;
+            let sa = &a / "SelfAttention";
+            let dense = &ffl / "DenseReluDense";
+            let wi = if config.gated {
+                vec![
+                    linear(&dense / "wi_0", d, f, false)?,
+                    linear(&dense / "wi_1", d, f, false)?,
+                ]
+            } else {
+                vec![linear(&dense / "wi", d, f, false)?]
+            };
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(&a / "layer_norm", d, eps)?,
+                q: linear(&sa / "q", d, inner, false)?,
+                k: linear(&sa / "k", d, inner, false)?,
+                v: linear(&sa / "v", d, inner, false)?,
+                o: linear(&sa / "o", inner, d, false)?,
+                ff_norm: RmsNorm::new(&ffl / "layer_norm", d, eps)?,
+                wi,
+                wo: linear(&dense / "wo", f, d, false)?,
+            });
+        }
+        let final_norm = RmsNorm::new(p / "encoder" / "final_layer_norm", d, eps)?;
+        Ok(Self {
             config,
             shared,
             relative_bias,
             blocks,
             final_norm,
-        }
+        })
     }
 
     /// `[1, heads, T, T]` position bias.
@@ -215,10 +247,10 @@ impl T5Encoder {
         let (h, dk) = (self.config.num_heads, self.config.d_kv);
         for b in &self.blocks {
             let n = b.attn_norm.forward(&x);
-            let q = split_heads(&b.q.forward(&n), h, dk);
-            let k = split_heads(&b.k.forward(&n), h, dk);
-            let v = split_heads(&b.v.forward(&n), h, dk);
-            let a = merge_heads(&attend(&q, &k, &v, Some(&bias), Some(1.0)));
+            let q = split_heads(&b.q.forward(&n), h, dk)?;
+            let k = split_heads(&b.k.forward(&n), h, dk)?;
+            let v = split_heads(&b.v.forward(&n), h, dk)?;
+            let a = merge_heads(&attend(&q, &k, &v, Some(&bias), Some(1.0)))?;
             x = &x + b.o.forward(&a);
             let n = b.ff_norm.forward(&x);
             let hidden = match b.wi.as_slice() {
@@ -235,6 +267,38 @@ impl T5Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_parameter_counts_equal_what_is_built_and_bad_sizes_are_errors() {
+        for proj in ["relu", "gated-gelu"] {
+            let j = json!({"model_type": "t5", "vocab_size": 40, "d_model": 16, "d_kv": 4,
+                           "d_ff": 24, "num_layers": 2, "num_heads": 2, "feed_forward_proj": proj});
+            let cfg = T5Config::from_hf(&HfConfig::new(j).unwrap()).unwrap();
+            let n = cfg.num_parameters().unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _t5 = T5Encoder::new(&vs.root(), cfg).unwrap();
+            let built: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
+            assert_eq!(n, built, "{proj}");
+        }
+        for (field, value) in [
+            ("num_heads", json!(0)),
+            ("d_kv", json!(-1)),
+            ("layer_norm_epsilon", json!(-1.0)),
+            ("relative_attention_num_buckets", json!(2)),
+            ("pad_token_id", json!(40)),
+        ] {
+            let mut j = json!({"model_type": "t5", "vocab_size": 40});
+            j[field] = value;
+            let e = T5Config::from_hf(&HfConfig::new(j).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        // A max_distance below the exact range used to give negative (out-of-table) buckets.
+        for rel in -200..200 {
+            let b = relative_bucket(rel, 32, 3);
+            assert!((0..32).contains(&b), "{rel}: {b}");
+        }
+    }
 
     #[test]
     fn buckets_match_hand_computed_t5_values() {

@@ -4,6 +4,12 @@
 //! `transformers` does (content first, special tokens kept), and padded into `[batch, longest]`
 //! id and attention-mask matrices on either side.
 
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
+
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -194,16 +200,25 @@ fn configured_pad(dir: &Path, tok: &Tokenizer) -> Option<u32> {
 pub fn pad(seqs: &[&[u32]], pad_id: i64, side: PaddingSide) -> Batch {
     let rows = seqs.len();
     let cols = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut ids = vec![pad_id; rows * cols];
-    let mut mask = vec![0i64; rows * cols];
-    for (r, s) in seqs.iter().enumerate() {
-        let start = match side {
-            PaddingSide::Right => 0,
-            PaddingSide::Left => cols - s.len(),
-        };
-        for (j, &t) in s.iter().enumerate() {
-            ids[r * cols + start + j] = t as i64;
-            mask[r * cols + start + j] = 1;
+    let mut ids = Vec::with_capacity(rows.saturating_mul(cols));
+    let mut mask = Vec::with_capacity(rows.saturating_mul(cols));
+    for s in seqs {
+        let fill = cols.saturating_sub(s.len());
+        let tokens = s.iter().map(|&t| i64::from(t));
+        let pads = std::iter::repeat_n(pad_id, fill);
+        let (ones, zeros) = (
+            std::iter::repeat_n(1i64, s.len()),
+            std::iter::repeat_n(0i64, fill),
+        );
+        match side {
+            PaddingSide::Right => {
+                ids.extend(tokens.chain(pads));
+                mask.extend(ones.chain(zeros));
+            }
+            PaddingSide::Left => {
+                ids.extend(pads.chain(tokens));
+                mask.extend(zeros.chain(ones));
+            }
         }
     }
     Batch {
@@ -215,6 +230,11 @@ pub fn pad(seqs: &[&[u32]], pad_id: i64, side: PaddingSide) -> Batch {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 

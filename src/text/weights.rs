@@ -6,8 +6,20 @@
 //! `model.`, `transformer.`) first. A missing or mis-shaped tensor is an error that names it, and so
 //! is a tensor in the file that the model does not use (unless its [`Layout`] lists it as ignorable):
 //! nothing is silently dropped.
+//!
+//! A safetensors file is read only after its header has been checked against the file's length
+//! ([`check_safetensors`]), and a configuration is built only after [`Checkpoint::check_holds`]
+//! has compared its parameter count with the values the checkpoint holds, so a corrupt file or a
+//! config with absurd sizes is an error before anything large is allocated.
+
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use tch::nn::VarStore;
@@ -94,6 +106,7 @@ impl Checkpoint {
         };
         let mut tensors = HashMap::new();
         for file in files {
+            check_safetensors(&file)?;
             let named = Tensor::read_safetensors(&file).map_err(|e| {
                 RecforgeError::data(format!(
                     "cannot read safetensors file {}: {e}",
@@ -108,6 +121,26 @@ impl Checkpoint {
     /// A checkpoint from tensors in memory (tests, GGUF conversion).
     pub fn from_tensors(dir: PathBuf, tensors: HashMap<String, Tensor>) -> Self {
         Self { dir, tensors }
+    }
+
+    /// Fails with a [`RecforgeError::Config`] when a configuration of `needed` parameters asks
+    /// for more than twice the values this checkpoint holds: every parameter needs a tensor of
+    /// its own shape, so the config's sizes do not describe these weights (a layer count of
+    /// 2^30, say). Checked before the model is built, so absurd sizes never reach the allocator;
+    /// a near miss (one missing or mis-shaped tensor) is left to [`load_into`], which names it.
+    pub fn check_holds(&self, needed: i64) -> Result<()> {
+        let held = self.tensors.values().fold(0i64, |acc, t| {
+            acc.saturating_add(t.numel().try_into().unwrap_or(i64::MAX))
+        });
+        if needed > held.saturating_mul(2) {
+            return Err(RecforgeError::config(format!(
+                "the configuration describes {needed} parameters, but the checkpoint {} holds \
+                 only {held} values: its sizes (vocabulary, width, layers, heads) do not match \
+                 these weights",
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Names of all tensors in the checkpoint, sorted.
@@ -165,6 +198,90 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             "neither model.safetensors nor model.safetensors.index.json found",
         ),
     })
+}
+
+/// The largest safetensors header accepted (the `safetensors` crate's own limit).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Checks a safetensors file's header against its length before the tensors are read: the
+/// 8-byte header length, the JSON header itself, and every tensor's `data_offsets` (in order,
+/// within the data that follows the header). Errors are [`RecforgeError::Data`] naming the file
+/// and, where there is one, the tensor.
+pub fn check_safetensors(file: &Path) -> Result<()> {
+    let bad = |what: String| {
+        RecforgeError::data(format!(
+            "safetensors file {} is malformed: {what}",
+            file.display()
+        ))
+    };
+    let io = |source| RecforgeError::Io {
+        context: format!("safetensors file {}", file.display()),
+        source,
+    };
+    let mut f = std::fs::File::open(file).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut head = [0u8; 8];
+    f.read_exact(&mut head).map_err(|_| {
+        bad(format!(
+            "{len} bytes is shorter than the 8-byte header length"
+        ))
+    })?;
+    let n = u64::from_le_bytes(head);
+    let data_len = len
+        .checked_sub(8)
+        .and_then(|rest| rest.checked_sub(n))
+        .filter(|_| n <= MAX_HEADER)
+        .ok_or_else(|| {
+            bad(format!(
+                "the header length {n} does not fit in the file's {len} bytes (at most \
+                 {MAX_HEADER})"
+            ))
+        })?;
+    let mut text = Vec::new();
+    f.take(n).read_to_end(&mut text).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| bad(format!("the header is not valid JSON: {e}")))?;
+    let entries = header
+        .as_object()
+        .ok_or_else(|| bad("the header is not a JSON object".into()))?;
+    let mut spans: Vec<(u64, u64, &str)> = Vec::with_capacity(entries.len());
+    for (name, info) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let offsets = info
+            .get("data_offsets")
+            .and_then(|o| o.as_array())
+            .and_then(|o| match o.as_slice() {
+                [a, b] => Some((a.as_u64()?, b.as_u64()?)),
+                _ => None,
+            })
+            .ok_or_else(|| bad(format!("tensor {name:?} has no valid data_offsets")))?;
+        if offsets.0 > offsets.1 || offsets.1 > data_len {
+            return Err(bad(format!(
+                "tensor {name:?} has data_offsets [{}, {}] outside the {data_len} bytes of data",
+                offsets.0, offsets.1
+            )));
+        }
+        spans.push((offsets.0, offsets.1, name));
+    }
+    spans.sort_unstable();
+    let mut end = 0u64;
+    for (start, stop, name) in spans {
+        if start != end {
+            return Err(bad(format!(
+                "tensor {name:?} starts at byte {start} of the data, expected {end} (tensors \
+                 must be contiguous and not overlap)"
+            )));
+        }
+        end = stop;
+    }
+    if end != data_len {
+        return Err(bad(format!(
+            "the tensors cover {end} bytes, but {data_len} bytes of data follow the header"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a UTF-8 file, naming it in the error.
@@ -272,6 +389,11 @@ fn is_float(kind: Kind) -> bool {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::arithmetic_side_effects
+)]
 mod tests {
     use super::*;
 
@@ -373,6 +495,63 @@ mod tests {
         save(&vs, &LAYOUT, &dir.join("model.safetensors")).unwrap();
         let c = Checkpoint::open(&dir).unwrap();
         assert_eq!(c.names(), vec!["lm_head.weight", "model.layers.0.weight"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn check_holds_refuses_only_configs_far_larger_than_the_checkpoint() {
+        let c = ckpt(vec![(
+            "a",
+            Tensor::zeros([2, 5], (Kind::Float, tch::Device::Cpu)),
+        )]);
+        assert!(c.check_holds(20).is_ok()); // a near miss is left to load_into, which names it
+        let e = c.check_holds(21).unwrap_err();
+        assert!(matches!(e, RecforgeError::Config(_)) && e.to_string().contains("holds only 10"));
+    }
+
+    #[test]
+    fn corrupt_safetensors_headers_are_data_errors_naming_the_file() {
+        let vs = store();
+        let dir = std::env::temp_dir().join(format!("recforge-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.safetensors");
+        save(&vs, &LAYOUT, &file).unwrap();
+        let good = std::fs::read(&file).unwrap();
+        check_safetensors(&file).unwrap();
+        let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&good[8..8 + n]).unwrap().to_string();
+        let with_header = |h: &str| {
+            let mut v = (h.len() as u64).to_le_bytes().to_vec();
+            v.extend(h.as_bytes());
+            v.extend(&good[8 + n..]);
+            v
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (good[..5].to_vec(), "shorter than the 8-byte header length"),
+            (good[..40].to_vec(), "header length"),
+            (
+                [&(1u64 << 63).to_le_bytes()[..], &good[8..]].concat(),
+                "header length",
+            ),
+            (good[..good.len() - 1].to_vec(), "outside"),
+            ([&good[..], &[0u8; 4][..]].concat(), "bytes of data follow"),
+            (with_header("{nope"), "not valid JSON"),
+            (with_header("[1, 2]"), "not a JSON object"),
+            (
+                with_header(&header.replace("data_offsets", "offsets")),
+                "no valid data_offsets",
+            ),
+        ];
+        for (bytes, want) in cases {
+            std::fs::write(&file, &bytes).unwrap();
+            let e = Checkpoint::open(&dir).err().expect(want);
+            assert!(matches!(e, RecforgeError::Data(_)), "{want}: {e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(want) && msg.contains("model.safetensors"),
+                "{want}: {msg}"
+            );
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
