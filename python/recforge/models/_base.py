@@ -181,8 +181,11 @@ class TorchModel(Recommender):
         values = {k: v for k, v in values.items() if k not in ("self", "__class__", "kwargs")}
         device = values.pop("device", "auto")
         spec = {"model": type(self).__name__, **values}
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{type(self).__name__}: {key} must be a finite number, got {value}")
         try:
-            text = json.dumps(spec)
+            text = json.dumps(spec, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{type(self).__name__}: arguments must be plain numbers, strings, lists or dicts ({e})") from e
         self._spec: dict[str, Any] = json.loads(_native._Trainer.check_spec(text))
