@@ -11,8 +11,10 @@ Run: python benchmarks/bench_train.py [--epochs 5 --batch-sizes 64 256 1024 4096
 
 Task: ml-latest-small, leave-one-out, item ids + genres as features, BCE with one uniform negative
 per positive (fresh each epoch), Adam lr 0.005, embedding 64, NFM hidden layer 64 with dropout 0.2.
-Prints seconds per epoch, the ratio, and the validation NDCG@10 after the last epoch (computed for
-both by recforge.metrics.full_ranking).
+Prints seconds per epoch, the ratios, the kernel time (libtorch's own time for the lean loop's ops
+in one epoch, summed from torch.profiler: the floor any loop over this network pays; the profiler
+adds some overhead per op, so it is an upper estimate of that floor), and the validation NDCG@10
+after the last epoch (computed for all three by recforge.metrics.full_ranking).
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def features(ds: recforge.Dataset, n_users: int, n_items: int) -> tuple[np.ndarr
     return idx, val, side
 
 
-def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.005, lean=False) -> tuple[float, float]:
+def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.005, lean=False, kernel_time=None) -> tuple[float, float]:
     n_users, n_items = train.n_users, train.n_items
     iidx, ival, side = features(ds, n_users, n_items)
     n_features = n_users + n_items + int(iidx.max()) - n_users - n_items + 1
@@ -99,12 +101,23 @@ def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.0
     if lean:
         u_t, p_t = torch.from_numpy(users).to(device), torch.from_numpy(pos).to(device)
         n = len(users)
-        for _ in range(epochs):
+
+        def epoch() -> None:
             neg = torch.randint(0, n_items, (n,), device=device)
             perm = torch.randperm(n, device=device)
             for s0 in range(0, n, batch):
                 b = perm[s0 : s0 + batch]
                 step(u_t[b], p_t[b], neg[b])
+
+        for _ in range(epochs):
+            epoch()
+        per_epoch = (time.perf_counter() - t0) / epochs
+        if kernel_time is not None:
+            # The floor: libtorch's own time for the ops of one epoch (self time of every aten
+            # op, as the profiler measures it), without the Python around them.
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                epoch()
+            kernel_time.append(sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")) / 1e6)
     else:
         seen = set(zip(users.tolist(), pos.tolist()))
         rng = np.random.default_rng(0)
@@ -116,7 +129,7 @@ def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.0
             loader = DataLoader(TensorDataset(torch.from_numpy(users), torch.from_numpy(pos), torch.from_numpy(neg_np)), batch_size=batch, shuffle=True)
             for u, i, j in loader:
                 step(u.to(device), i.to(device), j.to(device))
-    per_epoch = (time.perf_counter() - t0) / epochs
+        per_epoch = (time.perf_counter() - t0) / epochs
     model.eval()
 
     @torch.no_grad()
@@ -150,16 +163,17 @@ def main() -> None:
     ds = recforge.datasets.movielens_small()
     train, valid, _ = recforge.split.leave_one_out(ds.interactions)
     print(f"recforge {recforge.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}, {args.epochs} epochs")
-    print("| model | batch | recforge s/epoch | lean PyTorch s/epoch | ratio | DataLoader PyTorch s/epoch | ratio | valid NDCG@10 recforge / lean / DataLoader |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| model | batch | recforge s/epoch | lean PyTorch s/epoch | ratio | DataLoader PyTorch s/epoch | ratio | kernel time s/epoch | recforge / kernel | valid NDCG@10 recforge / lean / DataLoader |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, cls, hidden in (("FM", models.FM, []), ("NFM", models.NFM, [64])):
         for b in args.batch_sizes:
             p = 0.2 if hidden else 0.0
             ours, m_ours = train_recforge(train, valid, ds, cls, b, args.epochs, args.device)
-            lean, m_lean = train_torch(train, valid, ds, hidden, p, b, args.epochs, args.device, lean=True)
+            kernel: list[float] = []
+            lean, m_lean = train_torch(train, valid, ds, hidden, p, b, args.epochs, args.device, lean=True, kernel_time=kernel)
             ref, m_ref = train_torch(train, valid, ds, hidden, p, b, args.epochs, args.device)
             print(f"| {name} | {b} | {ours:.2f} | {lean:.2f} | {lean / ours:.1f}x | {ref:.2f} | {ref / ours:.1f}x | "
-                  f"{m_ours:.4f} / {m_lean:.4f} / {m_ref:.4f} |", flush=True)  # fmt: skip
+                  f"{kernel[0]:.2f} | {ours / kernel[0]:.2f} | {m_ours:.4f} / {m_lean:.4f} / {m_ref:.4f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
