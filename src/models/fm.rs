@@ -710,13 +710,10 @@ impl Model for FmModel {
         self.data = Some(if self.objective == FmLoss::Mse {
             FmData::Ratings(super::mf::rating_data(&train, dev)?)
         } else {
-            let c = train.to_columns();
-            let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
-            let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
-            let pos = Tensor::from_slice(&items).f_to(dev)?;
+            let (users, pos) = super::mf::id_tensors(&train.to_columns(), dev)?;
             FmData::Implicit {
                 train,
-                users: Tensor::from_slice(&users).f_to(dev)?,
+                users,
                 neg: pos.f_zeros_like()?,
                 pos,
             }
@@ -729,16 +726,8 @@ impl Model for FmModel {
             None => Err(RecforgeError::config("set the training data first")),
             Some(FmData::Ratings(r)) => Ok(r.ratings.size()[0] as usize),
             Some(FmData::Implicit { train, neg, .. }) => {
-                let drawn = crate::sampling::training_negatives(
-                    train,
-                    1,
-                    &crate::sampling::Strategy::Uniform,
-                    true,
-                    seed,
-                    epoch,
-                )?;
-                *neg = Tensor::from_slice(&drawn).f_to(dev)?;
-                Ok(drawn.len())
+                *neg = super::mf::epoch_negatives(train, seed, epoch, dev)?;
+                Ok(train.n_interactions())
             }
         }
     }

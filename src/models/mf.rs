@@ -55,13 +55,26 @@ impl MfModel {
     }
 }
 
-fn id_tensors(c: &Columns, dev: Device) -> Result<(Tensor, Tensor)> {
+/// The user and item id of every interaction of `c`, as int64 tensors on `dev`.
+pub(crate) fn id_tensors(c: &Columns, dev: Device) -> Result<(Tensor, Tensor)> {
     let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
     let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
     Ok((
         Tensor::from_slice(&users).f_to(dev)?,
         Tensor::from_slice(&items).f_to(dev)?,
     ))
+}
+
+/// One uniform negative per training interaction (never one of the user's items), drawn from
+/// `(seed, epoch)`, as an int64 tensor on `dev`.
+pub(crate) fn epoch_negatives(
+    train: &Interactions,
+    seed: u64,
+    epoch: u64,
+    dev: Device,
+) -> Result<Tensor> {
+    let neg = sampling::training_negatives(train, 1, &Strategy::Uniform, true, seed, epoch)?;
+    Ok(Tensor::from_slice(&neg).f_to(dev)?)
 }
 
 /// Training ratings on `dev`, with their mean; a model on ratings needs them.
@@ -125,10 +138,8 @@ impl Model for MfModel {
             None => Err(RecforgeError::config("set the training data first")),
             Some(Data::Ratings(r)) => Ok(r.ratings.size()[0] as usize),
             Some(Data::Implicit { train, triples }) => {
-                let neg =
-                    sampling::training_negatives(train, 1, &Strategy::Uniform, true, seed, epoch)?;
-                triples.neg = Tensor::from_slice(&neg).f_to(dev)?;
-                Ok(neg.len())
+                triples.neg = epoch_negatives(train, seed, epoch, dev)?;
+                Ok(train.n_interactions())
             }
         }
     }

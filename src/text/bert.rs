@@ -79,14 +79,7 @@ impl BertConfig {
                 cfg.hidden_size, cfg.num_attention_heads
             )));
         }
-        if let Some(pad) = cfg.pad_token_id {
-            if !(0..cfg.vocab_size).contains(&pad) {
-                return Err(RecforgeError::config(format!(
-                    "config.json pad_token_id {pad} is outside the vocabulary of {}",
-                    cfg.vocab_size
-                )));
-            }
-        }
+        super::config::check_pad_id(cfg.pad_token_id, cfg.vocab_size)?;
         cfg.num_parameters()?;
         Ok(cfg)
     }

@@ -28,6 +28,16 @@ pub fn checked_sum(parts: &[i64]) -> Result<i64> {
         .ok_or_else(overflow)
 }
 
+/// Checks that a configured pad id lies inside the vocabulary.
+pub fn check_pad_id(pad_token_id: Option<i64>, vocab_size: i64) -> Result<()> {
+    match pad_token_id {
+        Some(pad) if !(0..vocab_size).contains(&pad) => Err(RecforgeError::config(format!(
+            "config.json pad_token_id {pad} is outside the vocabulary of {vocab_size}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The product of sizes, or a [`RecforgeError::Config`] saying they overflow.
 pub fn checked_product(dims: &[i64]) -> Result<i64> {
     dims.iter()

@@ -87,14 +87,7 @@ impl T5Config {
                 cfg.relative_attention_num_buckets
             )));
         }
-        if let Some(pad) = cfg.pad_token_id {
-            if !(0..cfg.vocab_size).contains(&pad) {
-                return Err(RecforgeError::config(format!(
-                    "config.json pad_token_id {pad} is outside the vocabulary of {}",
-                    cfg.vocab_size
-                )));
-            }
-        }
+        super::config::check_pad_id(cfg.pad_token_id, cfg.vocab_size)?;
         cfg.num_parameters()?;
         Ok(cfg)
     }

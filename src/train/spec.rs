@@ -243,7 +243,7 @@ where
         .map_err(|e: RecforgeError| serde::de::Error::custom(e.to_string()))
 }
 
-fn default_svd_dim() -> i64 {
+fn default_dim() -> i64 {
     64
 }
 
@@ -252,7 +252,7 @@ fn default_svd_dim() -> i64 {
 #[serde(deny_unknown_fields)]
 pub struct MfSpec {
     /// Factor dimension.
-    #[serde(default = "default_svd_dim")]
+    #[serde(default = "default_dim")]
     pub dim: i64,
     /// Standard deviation of the initial factors.
     #[serde(default = "init_std_default")]

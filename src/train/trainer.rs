@@ -480,7 +480,7 @@ impl Trainer {
         })
     }
 
-    fn state_json(&self, epoch: Option<u64>, best_value: Option<f64>) -> String {
+    fn state_json(&self, epoch: Option<u64>) -> String {
         let history: Vec<Value> = self.history.iter().map(EpochLog::to_json).collect();
         let num = |x: Option<f64>| {
             x.and_then(serde_json::Number::from_f64)
@@ -494,7 +494,7 @@ impl Trainer {
             "epoch": epoch,
             "history": history,
             "best_epoch": self.best_epoch,
-            "best_value": num(best_value),
+            "best_value": num(self.best_value),
         })
         .to_string()
     }
@@ -510,39 +510,46 @@ impl Trainer {
     }
 
     fn save_as(&self, dir: &Path, epoch: Option<u64>) -> Result<()> {
-        save_checkpoint(
-            dir,
-            &self.tensors(),
-            &self.state_json(epoch, self.best_value),
-        )
+        save_checkpoint(dir, &self.tensors(), &self.state_json(epoch))
     }
 
     /// Writes the model, its optimiser state and its training interactions into folder `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let epoch = self.history.len().checked_sub(1).map(|e| e as u64);
-        save_checkpoint(dir, &self.tensors(), &self.state_json(epoch, None))
+        self.save_as(dir, self.history.len().checked_sub(1).map(|e| e as u64))
     }
 
-    /// Loads a checkpoint of this same model into it (weights, optimiser, history, training
-    /// interactions when saved).
-    fn restore(&mut self, dir: &Path) -> Result<SavedState> {
+    /// Reads a checkpoint folder and its checked `state.json`; a model other than `expect` (when
+    /// given) is a `DataError`.
+    fn read(dir: &Path, expect: Option<&str>) -> Result<(HashMap<String, Tensor>, SavedState)> {
         let (tensors, text) = load_checkpoint(dir)?;
         let state = SavedState::parse(&text, dir)?;
-        if state.model != self.spec.name() {
+        if let Some(want) = expect.filter(|&w| w != state.model) {
             return Err(RecforgeError::data(format!(
-                "{} holds a {}, not a {}",
+                "{} holds a {}, not a {want}",
                 dir.display(),
-                state.model,
-                self.spec.name()
+                state.model
             )));
         }
-        self.model.load(&tensors)?;
+        Ok((tensors, state))
+    }
+
+    /// Sets weights, optimiser state, history and best epoch from a checkpoint.
+    fn apply(&mut self, tensors: &HashMap<String, Tensor>, state: &SavedState) -> Result<()> {
+        self.model.load(tensors)?;
         if tensors.contains_key("optim.step") {
-            self.opt.load_state(&tensors)?;
+            self.opt.load_state(tensors)?;
         }
         self.history = state.history.clone();
         self.best_epoch = state.best_epoch;
         self.best_value = state.best_value;
+        Ok(())
+    }
+
+    /// Loads a checkpoint of this same model into it (weights, optimiser, history); the caller
+    /// sets the training data.
+    fn restore(&mut self, dir: &Path) -> Result<SavedState> {
+        let (tensors, state) = Self::read(dir, Some(self.spec.name()))?;
+        self.apply(&tensors, &state)?;
         Ok(state)
     }
 
@@ -555,17 +562,7 @@ impl Trainer {
                 dir.display()
             )));
         }
-        let (tensors, text) = load_checkpoint(dir)?;
-        let state = SavedState::parse(&text, dir)?;
-        if let Some(want) = expect {
-            if state.model != want {
-                return Err(RecforgeError::data(format!(
-                    "{} holds a {}, not a {want}",
-                    dir.display(),
-                    state.model
-                )));
-            }
-        }
+        let (tensors, state) = Self::read(dir, expect)?;
         let spec = Spec::from_json(&state.config.to_string())
             .map_err(|e| RecforgeError::data(format!("{}: state.json: {e}", dir.display())))?;
         let features = match spec.model {
@@ -573,13 +570,7 @@ impl Trainer {
             _ => None,
         };
         let mut t = Trainer::new(spec, state.n_users, state.n_items, device, features)?;
-        t.model.load(&tensors)?;
-        if tensors.contains_key("optim.step") {
-            t.opt.load_state(&tensors)?;
-        }
-        t.history = state.history;
-        t.best_epoch = state.best_epoch;
-        t.best_value = state.best_value;
+        t.apply(&tensors, &state)?;
         if let Some(train) = train_from(&tensors, t.n_users, t.n_items)? {
             let train = Arc::new(train);
             t.model.set_train(train.clone(), false)?;

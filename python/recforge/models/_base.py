@@ -9,7 +9,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -29,8 +29,6 @@ Callback = Callable[[int, dict[str, float]], Any]
 #: fractional), ``end`` (final factor of ``linear``/``cosine``, default 0), ``every_epochs`` and
 #: ``gamma`` (``step``: multiply the rate by ``gamma`` every ``every_epochs`` epochs).
 LrSchedule = str | dict[str, Any] | None
-
-_SCHEDULE_KEYS = {"name", "warmup_epochs", "end", "every_epochs", "gamma"}
 
 
 class _BatchBar:
@@ -55,15 +53,16 @@ def _interactions(x: object, name: str) -> Interactions:
     return x
 
 
-def _user_ids(users: npt.ArrayLike, n_users: int) -> npt.NDArray[np.int64]:
-    u = np.atleast_1d(np.asarray(users))
-    if u.ndim != 1 or not (u.dtype.kind in "iu" or (u.size == 0 and u.dtype.kind == "f")):
-        raise DataError(f"users must be a 1-D array of integer ids, got dtype {u.dtype} and shape {u.shape}")
-    u = u.astype(np.int64)
-    bad = u[(u < 0) | (u >= n_users)]
+def _ids(x: npt.ArrayLike, n: int, what: str) -> npt.NDArray[np.int64]:
+    """1-D integer ids of ``what`` ("user" or "item") checked against ``0..n``."""
+    a = np.atleast_1d(np.asarray(x))
+    if a.ndim != 1 or not (a.dtype.kind in "iu" or (a.size == 0 and a.dtype.kind == "f")):
+        raise DataError(f"{what}s must be a 1-D array of integer ids, got dtype {a.dtype} and shape {a.shape}")
+    a = a.astype(np.int64)
+    bad = a[(a < 0) | (a >= n)]
     if bad.size:
-        raise DataError(f"user {int(bad[0])} is out of range (n_users = {n_users})")
-    return u
+        raise DataError(f"{what} {int(bad[0])} is out of range (n_{what}s = {n})")
+    return a
 
 
 class Recommender(ABC):
@@ -117,7 +116,7 @@ class Recommender(ABC):
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k must be an integer >= 1, got {k!r}")
-        u = _user_ids(users, self.n_users)
+        u = _ids(users, self.n_users, "user")
         parts: list[Interactions] = []
         if exclude is not None:
             parts = [exclude] if isinstance(exclude, Interactions) else list(exclude)
@@ -140,8 +139,11 @@ class Recommender(ABC):
             indptr, indices = x.indptr, x.indices
             ok = u < x.n_users
             uu = u[ok]
-            rows = np.repeat(np.nonzero(ok)[0], indptr[uu + 1] - indptr[uu])
-            cols = np.concatenate([indices[indptr[v] : indptr[v + 1]] for v in uu]) if len(uu) else rows
+            counts = (indptr[uu + 1] - indptr[uu]).astype(np.int64)
+            rows = np.repeat(np.nonzero(ok)[0], counts)
+            # Positions of every row's items in `indices`, without a loop over users.
+            starts = indptr[uu].astype(np.int64) - (np.cumsum(counts) - counts)
+            cols = indices[np.repeat(starts, counts) + np.arange(int(counts.sum()))]
             mask[torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(cols.astype(np.int64))] = True
         left = (~mask).sum(dim=1)
         width = int(min(k, int(left.max()) if len(u) else k))

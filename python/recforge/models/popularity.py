@@ -12,18 +12,7 @@ import torch
 
 from .._native import Interactions
 from ..errors import ConfigError, DataError
-from ._base import Recommender, _interactions, _user_ids
-
-
-def _item_ids(items: npt.ArrayLike, n_items: int) -> npt.NDArray[np.int64]:
-    i = np.atleast_1d(np.asarray(items))
-    if i.ndim != 1 or not (i.dtype.kind in "iu" or (i.size == 0 and i.dtype.kind == "f")):
-        raise DataError(f"items must be a 1-D array of integer ids, got dtype {i.dtype} and shape {i.shape}")
-    i = i.astype(np.int64)
-    bad = i[(i < 0) | (i >= n_items)]
-    if bad.size:
-        raise DataError(f"item {int(bad[0])} is out of range (n_items = {n_items})")
-    return i
+from ._base import Recommender, _ids, _interactions
 
 
 class Popularity(Recommender):
@@ -58,14 +47,14 @@ class Popularity(Recommender):
 
     def predict(self, users: npt.ArrayLike, items: npt.ArrayLike) -> npt.NDArray[np.float32]:
         pop = self._require_fit()
-        u, i = _user_ids(users, self.n_users), _item_ids(items, self.n_items)
+        u, i = _ids(users, self.n_users, "user"), _ids(items, self.n_items, "item")
         if len(u) != len(i):
             raise DataError(f"users has {len(u)} entries but items has {len(i)}")
         return pop.numpy()[i]
 
     def score_all(self, users: npt.ArrayLike) -> torch.Tensor:
         pop = self._require_fit()
-        u = _user_ids(users, self.n_users)
+        u = _ids(users, self.n_users, "user")
         return pop.unsqueeze(0).expand(len(u), -1)
 
     def save(self, path: str | Path) -> None:
