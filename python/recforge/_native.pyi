@@ -234,6 +234,43 @@ class _Trainer:
     def n_parameters(self) -> int: ...
 
 @final
+class _LocalLlm:
+    """The in-process LLM; see ``recforge.llm.LocalClient``."""
+
+    def __new__(
+        cls,
+        path: str,
+        tokenizer: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 32,
+        max_tokens: int = 512,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        cache: str | None = None,
+    ) -> _LocalLlm: ...
+    def chat_batch(
+        self,
+        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None]],
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> tuple[
+        list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]],
+        dict[str, float],
+    ]: ...
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> list[list[float]]: ...
+    def render(self, messages: Sequence[tuple[str, str]]) -> str: ...
+    @property
+    def cache_len(self) -> int: ...
+    @property
+    def cache_skipped_lines(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+
+@final
 class _LlmClient:
     """OpenAI-compatible chat client in Rust (reqwest on tokio); see ``recforge.llm.Client``."""
 
@@ -276,9 +313,14 @@ class _LlmClient:
 
 @final
 class _Tokenizer:
-    """A ``tokenizer.json`` tokenizer; see ``recforge.text.Tokenizer``."""
+    """A ``tokenizer.json`` or GGUF tokenizer; see ``recforge.text.Tokenizer``."""
 
     def __new__(cls, path: str, pad_id: int | None = None) -> _Tokenizer: ...
+    @staticmethod
+    def from_gguf(path: str, pad_id: int | None = None) -> _Tokenizer: ...
+    @staticmethod
+    def gguf_has_tokenizer(path: str) -> bool: ...
+    def token_bytes(self) -> list[bytes | None]: ...
     def encode(
         self,
         texts: Sequence[str],
@@ -323,6 +365,22 @@ class _Encoder:
     def normalize(self) -> bool: ...
     @property
     def device(self) -> str: ...
+
+@final
+class _ChatTemplate:
+    """A compiled Jinja chat template; see ``recforge.text.ChatTemplate``."""
+
+    def __new__(cls, source: str, special_tokens: Mapping[str, str] | None = None) -> _ChatTemplate: ...
+    @staticmethod
+    def from_tokenizer_config(path: str) -> _ChatTemplate | None: ...
+    def render(
+        self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool, context_json: str | None = None
+    ) -> str: ...
+    def render_json(self, messages_json: str, add_generation_prompt: bool, context_json: str | None = None) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def special_tokens(self) -> dict[str, str]: ...
 
 @final
 class _CausalLM:

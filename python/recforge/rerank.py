@@ -115,6 +115,20 @@ class _Job(Generic[T]):
     index: int
     messages: list[P.Message]
     validate: Callable[[str], T]
+    schema: dict[str, Any] | None = None
+    """The answer's JSON schema, enforced by clients that decode under constraints
+    (``supports_constraints``, the in-process :class:`recforge.llm.LocalClient`)."""
+
+
+def answer_schema(name: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """``response_format`` for an answer ``{name: value}`` (``value`` a JSON-schema subset; see
+    :class:`recforge.llm.LocalClient`)."""
+    schema = {"type": "object", "properties": {name: dict(value)}, "required": [name]}
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def _string(max_length: int = 2000) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
 
 
 _ENGINE_KEYS = (
@@ -139,6 +153,8 @@ def _ask(client: Client | None, jobs: Sequence[_Job[T]], out: Results[T], opts: 
         for job in jobs:
             out.errors[job.index] = "needs the LLM, and no client was given"
         return
+    # Clients that decode under constraints get each job's schema (unless the caller set one).
+    constrained = bool(getattr(client, "supports_constraints", False)) and opts.response_format is None
     pending = [(job, job.messages) for job in jobs]
     retried: set[int] = set()
     for attempt in range(opts.max_retries + 1):
@@ -148,8 +164,12 @@ def _ask(client: Client | None, jobs: Sequence[_Job[T]], out: Results[T], opts: 
         if attempt:
             rep["reasks"] += len(pending)
             retried.update(job.index for job, _ in pending)
+        requests: list[Any] = [
+            {"messages": m, "response_format": job.schema} if constrained and job.schema is not None else m
+            for job, m in pending
+        ]
         batch = client.chat_batch(
-            [m for _, m in pending], temperature=t, max_tokens=opts.max_tokens,
+            requests, temperature=t, max_tokens=opts.max_tokens,
             response_format=opts.response_format, progress=opts.progress,
         )  # fmt: skip
         rep["llm_calls"] += len(pending)
@@ -244,7 +264,9 @@ def rerank(
             raw[u] = ([], {"hallucinated": 0, "duplicate": 0, "missing": 0})
             continue
         msgs = P.rerank_messages(histories[u], cands, template=template, system=system, examples=examples)
-        jobs.append(_Job(u, msgs, validate))
+        scalar = all(isinstance(i, (int, str)) and not isinstance(i, bool) for i in ids)
+        schema = answer_schema("ranking", {"type": "array", "x-permutation": ids}) if scalar else None
+        jobs.append(_Job(u, msgs, validate, schema))
     _ask(client, jobs, raw, opts)
     out: Results[list[K]] = Results(n)
     out.errors, out.report = raw.errors, raw.report
@@ -293,7 +315,8 @@ def summarize_users(
         if not titles:
             out.errors[u] = "no titles to summarise"
             continue
-        jobs.append(_Job(u, P.summary_messages(titles, template=template, system=system, examples=examples), validate))
+        msgs = P.summary_messages(titles, template=template, system=system, examples=examples)
+        jobs.append(_Job(u, msgs, validate, answer_schema("summary", _string())))
     _ask(client, jobs, out, opts)
     return _finish(out)
 
@@ -335,7 +358,8 @@ def score_similarity(
         if not isinstance(d, str) or not d.strip():
             out.errors[k] = "no description to compare"
             continue
-        jobs.append(_Job(k, P.similarity_messages(s, d, template=template, system=system, examples=examples), unit_float))
+        msgs = P.similarity_messages(s, d, template=template, system=system, examples=examples)
+        jobs.append(_Job(k, msgs, unit_float, answer_schema("score", {"type": "number", "minimum": 0, "maximum": 1})))
     _ask(client, jobs, out, opts)
     return _finish(out)
 
@@ -390,7 +414,7 @@ def describe_items(
             titles[k], years[k] if years is not None else None, genres[k] if genres is not None else None,
             template=template, system=system, examples=examples,
         )  # fmt: skip
-        jobs.append(_Job(k, msgs, validate))
+        jobs.append(_Job(k, msgs, validate, answer_schema("description", _string())))
     _ask(client, jobs, out, opts)
     out.report["kept"] = n - len(jobs)
     out.report["generated"] = sum(1 for job in jobs if out.errors[job.index] is None)
@@ -438,7 +462,9 @@ def generate_keywords(
         msgs = P.keywords_messages(
             titles[k], overview, min_n=min_n, max_n=max_n, template=template, system=system, examples=examples
         )
-        jobs.append(_Job(k, msgs, validate))
+        words = {"type": "string", "minLength": 2, "maxLength": 40}
+        schema = answer_schema("keywords", {"type": "array", "items": words, "minItems": min_n, "maxItems": max_n})
+        jobs.append(_Job(k, msgs, validate, schema))
     _ask(client, jobs, out, opts)
     return _finish(out)
 

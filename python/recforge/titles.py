@@ -25,7 +25,7 @@ from . import prompts as P
 from .errors import ConfigError
 from .llm import Client
 from .parsing import choice_of, normalise_title, title_year
-from .rerank import K, Results, _ask, _finish, _Job, _new_report, _no_str, _Options
+from .rerank import K, Results, _ask, _finish, _Job, _new_report, _no_str, _Options, answer_schema
 
 __all__ = ["TitleIndex", "match_titles"]
 
@@ -200,7 +200,8 @@ def match_titles(
         options[q] = opts_q
         option_titles = [titles[p] for p in opts_q]
         msgs = P.title_match_messages(text, option_titles, template=template, system=system, examples=examples)
-        jobs.append(_Job(q, msgs, choice_of(option_titles)))
+        pick = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": len(option_titles)}, {"type": "null"}]}
+        jobs.append(_Job(q, msgs, choice_of(option_titles), answer_schema("match", pick)))
     _ask(client, jobs, picked, opts)
     out.report, out.errors = picked.report, picked.errors
     for q, opts_q in options.items():

@@ -719,6 +719,19 @@ impl Client {
         started: Instant,
         interrupted: bool,
     ) -> (Vec<ChatResult>, BatchReport) {
+        BatchReport::summarise(results, started, interrupted)
+    }
+}
+
+impl BatchReport {
+    /// The results (a missing one failed with "interrupted" when `interrupted`, else saying
+    /// it ended without a result) and their report; latencies count requests that were sent
+    /// (`attempts > 0`).
+    pub fn summarise(
+        results: Vec<Option<ChatResult>>,
+        started: Instant,
+        interrupted: bool,
+    ) -> (Vec<ChatResult>, BatchReport) {
         let missing = if interrupted {
             INTERRUPTED
         } else {

@@ -6,10 +6,13 @@
 //! [`endpoint`] (what a valid answer is), [`limits`] (request and token rates), [`cache`] (the
 //! answers on disk), [`client`] (requests, retries, batches).
 
+pub mod batcher;
 pub mod cache;
 pub mod client;
+pub mod constrain;
 pub mod endpoint;
 pub mod limits;
+pub mod local;
 pub mod secrets;
 pub mod usage;
 

@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use super::errors::ConfigError;
-use super::gil::with_progress;
+use super::gil::{with_progress, without_gil};
+use crate::llm::local::{LocalConfig, LocalLlm};
 use crate::llm::{ChatRequest, ChatResult, Client, ClientConfig, Message};
 
 /// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
@@ -238,4 +239,132 @@ fn report_dict(report: &crate::llm::BatchReport) -> HashMap<String, f64> {
             f64::from(u8::from(report.interrupted)),
         ),
     ])
+}
+
+/// The in-process LLM; see `recforge.llm.LocalClient`.
+#[pyclass(module = "recforge._native", name = "_LocalLlm")]
+pub struct PyLocalLlm {
+    inner: Arc<Mutex<LocalLlm>>,
+}
+
+impl PyLocalLlm {
+    fn lock(&self) -> MutexGuard<'_, LocalLlm> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[pymethods]
+impl PyLocalLlm {
+    #[new]
+    #[pyo3(signature = (path, tokenizer=None, device="auto", dtype="auto", max_batch=32, max_tokens=512, top_p=1.0, top_k=0, seed=0, stop=None, cache=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        tokenizer: Option<PathBuf>,
+        device: &str,
+        dtype: &str,
+        max_batch: usize,
+        max_tokens: usize,
+        top_p: f64,
+        top_k: i64,
+        seed: u64,
+        stop: Option<Vec<String>>,
+        cache: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let dev = crate::device::resolve(device)?;
+        let kind = match dtype {
+            // Half precision where a GPU runs it; float32 on the CPU.
+            "auto" if dev.is_cuda() => tch::Kind::BFloat16,
+            "auto" => tch::Kind::Float,
+            other => crate::text::layers::parse_dtype(other)?,
+        };
+        if !(top_p > 0.0 && top_p <= 1.0) || top_k < 0 {
+            return Err(ConfigError::new_err(format!(
+                "top_p must be in (0, 1] and top_k >= 0, got {top_p} and {top_k}"
+            )));
+        }
+        let config = LocalConfig {
+            max_batch,
+            default_max_tokens: max_tokens,
+            top_p,
+            top_k,
+            seed,
+            stop: stop.unwrap_or_default(),
+            cache,
+        };
+        let llm = without_gil(py, move || {
+            LocalLlm::load(&path, tokenizer.as_deref(), dev, kind, config)
+        })?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(llm)),
+        })
+    }
+
+    /// Generates the answers with the GIL released; the same rows and report as
+    /// `_LlmClient.chat_batch`. `progress(done, total)` is called after each decoding step.
+    #[pyo3(signature = (requests, progress=None))]
+    fn chat_batch(
+        &self,
+        py: Python<'_>,
+        requests: Vec<PyRequest>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<(Vec<PyResultRow>, HashMap<String, f64>)> {
+        let reqs = requests
+            .into_iter()
+            .enumerate()
+            .map(|(k, r)| to_request(k, r))
+            .collect::<PyResult<Vec<_>>>()?;
+        let llm = Arc::clone(&self.inner);
+        let (results, report) = with_progress(py, progress, move |p| {
+            let llm = llm.lock().unwrap_or_else(PoisonError::into_inner);
+            llm.chat_batch(reqs, p)
+        })?;
+        let rows = results.into_iter().map(row).collect();
+        Ok((rows, report_dict(&report)))
+    }
+
+    /// Mean-pooled, L2-normalised hidden states of each text.
+    #[pyo3(signature = (texts, batch_size=64))]
+    fn embed(
+        &self,
+        py: Python<'_>,
+        texts: Vec<String>,
+        batch_size: usize,
+    ) -> PyResult<Vec<Vec<f32>>> {
+        let llm = Arc::clone(&self.inner);
+        without_gil(py, move || {
+            let llm = llm.lock().unwrap_or_else(PoisonError::into_inner);
+            llm.embed(&texts, batch_size)
+        })
+    }
+
+    /// The prompt text of a conversation: the chat template with the generation prompt.
+    fn render(&self, messages: Vec<(String, String)>) -> PyResult<String> {
+        Ok(self.lock().render(&messages)?)
+    }
+
+    /// Answers held by the response cache.
+    #[getter]
+    fn cache_len(&self) -> usize {
+        self.lock().cache_len()
+    }
+
+    /// Lines of the cache file skipped when it was opened.
+    #[getter]
+    fn cache_skipped_lines(&self) -> usize {
+        self.lock().cache_skipped_lines()
+    }
+
+    /// The device of the weights.
+    #[getter]
+    fn device(&self) -> String {
+        crate::device::name(self.lock().device())
+    }
+
+    /// End-of-sequence ids.
+    #[getter]
+    fn eos_token_ids(&self) -> Vec<i64> {
+        self.lock().eos().to_vec()
+    }
 }

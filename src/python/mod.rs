@@ -3,6 +3,7 @@
 //! This is the only part of the crate that knows PyO3. Each submodule converts arguments, releases
 //! the GIL through [`gil::without_gil`] and maps [`crate::RecforgeError`] to `recforge.errors`.
 
+mod chat;
 mod convert;
 mod data;
 mod errors;
@@ -42,9 +43,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<data::PyIdMap>()?;
     m.add_class::<models::PyTrainer>()?;
     m.add_class::<llm::PyLlmClient>()?;
+    m.add_class::<llm::PyLocalLlm>()?;
     m.add_class::<text::PyTokenizer>()?;
     m.add_class::<text::PyEncoder>()?;
     m.add_class::<text::PyCausalLm>()?;
+    m.add_class::<chat::PyChatTemplate>()?;
     m.add_function(wrap_pyfunction!(data::k_core, m)?)?;
     m.add_function(wrap_pyfunction!(data::leave_one_out, m)?)?;
     m.add_function(wrap_pyfunction!(data::ratio_split, m)?)?;

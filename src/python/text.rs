@@ -8,6 +8,7 @@ use numpy::{
     IntoPyArray, PyArray2, PyArray3, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use super::gil::{with_progress, without_gil};
 use crate::device;
@@ -17,6 +18,7 @@ use crate::text::decoder::{GenerateOptions, Sampling};
 use crate::text::encoder::{EncoderOptions, Pooling, SentenceEncoder};
 use crate::text::layers::parse_dtype;
 use crate::text::tokenize::{PaddingSide, TextTokenizer};
+use crate::text::{gguf::GgufMetadata, gguf_tokenizer};
 use tch::{Kind, Tensor};
 
 /// A tensor copied once from a NumPy array (straight from its buffer when C-contiguous, as the
@@ -71,7 +73,7 @@ fn to_array2_i64(t: &Tensor) -> Result<Array2<i64>> {
         .map_err(|e| RecforgeError::data(e.to_string()))
 }
 
-/// A `tokenizer.json` tokenizer with batched, padded encoding.
+/// A `tokenizer.json` or GGUF tokenizer with batched, padded encoding.
 #[pyclass(module = "recforge._native", name = "_Tokenizer")]
 pub struct PyTokenizer {
     inner: TextTokenizer,
@@ -85,6 +87,30 @@ impl PyTokenizer {
         Ok(Self {
             inner: TextTokenizer::from_file(&path, pad_id)?,
         })
+    }
+
+    /// Reads the tokenizer a GGUF file carries in its metadata.
+    #[staticmethod]
+    #[pyo3(signature = (path, pad_id=None))]
+    fn from_gguf(py: Python<'_>, path: PathBuf, pad_id: Option<u32>) -> PyResult<Self> {
+        let inner = without_gil(py, || gguf_tokenizer::load(&path, pad_id))?;
+        Ok(Self { inner })
+    }
+
+    /// Whether a GGUF file's metadata describes a tokenizer (`tokenizer.ggml.model`).
+    #[staticmethod]
+    fn gguf_has_tokenizer(py: Python<'_>, path: PathBuf) -> PyResult<bool> {
+        let meta = without_gil(py, || GgufMetadata::read(&path))?;
+        Ok(gguf_tokenizer::has_tokenizer(&meta))
+    }
+
+    /// For every id, the bytes the token adds to decoded text (None for special tokens).
+    fn token_bytes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+        let all = without_gil(py, || self.inner.token_bytes())?;
+        Ok(all
+            .into_iter()
+            .map(|b| b.map(|b| PyBytes::new(py, &b)))
+            .collect())
     }
 
     /// Encodes and pads texts: `(input_ids, attention_mask)`, both int64 `[B, T]`.

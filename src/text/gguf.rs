@@ -1,6 +1,9 @@
 //! Llama-architecture GGUF files (llama.cpp's format) as backbones: the metadata becomes a
 //! `LlamaConfig`, and the tensors (F32, F16, BF16, Q8_0, Q4_0, Q4_1) are de-quantised to float32
 //! under Hugging Face names, with llama.cpp's rotary row permutation of q/k undone.
+//! [`GgufMetadata::read`] reads only the metadata (the tokenizer's arrays included), streaming
+//! the file and stopping before the tensor descriptors, for [`super::gguf_tokenizer`] and any
+//! other reader of keys.
 //!
 //! Format: a header (`GGUF`, version 2 or 3, tensor and metadata counts), typed key/value
 //! metadata, tensor descriptors (name, dims innermost first, type, offset), then the data,
@@ -20,7 +23,8 @@
 )]
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tch::Tensor;
@@ -28,7 +32,7 @@ use tch::Tensor;
 use crate::error::{RecforgeError, Result};
 
 /// GGUF metadata value types, by their number in the file.
-fn type_name(kind: u32) -> &'static str {
+pub fn type_name(kind: u32) -> &'static str {
     match kind {
         0 => "uint8",
         1 => "int8",
@@ -60,13 +64,51 @@ fn min_size(kind: u32) -> Option<usize> {
     })
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    path: &'a Path,
+/// One GGUF metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// A `uint8`, `uint16`, `uint32` or `uint64`.
+    UInt(u64),
+    /// An `int8`, `int16`, `int32` or `int64`.
+    Int(i64),
+    /// A `float32` (widened exactly) or `float64`, NaN and infinities kept as read.
+    Float(f64),
+    /// A `bool` (any non-zero byte is true).
+    Bool(bool),
+    /// A UTF-8 `string`.
+    String(String),
+    /// An `array`: the GGUF type number of its elements, and the elements.
+    Array(u32, Vec<GgufValue>),
 }
 
-impl<'a> Reader<'a> {
+impl GgufValue {
+    /// The GGUF type number this value is written with when it is built in code (the narrowest of
+    /// `uint32`/`uint64`, `int32`/`int64`; `float32`).
+    pub fn natural_kind(&self) -> u32 {
+        match self {
+            Self::UInt(v) if u32::try_from(*v).is_ok() => 4,
+            Self::UInt(_) => 10,
+            Self::Int(v) if i32::try_from(*v).is_ok() => 5,
+            Self::Int(_) => 11,
+            Self::Float(_) => 6,
+            Self::Bool(_) => 7,
+            Self::String(_) => 8,
+            Self::Array(..) => 9,
+        }
+    }
+}
+
+/// Reads the file's bytes in order from any source (the whole file in memory, or streamed from
+/// disk), knowing the file's length so that every size is checked before anything is allocated.
+struct Reader<'p, R> {
+    src: R,
+    scratch: Vec<u8>,
+    pos: usize,
+    len: usize,
+    path: &'p Path,
+}
+
+impl<R: Read> Reader<'_, R> {
     fn bad(&self, what: &str) -> RecforgeError {
         RecforgeError::data(format!(
             "GGUF file {} is malformed: {what} (at byte {})",
@@ -75,29 +117,38 @@ impl<'a> Reader<'a> {
         ))
     }
     fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
+        self.len.saturating_sub(self.pos)
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+    /// The next `n` bytes (at most the rest of the file: checked before the buffer grows).
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self
             .pos
             .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
+            .filter(|&e| e <= self.len)
             .ok_or_else(|| {
                 self.bad(&format!(
                     "{n} bytes needed but only {} remain (truncated?)",
                     self.remaining()
                 ))
             })?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| self.bad("truncated"))?;
+        self.scratch.clear();
+        self.scratch.resize(n, 0);
+        if let Err(e) = self.src.read_exact(&mut self.scratch) {
+            return Err(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                self.bad("the file ended early (did it change while being read?)")
+            } else {
+                RecforgeError::Io {
+                    context: format!("GGUF file {}", self.path.display()),
+                    source: e,
+                }
+            });
+        }
         self.pos = end;
-        Ok(s)
+        Ok(&self.scratch)
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let s = self.take(N)?;
-        <[u8; N]>::try_from(s).map_err(|_| self.bad("truncated"))
+        let bytes = <[u8; N]>::try_from(self.take(N)?).ok();
+        bytes.ok_or_else(|| self.bad("truncated"))
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
@@ -122,20 +173,20 @@ impl<'a> Reader<'a> {
     }
     fn string(&mut self) -> Result<String> {
         let n = self.count("string length", 1)?;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.bad("a string is not UTF-8"))
+        let s = std::str::from_utf8(self.take(n)?).ok().map(str::to_string);
+        s.ok_or_else(|| self.bad("a string is not UTF-8"))
     }
-    fn value(&mut self, kind: u32, depth: usize) -> Result<Value> {
+    fn value(&mut self, kind: u32, depth: usize) -> Result<GgufValue> {
         Ok(match kind {
-            0 => json!(u8::from_le_bytes(self.array()?)),
-            1 => json!(i8::from_le_bytes(self.array()?)),
-            2 => json!(u16::from_le_bytes(self.array()?)),
-            3 => json!(i16::from_le_bytes(self.array()?)),
-            4 => json!(self.u32()?),
-            5 => json!(i32::from_le_bytes(self.array()?)),
-            6 => json!(f64::from(f32::from_le_bytes(self.array()?))),
-            7 => json!(u8::from_le_bytes(self.array()?) != 0),
-            8 => json!(self.string()?),
+            0 => GgufValue::UInt(u64::from(u8::from_le_bytes(self.array()?))),
+            1 => GgufValue::Int(i64::from(i8::from_le_bytes(self.array()?))),
+            2 => GgufValue::UInt(u64::from(u16::from_le_bytes(self.array()?))),
+            3 => GgufValue::Int(i64::from(i16::from_le_bytes(self.array()?))),
+            4 => GgufValue::UInt(u64::from(self.u32()?)),
+            5 => GgufValue::Int(i64::from(i32::from_le_bytes(self.array()?))),
+            6 => GgufValue::Float(f64::from(f32::from_le_bytes(self.array()?))),
+            7 => GgufValue::Bool(u8::from_le_bytes(self.array()?) != 0),
+            8 => GgufValue::String(self.string()?),
             9 => {
                 if depth > 2 {
                     return Err(self.bad("arrays nested too deep"));
@@ -144,49 +195,280 @@ impl<'a> Reader<'a> {
                 let size = min_size(inner)
                     .ok_or_else(|| self.bad(&format!("unknown array element type {inner}")))?;
                 let n = self.count("array length", size)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::new();
+                items
+                    .try_reserve_exact(n)
+                    .map_err(|_| self.bad(&format!("cannot allocate an array of {n} values")))?;
                 for _ in 0..n {
                     items.push(self.value(inner, depth.saturating_add(1))?);
                 }
-                Value::Array(items)
+                GgufValue::Array(inner, items)
             }
-            10 => json!(self.u64()?),
-            11 => json!(i64::from_le_bytes(self.array()?)),
-            12 => json!(f64::from_le_bytes(self.array()?)),
+            10 => GgufValue::UInt(self.u64()?),
+            11 => GgufValue::Int(i64::from_le_bytes(self.array()?)),
+            12 => GgufValue::Float(f64::from_le_bytes(self.array()?)),
             _ => return Err(self.bad(&format!("unknown metadata type {kind}"))),
         })
     }
+
+    /// The header and the metadata: checks the magic and version, reads every key/value pair,
+    /// and returns the tensor count (checked against the bytes left) with the metadata. The
+    /// reader is left at the first tensor descriptor.
+    fn header(&mut self) -> Result<(usize, GgufMetadata)> {
+        let path = self.path;
+        if self.take(4).ok() != Some(b"GGUF".as_slice()) {
+            return Err(RecforgeError::data(format!(
+                "{} is not a GGUF file (no GGUF magic)",
+                path.display()
+            )));
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(RecforgeError::data(format!(
+                "{}: GGUF version {version} is not supported (2, 3)",
+                path.display()
+            )));
+        }
+        // A tensor descriptor takes at least 24 bytes (name length, dimension count, type,
+        // offset) and a metadata entry at least 13 (key length, type, one byte of value).
+        let n_tensors = self.count("tensor count", 24)?;
+        let n_kv = self.count("metadata count", 13)?;
+        let mut entries = HashMap::with_capacity(n_kv);
+        for _ in 0..n_kv {
+            let key = self.string()?;
+            let kind = self.u32()?;
+            let v = self.value(kind, 0)?;
+            if entries.insert(key.clone(), (kind, v)).is_some() {
+                return Err(self.bad(&format!("metadata key {key} appears twice")));
+            }
+        }
+        let meta = GgufMetadata {
+            entries,
+            path: path.to_path_buf(),
+            version,
+            tensor_count: n_tensors,
+        };
+        Ok((n_tensors, meta))
+    }
 }
 
-/// The metadata of a file: each key's GGUF type and value.
-struct Metadata<'a> {
-    entries: HashMap<String, (u32, Value)>,
-    path: &'a Path,
+/// The metadata of a GGUF file: each key with its GGUF type number and value.
+///
+/// The typed accessors return `Ok(None)` for an absent key and a [`RecforgeError::Data`] naming
+/// the key, its type and the file for a value of the wrong type.
+#[derive(Debug, Clone)]
+pub struct GgufMetadata {
+    entries: HashMap<String, (u32, GgufValue)>,
+    path: PathBuf,
+    version: u32,
+    tensor_count: usize,
 }
 
-impl Metadata<'_> {
-    fn wrong_type(&self, key: &str, kind: u32, want: &str) -> RecforgeError {
+impl GgufMetadata {
+    /// Reads the header and the metadata of a GGUF file (every key, the big tokenizer arrays
+    /// included), streaming the file and stopping at the tensor descriptors: the tensor data is
+    /// never read. Every count is checked against the file's length before allocation.
+    pub fn read(path: &Path) -> Result<Self> {
+        let io = |source| RecforgeError::Io {
+            context: format!("GGUF file {}", path.display()),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len).map_err(|_| {
+            RecforgeError::data(format!(
+                "GGUF file {} has {len} bytes, more than this machine can address",
+                path.display()
+            ))
+        })?;
+        let mut r = Reader {
+            src: std::io::BufReader::with_capacity(1 << 16, file),
+            scratch: Vec::new(),
+            pos: 0,
+            len,
+            path,
+        };
+        Ok(r.header()?.1)
+    }
+
+    /// Empty metadata for building in code (tests, conversions); `path` only names it in errors.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            entries: HashMap::new(),
+            path: path.to_path_buf(),
+            version: 3,
+            tensor_count: 0,
+        }
+    }
+
+    /// Sets `key` to `value` (typed by [`GgufValue::natural_kind`]), replacing any value it had.
+    pub fn insert(&mut self, key: impl Into<String>, value: GgufValue) {
+        self.entries
+            .insert(key.into(), (value.natural_kind(), value));
+    }
+
+    /// Removes `key`, returning its value if it had one.
+    pub fn remove(&mut self, key: &str) -> Option<GgufValue> {
+        self.entries.remove(key).map(|(_, v)| v)
+    }
+
+    /// The file the metadata was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The GGUF version (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The number of tensors the header announces.
+    pub fn tensor_count(&self) -> usize {
+        self.tensor_count
+    }
+
+    /// The keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&GgufValue> {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    /// The GGUF type number of `key`'s value (see [`type_name`]), if present.
+    pub fn kind(&self, key: &str) -> Option<u32> {
+        self.entries.get(key).map(|(k, _)| *k)
+    }
+
+    fn wrong_type(&self, key: &str, want: &str) -> RecforgeError {
+        let got = match self.entries.get(key) {
+            Some((9, GgufValue::Array(inner, _))) => format!("array of {}", type_name(*inner)),
+            Some((kind, _)) => type_name(*kind).to_string(),
+            None => "nothing".to_string(),
+        };
         RecforgeError::data(format!(
-            "{}: GGUF metadata {key} has type {}, expected {want}",
-            self.path.display(),
-            type_name(kind)
+            "{}: GGUF metadata {key} has type {got}, expected {want}",
+            self.path.display()
+        ))
+    }
+
+    fn too_big(&self, key: &str, v: u64) -> RecforgeError {
+        RecforgeError::data(format!(
+            "{}: GGUF metadata {key} = {v} does not fit in a 64-bit integer",
+            self.path.display()
         ))
     }
 
     /// An integer of any integer type; `None` when the key is absent.
-    fn int(&self, key: &str) -> Result<Option<i64>> {
-        let Some((kind, v)) = self.entries.get(key) else {
+    pub fn int(&self, key: &str) -> Result<Option<i64>> {
+        match self.entries.get(key) {
+            None => Ok(None),
+            Some((_, GgufValue::Int(v))) => Ok(Some(*v)),
+            Some((_, GgufValue::UInt(v))) => i64::try_from(*v)
+                .map(Some)
+                .map_err(|_| self.too_big(key, *v)),
+            Some(_) => Err(self.wrong_type(key, "an integer")),
+        }
+    }
+
+    /// A finite number of any numeric type; `None` when absent.
+    pub fn float(&self, key: &str) -> Result<Option<f64>> {
+        let v = match self.entries.get(key) {
+            None => return Ok(None),
+            Some((_, GgufValue::Float(v))) => *v,
+            Some((_, GgufValue::Int(v))) => *v as f64,
+            Some((_, GgufValue::UInt(v))) => *v as f64,
+            Some(_) => return Err(self.wrong_type(key, "a number")),
+        };
+        if v.is_finite() {
+            Ok(Some(v))
+        } else {
+            Err(RecforgeError::data(format!(
+                "{}: GGUF metadata {key} is not a finite number",
+                self.path.display()
+            )))
+        }
+    }
+
+    /// A boolean; `None` when absent.
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.entries.get(key) {
+            None => Ok(None),
+            Some((_, GgufValue::Bool(b))) => Ok(Some(*b)),
+            Some(_) => Err(self.wrong_type(key, "a bool")),
+        }
+    }
+
+    /// A string; `None` when absent.
+    pub fn str(&self, key: &str) -> Result<Option<&str>> {
+        match self.entries.get(key) {
+            None => Ok(None),
+            Some((_, GgufValue::String(s))) => Ok(Some(s)),
+            Some(_) => Err(self.wrong_type(key, "a string")),
+        }
+    }
+
+    /// The items of an array of `want` elements, or the right error.
+    fn items(&self, key: &str, want: &str, ok: fn(u32) -> bool) -> Result<Option<&[GgufValue]>> {
+        match self.entries.get(key) {
+            None => Ok(None),
+            Some((_, GgufValue::Array(inner, items))) if ok(*inner) => Ok(Some(items)),
+            Some(_) => Err(self.wrong_type(key, want)),
+        }
+    }
+
+    /// An array of strings; `None` when absent.
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        let Some(items) = self.items(key, "an array of strings", |k| k == 8)? else {
             return Ok(None);
         };
-        if !matches!(kind, 0..=5 | 10 | 11) {
-            return Err(self.wrong_type(key, *kind, "an integer"));
-        }
-        v.as_i64().map(Some).ok_or_else(|| {
-            RecforgeError::data(format!(
-                "{}: GGUF metadata {key} = {v} does not fit in a 64-bit integer",
-                self.path.display()
-            ))
-        })
+        let out = items
+            .iter()
+            .map(|v| match v {
+                GgufValue::String(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>();
+        out.map(Some)
+            .ok_or_else(|| self.wrong_type(key, "an array of strings"))
+    }
+
+    /// An array of integers of any integer type; `None` when absent.
+    pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        let want = "an array of integers";
+        let Some(items) = self.items(key, want, |k| matches!(k, 0..=5 | 10 | 11))? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                GgufValue::Int(i) => Ok(*i),
+                GgufValue::UInt(u) => i64::try_from(*u).map_err(|_| self.too_big(key, *u)),
+                _ => Err(self.wrong_type(key, want)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// An array of numbers of any numeric type, as read (NaN and infinities included); `None`
+    /// when absent.
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        let want = "an array of numbers";
+        let Some(items) = self.items(key, want, |k| matches!(k, 0..=6 | 10..=12))? else {
+            return Ok(None);
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                GgufValue::Float(f) => Ok(*f),
+                GgufValue::Int(i) => Ok(*i as f64),
+                GgufValue::UInt(u) => Ok(*u as f64),
+                _ => Err(self.wrong_type(key, want)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 
     /// A size (an integer in `1..=i32::MAX`, as config sizes are); `None` when absent.
@@ -211,32 +493,6 @@ impl Metadata<'_> {
                 self.path.display()
             ))
         })
-    }
-
-    /// A number of any numeric type; `None` when absent.
-    fn float(&self, key: &str) -> Result<Option<f64>> {
-        let Some((kind, v)) = self.entries.get(key) else {
-            return Ok(None);
-        };
-        if !matches!(kind, 0..=6 | 10..=12) {
-            return Err(self.wrong_type(key, *kind, "a number"));
-        }
-        // JSON has no NaN or infinity: such a float was stored as null.
-        v.as_f64().map(Some).ok_or_else(|| {
-            RecforgeError::data(format!(
-                "{}: GGUF metadata {key} is not a finite number",
-                self.path.display()
-            ))
-        })
-    }
-
-    /// A string; `None` when absent.
-    fn str(&self, key: &str) -> Result<Option<&str>> {
-        match self.entries.get(key) {
-            None => Ok(None),
-            Some((8, v)) => Ok(v.as_str()),
-            Some((kind, _)) => Err(self.wrong_type(key, *kind, "a string")),
-        }
     }
 }
 
@@ -425,37 +681,13 @@ pub fn read(path: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
         source,
     })?;
     let mut r = Reader {
-        buf: &buf,
+        src: buf.as_slice(),
+        scratch: Vec::new(),
         pos: 0,
+        len: buf.len(),
         path,
     };
-    if r.take(4).ok() != Some(b"GGUF".as_slice()) {
-        return Err(RecforgeError::data(format!(
-            "{} is not a GGUF file (no GGUF magic)",
-            path.display()
-        )));
-    }
-    let version = r.u32()?;
-    if !(2..=3).contains(&version) {
-        return Err(RecforgeError::data(format!(
-            "{}: GGUF version {version} is not supported (2, 3)",
-            path.display()
-        )));
-    }
-    // A tensor descriptor takes at least 24 bytes (name length, dimension count, type, offset)
-    // and a metadata entry at least 13 (key length, type, one byte of value).
-    let n_tensors = r.count("tensor count", 24)?;
-    let n_kv = r.count("metadata count", 13)?;
-    let mut entries = HashMap::with_capacity(n_kv);
-    for _ in 0..n_kv {
-        let key = r.string()?;
-        let kind = r.u32()?;
-        let v = r.value(kind, 0)?;
-        if entries.insert(key.clone(), (kind, v)).is_some() {
-            return Err(r.bad(&format!("metadata key {key} appears twice")));
-        }
-    }
-    let meta = Metadata { entries, path };
+    let (n_tensors, meta) = r.header()?;
     let arch = meta.str("general.architecture")?.unwrap_or("");
     if arch != "llama" {
         return Err(RecforgeError::config(format!(
@@ -994,6 +1226,50 @@ mod tests {
         let mut s = tiny();
         s.meta.retain(|(k, _, _)| k != "llama.feed_forward_length");
         assert!(error_of(&s).contains("llama.feed_forward_length is missing"));
+    }
+
+    #[test]
+    fn metadata_alone_is_read_streaming_and_checked() {
+        let spec = tiny();
+        let full = build(&spec);
+        let p =
+            std::env::temp_dir().join(format!("recforge-gguf-meta-{}.gguf", std::process::id()));
+        std::fs::write(&p, &full).unwrap();
+        let meta = GgufMetadata::read(&p).unwrap();
+        assert_eq!((meta.version(), meta.tensor_count()), (3, 11));
+        assert_eq!(
+            meta.strings("tokenizer.ggml.tokens").unwrap(),
+            Some(vec!["a", "b"])
+        );
+        assert_eq!(meta.int("tokenizer.ggml.eos_token_id").unwrap(), Some(2));
+        assert_eq!(
+            meta.get("general.architecture"),
+            Some(&GgufValue::String("llama".into()))
+        );
+        assert_eq!(meta.kind("llama.block_count"), Some(4));
+        assert!(meta
+            .ints("general.architecture")
+            .unwrap_err()
+            .to_string()
+            .contains("has type string"));
+        assert_eq!(meta.keys().count(), 9);
+        // The metadata ends after the header (24 bytes) and the entries; the tensor descriptors
+        // and data after it are never read, so a cut there still reads.
+        let end = spec
+            .meta
+            .iter()
+            .fold(24, |n, (k, _, v)| n + 8 + k.len() + 4 + v.len());
+        for cut in 0..full.len() {
+            std::fs::write(&p, &full[..cut]).unwrap();
+            match GgufMetadata::read(&p) {
+                Ok(_) => assert!(cut >= end, "cut at {cut} read"),
+                Err(RecforgeError::Data(_)) => assert!(cut < end, "cut at {cut}"),
+                Err(e) => panic!("cut at {cut}: {e}"),
+            }
+        }
+        std::fs::remove_file(&p).unwrap();
+        let e = GgufMetadata::read(Path::new("/no/such.gguf")).unwrap_err();
+        assert!(matches!(e, RecforgeError::Io { .. }), "{e}");
     }
 
     #[test]

@@ -9,10 +9,12 @@
 
 pub mod bert;
 pub mod causal_lm;
+pub mod chat_template;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gpt2;
 pub mod layers;
 pub mod llama;

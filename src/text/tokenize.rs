@@ -98,6 +98,31 @@ impl TextTokenizer {
         })
     }
 
+    /// Wraps a tokenizer built in code (for example from GGUF metadata, see
+    /// [`super::gguf_tokenizer`]), with its padding and truncation turned off; `source` names it
+    /// in errors.
+    pub fn from_tokenizer(mut inner: Tokenizer, pad_id: u32, source: PathBuf) -> Result<Self> {
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| RecforgeError::data(format!("tokenizer {}: {e}", source.display())))?;
+        Ok(Self {
+            inner,
+            pad_id,
+            path: source,
+        })
+    }
+
+    /// The Hugging Face tokenizer inside.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// The file it was read from.
+    pub fn source(&self) -> &Path {
+        &self.path
+    }
+
     /// The id used for padding.
     pub fn pad_id(&self) -> u32 {
         self.pad_id

@@ -1,0 +1,702 @@
+//! Continuous batching over a [`Decoder`]: requests wait in a queue, up to `max_batch` of them
+//! decode together, and a row that finishes (end of sequence, stop string, token limit, complete
+//! constrained answer) leaves the batch at once; the free slots are refilled from the queue, so
+//! the batch never waits for its longest member.
+//!
+//! Rows of different lengths share one key/value cache, left-padded: a new group of requests is
+//! prefilled on its own and merged into the running cache by padding the shorter of the two on
+//! the left (the attention mask hides the padding; positions come from each row's own count of
+//! real tokens, as in [`crate::text::decoder`]). Columns that no row uses any more are trimmed.
+//!
+//! Each row picks its tokens with its own random generator, seeded from the request, and logits
+//! are read on the CPU in float32: a request's answer does not depend on which requests share its
+//! batch (up to the float rounding of a padded batch, which only matters at exact ties) nor on the
+//! number of threads.
+
+use std::collections::VecDeque;
+
+use tch::{Kind, Tensor};
+
+use crate::error::{RecforgeError, Result};
+use crate::rng::Rng;
+use crate::text::decoder::{Decoder, KvCache, Sampling};
+use crate::text::layers::positions_from_mask;
+
+/// A grammar that a row's tokens must follow (see [`super::constrain`]).
+pub trait RowConstraint: Send {
+    /// The token ids allowed next when at most `budget` more tokens may follow (end-of-sequence
+    /// ids among them only when the answer so far is complete).
+    fn allowed(&mut self, budget: usize) -> Result<Vec<u32>>;
+    /// Records the chosen token.
+    fn advance(&mut self, token: u32) -> Result<()>;
+    /// The answer is complete and nothing may extend it.
+    fn finished(&self) -> bool;
+}
+
+/// One generation request.
+pub struct GenRequest {
+    /// Prompt token ids (not empty).
+    pub prompt: Vec<i64>,
+    /// The most tokens to generate.
+    pub max_tokens: usize,
+    /// Greedy or sampled.
+    pub sampling: Sampling,
+    /// Seed of this row's sampler.
+    pub seed: u64,
+    /// Generation ends before the first of these strings (which is not part of the answer).
+    pub stop: Vec<String>,
+    /// A grammar the answer must follow.
+    pub constraint: Option<Box<dyn RowConstraint>>,
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// It generated an end-of-sequence token.
+    Eos,
+    /// It reached `max_tokens`.
+    Length,
+    /// It generated a stop string.
+    Stop,
+    /// Its constrained answer was complete.
+    Complete,
+}
+
+/// One finished row.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// Generated ids (without the end-of-sequence token).
+    pub tokens: Vec<i64>,
+    /// Their text, cut before a stop string.
+    pub text: String,
+    /// Tokens generated, counting an end-of-sequence token.
+    pub completion_tokens: usize,
+    /// Why it stopped.
+    pub finish: Finish,
+}
+
+/// What the batcher needs from the model: the network, its end-of-sequence ids, and a decoder
+/// of ids to text.
+pub struct Model<'a> {
+    /// The network.
+    pub net: &'a dyn Decoder,
+    /// End-of-sequence ids.
+    pub eos: &'a [i64],
+    /// Ids to text (special tokens skipped).
+    pub decode: &'a dyn Fn(&[i64]) -> Result<String>,
+    /// Rows decoded together at most.
+    pub max_batch: usize,
+    /// The device the network runs on.
+    pub device: tch::Device,
+}
+
+struct Row {
+    index: usize,
+    req: GenRequest,
+    out: Vec<i64>,
+    rng: Rng,
+    position: i64,
+}
+
+/// The running batch: rows, their shared cache, key mask and next-token logits.
+struct Batch {
+    rows: Vec<Row>,
+    cache: KvCache,
+    mask: Tensor,
+    logits: Tensor,
+}
+
+fn pad_left(t: &Tensor, dim_from_end: usize, by: i64) -> Tensor {
+    if by == 0 {
+        return t.shallow_clone();
+    }
+    // constant_pad_nd pads the last dimension first: two entries per dimension from the end.
+    let mut pad = vec![0i64; 2 * (dim_from_end + 1)];
+    pad[2 * dim_from_end] = by;
+    t.constant_pad_nd(&pad)
+}
+
+fn cat_rows(a: Tensor, b: Tensor, time_from_end: usize) -> Tensor {
+    let dim = a.dim() - 1 - time_from_end;
+    let (ta, tb) = (a.size()[dim], b.size()[dim]);
+    let t = ta.max(tb);
+    Tensor::cat(
+        &[
+            pad_left(&a, time_from_end, t - ta),
+            pad_left(&b, time_from_end, t - tb),
+        ],
+        0,
+    )
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Adds prefilled rows (their cache, mask and logits) to the batch.
+    fn merge(&mut self, rows: Vec<Row>, cache: KvCache, mask: Tensor, logits: Tensor) {
+        if self.rows.is_empty() {
+            *self = Batch {
+                rows,
+                cache,
+                mask,
+                logits,
+            };
+            return;
+        }
+        self.rows.extend(rows);
+        for (slot, new) in self.cache.iter_mut().zip(cache) {
+            if let (Some((k, v)), Some((nk, nv))) = (slot.take(), new) {
+                *slot = Some((cat_rows(k, nk, 1), cat_rows(v, nv, 1)));
+            }
+        }
+        let old = std::mem::replace(&mut self.mask, Tensor::new());
+        self.mask = cat_rows(old, mask, 0);
+        self.logits = Tensor::cat(&[&self.logits, &logits], 0);
+    }
+
+    /// Keeps the rows at `keep` and drops the cache columns no remaining row uses.
+    fn retain(&mut self, keep: &[usize]) {
+        if keep.len() == self.rows.len() {
+            return;
+        }
+        let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = keep.iter().filter_map(|&i| rows[i].take()).collect();
+        if keep.is_empty() {
+            self.cache.iter_mut().for_each(|s| *s = None);
+            return;
+        }
+        let dev = self.mask.device();
+        let idx =
+            Tensor::from_slice(&keep.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(dev);
+        self.mask = self.mask.index_select(0, &idx);
+        self.logits = self.logits.index_select(0, &idx);
+        // The first column any remaining row attends to.
+        let used = self.mask.sum_dim_intlist(0, false, Kind::Int64).gt(0);
+        let first = used.to_kind(Kind::Int64).argmax(0, false).int64_value(&[]);
+        let width = self.mask.size()[1] - first;
+        self.mask = self.mask.narrow(1, first, width);
+        for (k, v) in self.cache.iter_mut().flatten() {
+            *k = k.index_select(0, &idx).narrow(2, first, width);
+            *v = v.index_select(0, &idx).narrow(2, first, width);
+        }
+    }
+}
+
+/// Picks row `r`'s next token from its float32 logits.
+fn pick(logits: &mut [f32], allowed: Option<&[u32]>, sampling: Sampling, rng: &mut Rng) -> i64 {
+    if let Some(allowed) = allowed {
+        let mut keep = vec![f32::NEG_INFINITY; logits.len()];
+        for &a in allowed {
+            if let Some(x) = logits.get(a as usize) {
+                keep[a as usize] = *x;
+            }
+        }
+        logits.copy_from_slice(&keep);
+    }
+    let argmax = |l: &[f32]| -> i64 {
+        let mut best = 0usize;
+        for (i, &x) in l.iter().enumerate() {
+            // First maximum, as torch's argmax; NaN never wins.
+            if x > l[best] || (l[best].is_nan() && !x.is_nan()) {
+                best = i;
+            }
+        }
+        best as i64
+    };
+    match sampling {
+        Sampling::Greedy => argmax(logits),
+        Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+        } => {
+            let mut cand: Vec<(usize, f64)> = logits
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.is_finite())
+                .map(|(i, &x)| (i, x as f64 / temperature))
+                .collect();
+            if cand.is_empty() {
+                return argmax(logits);
+            }
+            // Most likely first; ties by id, so the order is the same on every run.
+            cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if top_k > 0 && (top_k as usize) < cand.len() {
+                let kth = cand[top_k as usize - 1].1;
+                cand.retain(|c| c.1 >= kth);
+            }
+            let max = cand[0].1;
+            let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 - max).exp()).collect();
+            let sum: f64 = probs.iter().sum();
+            probs.iter_mut().for_each(|p| *p /= sum);
+            if top_p < 1.0 {
+                // Keep a token while the mass before it is below top_p (the first always).
+                let mut acc = 0.0;
+                let mut n = 0;
+                for p in &probs {
+                    if n > 0 && acc >= top_p {
+                        break;
+                    }
+                    acc += p;
+                    n += 1;
+                }
+                probs.truncate(n);
+                let s: f64 = probs.iter().sum();
+                probs.iter_mut().for_each(|p| *p /= s);
+            }
+            let u = rng.unit_f64();
+            let mut acc = 0.0;
+            for (c, p) in cand.iter().zip(&probs) {
+                acc += p;
+                if u < acc {
+                    return c.0 as i64;
+                }
+            }
+            cand[probs.len() - 1].0 as i64
+        }
+    }
+}
+
+/// Prefills `rows` as one left-padded group: their cache, mask `[n, T]` and last logits `[n, V]`.
+fn prefill(m: &Model, rows: &[Row]) -> Result<(KvCache, Tensor, Tensor)> {
+    let t = rows.iter().map(|r| r.req.prompt.len()).max().unwrap_or(0) as i64;
+    let n = rows.len() as i64;
+    let mut ids = vec![0i64; (n * t) as usize];
+    let mut mask = vec![0i64; (n * t) as usize];
+    for (r, row) in rows.iter().enumerate() {
+        let off = (r as i64 * t) as usize + (t as usize - row.req.prompt.len());
+        ids[off..off + row.req.prompt.len()].copy_from_slice(&row.req.prompt);
+        mask[off..off + row.req.prompt.len()]
+            .iter_mut()
+            .for_each(|x| *x = 1);
+    }
+    let ids = Tensor::from_slice(&ids).view([n, t]).to_device(m.device);
+    let mask = Tensor::from_slice(&mask).view([n, t]).to_device(m.device);
+    let positions = positions_from_mask(&mask);
+    let mut cache: KvCache = (0..m.net.num_layers()).map(|_| None).collect();
+    let hidden = m
+        .net
+        .forward(&m.net.embed(&ids), &mask, &positions, Some(&mut cache))?;
+    let logits = m.net.logits(&hidden.select(1, t - 1));
+    Ok((cache, mask, logits))
+}
+
+/// Checks a request before it is queued: an error here fails that request only.
+fn check(m: &Model, req: &GenRequest) -> std::result::Result<(), String> {
+    if req.prompt.is_empty() {
+        return Err("the prompt has no tokens".into());
+    }
+    let vocab = m.net.vocab_size();
+    if let Some(bad) = req.prompt.iter().find(|&&t| t < 0 || t >= vocab) {
+        return Err(format!(
+            "token id {bad} is out of range for a vocabulary of {vocab}"
+        ));
+    }
+    if let Some(max) = m.net.max_positions() {
+        let need = req.prompt.len().saturating_add(req.max_tokens) as i64;
+        if need > max {
+            return Err(format!(
+                "prompt ({} tokens) plus max_tokens ({}) needs {need} positions, the model has {max}",
+                req.prompt.len(),
+                req.max_tokens
+            ));
+        }
+    }
+    if let Sampling::Sample {
+        temperature,
+        top_k,
+        top_p,
+    } = req.sampling
+    {
+        if !(temperature > 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0)
+            || top_k < 0
+        {
+            return Err(format!(
+                "sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0; got \
+                 temperature={temperature}, top_p={top_p}, top_k={top_k}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Generates every request with continuous batching. `done(index, result)` is called as each
+/// request finishes (in finishing order); `progress(finished, total)` after each decoding step,
+/// and a `true` from it stops the work (requests not finished then get no `done` call). Returns
+/// whether it was stopped.
+pub fn generate(
+    m: &Model,
+    requests: Vec<GenRequest>,
+    done: &mut dyn FnMut(usize, std::result::Result<Generated, String>),
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<bool> {
+    if m.max_batch == 0 {
+        return Err(RecforgeError::config("max_batch must be >= 1"));
+    }
+    let total = requests.len();
+    let mut finished = 0usize;
+    let mut queue: VecDeque<Row> = VecDeque::new();
+    for (index, req) in requests.into_iter().enumerate() {
+        match check(m, &req) {
+            Err(e) => {
+                done(index, Err(e));
+                finished += 1;
+            }
+            Ok(()) if req.max_tokens == 0 => {
+                done(
+                    index,
+                    Ok(Generated {
+                        tokens: vec![],
+                        text: String::new(),
+                        completion_tokens: 0,
+                        finish: Finish::Length,
+                    }),
+                );
+                finished += 1;
+            }
+            Ok(()) => {
+                let rng = Rng::new(req.seed, 0x6c6c_6d00);
+                let position = req.prompt.len() as i64;
+                queue.push_back(Row {
+                    index,
+                    req,
+                    out: vec![],
+                    rng,
+                    position,
+                });
+            }
+        }
+    }
+    let _guard = tch::no_grad_guard();
+    let mut batch = Batch {
+        rows: vec![],
+        cache: (0..m.net.num_layers()).map(|_| None).collect(),
+        mask: Tensor::new(),
+        logits: Tensor::new(),
+    };
+    // Refill when this many slots are free (prefilling one request at a time wastes a pass).
+    let refill_at = (m.max_batch / 4).max(1);
+    loop {
+        let free = m.max_batch - batch.len();
+        if !queue.is_empty() && (batch.len() == 0 || free >= refill_at.min(queue.len())) {
+            let take = free.min(queue.len());
+            let rows: Vec<Row> = queue.drain(..take).collect();
+            let (cache, mask, logits) = prefill(m, &rows)?;
+            batch.merge(rows, cache, mask, logits);
+        }
+        if batch.len() == 0 {
+            break;
+        }
+        // Pick every row's next token on the CPU, in float32.
+        let logits = batch
+            .logits
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
+        let v = logits.size()[1] as usize;
+        let mut flat: Vec<f32> = Vec::try_from(logits.view([-1]))?;
+        let mut keep = Vec::with_capacity(batch.len());
+        let mut next = Vec::with_capacity(batch.len());
+        for (r, row) in batch.rows.iter_mut().enumerate() {
+            let budget = row.req.max_tokens - row.out.len();
+            let allowed = match row.req.constraint.as_mut().map(|c| c.allowed(budget)) {
+                None => None,
+                Some(Ok(a)) if !a.is_empty() => Some(Ok(a)),
+                Some(Ok(_)) => Some(Err("the constraint allows no next token".to_string())),
+                Some(Err(e)) => Some(Err(e.to_string())),
+            }
+            .transpose();
+            let allowed = match allowed {
+                Ok(a) => a,
+                Err(e) => {
+                    done(row.index, Err(format!("constrained decoding failed: {e}")));
+                    finished += 1;
+                    continue;
+                }
+            };
+            let lrow = &mut flat[r * v..(r + 1) * v];
+            let token = pick(lrow, allowed.as_deref(), row.req.sampling, &mut row.rng);
+            let mut end = None;
+            if m.eos.contains(&token) {
+                end = Some(Finish::Eos);
+            } else {
+                row.out.push(token);
+                if let Some(c) = row.req.constraint.as_mut() {
+                    if let Err(e) = c.advance(token as u32) {
+                        done(row.index, Err(format!("constrained decoding failed: {e}")));
+                        finished += 1;
+                        continue;
+                    }
+                    if c.finished() {
+                        end = Some(Finish::Complete);
+                    }
+                }
+            }
+            let mut text = None;
+            if end.is_none() && !row.req.stop.is_empty() {
+                let t = (m.decode)(&row.out)?;
+                if let Some(cut) = row.req.stop.iter().filter_map(|s| t.find(s.as_str())).min() {
+                    text = Some(t[..cut].to_string());
+                    end = Some(Finish::Stop);
+                }
+            }
+            if end.is_none() && row.out.len() >= row.req.max_tokens {
+                end = Some(Finish::Length);
+            }
+            match end {
+                None => {
+                    keep.push(r);
+                    next.push(token);
+                }
+                Some(finish) => {
+                    let text = match text {
+                        Some(t) => t,
+                        None => (m.decode)(&row.out)?,
+                    };
+                    let completion_tokens = row.out.len() + usize::from(finish == Finish::Eos);
+                    done(
+                        row.index,
+                        Ok(Generated {
+                            tokens: std::mem::take(&mut row.out),
+                            text,
+                            completion_tokens,
+                            finish,
+                        }),
+                    );
+                    finished += 1;
+                }
+            }
+        }
+        if progress(finished, total) {
+            return Ok(true);
+        }
+        batch.retain(&keep);
+        if batch.len() == 0 {
+            continue;
+        }
+        let b = batch.len() as i64;
+        let ids = Tensor::from_slice(&next).view([b, 1]).to_device(m.device);
+        let positions: Vec<i64> = batch.rows.iter().map(|r| r.position).collect();
+        let positions = Tensor::from_slice(&positions)
+            .view([b, 1])
+            .to_device(m.device);
+        batch.rows.iter_mut().for_each(|r| r.position += 1);
+        batch.mask = Tensor::cat(
+            &[&batch.mask, &Tensor::ones([b, 1], (Kind::Int64, m.device))],
+            1,
+        );
+        let hidden = m.net.forward(
+            &m.net.embed(&ids),
+            &batch.mask,
+            &positions,
+            Some(&mut batch.cache),
+        )?;
+        batch.logits = m.net.logits(&hidden.select(1, 0));
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::causal_lm::{CausalLm, Input};
+    use serde_json::json;
+    use tch::Device;
+
+    fn tiny(kind: &str) -> CausalLm {
+        let config = if kind == "gpt2" {
+            json!({"model_type": "gpt2", "vocab_size": 60, "n_positions": 64, "n_embd": 16,
+                   "n_layer": 2, "n_head": 2, "eos_token_id": 59})
+        } else {
+            json!({"model_type": kind, "vocab_size": 60, "hidden_size": 16, "intermediate_size": 24,
+                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                   "eos_token_id": 59})
+        };
+        CausalLm::from_config(config, 11, Device::Cpu, Kind::Float).unwrap()
+    }
+
+    /// Greedy continuation of one prompt by full forward passes over the growing sequence.
+    fn slow_greedy(lm: &CausalLm, prompt: &[i64], n: usize, eos: i64) -> Vec<i64> {
+        let mut seq = prompt.to_vec();
+        let mut out = vec![];
+        for _ in 0..n {
+            let x = Tensor::from_slice(&seq).view([1, -1]);
+            let logits = tch::no_grad(|| lm.logits(&Input::Ids(x), None).unwrap());
+            let next = logits.get(0).get(seq.len() as i64 - 1).argmax(-1, false);
+            let next = next.int64_value(&[]);
+            if next == eos {
+                break;
+            }
+            out.push(next);
+            seq.push(next);
+        }
+        out
+    }
+
+    fn requests(prompts: &[Vec<i64>], max_tokens: &[usize], sampling: Sampling) -> Vec<GenRequest> {
+        prompts
+            .iter()
+            .zip(max_tokens)
+            .enumerate()
+            .map(|(i, (p, &m))| GenRequest {
+                prompt: p.clone(),
+                max_tokens: m,
+                sampling,
+                seed: 100 + i as u64,
+                stop: vec![],
+                constraint: None,
+            })
+            .collect()
+    }
+
+    fn run(lm: &CausalLm, reqs: Vec<GenRequest>, max_batch: usize) -> Vec<Generated> {
+        let decode =
+            |ids: &[i64]| -> Result<String> { Ok(ids.iter().map(|i| format!("<{i}>")).collect()) };
+        let m = Model {
+            net: lm.net(),
+            eos: &lm.eos,
+            decode: &decode,
+            max_batch,
+            device: Device::Cpu,
+        };
+        let n = reqs.len();
+        let mut out: Vec<Option<Generated>> = vec![None; n];
+        let mut order = vec![];
+        let stopped = generate(
+            &m,
+            reqs,
+            &mut |i, g| {
+                order.push(i);
+                out[i] = Some(g.unwrap());
+            },
+            &mut |_, _| false,
+        )
+        .unwrap();
+        assert!(!stopped);
+        out.into_iter().map(Option::unwrap).collect()
+    }
+
+    fn prompts() -> Vec<Vec<i64>> {
+        (0..7)
+            .map(|i| {
+                (0..(2 + 3 * i % 11))
+                    .map(|t| (t * 7 + i * 5) % 59)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn continuous_batching_gives_each_request_its_own_greedy_answer() {
+        for kind in ["gpt2", "llama"] {
+            let lm = tiny(kind);
+            let ps = prompts();
+            let max: Vec<usize> = (0..ps.len()).map(|i| 3 + (i * 5) % 13).collect();
+            for max_batch in [1, 2, 3, 16] {
+                let got = run(&lm, requests(&ps, &max, Sampling::Greedy), max_batch);
+                for (i, g) in got.iter().enumerate() {
+                    let want = slow_greedy(&lm, &ps[i], max[i], 59);
+                    assert_eq!(g.tokens, want, "{kind} batch {max_batch} request {i}");
+                    let finish = if want.len() < max[i] {
+                        Finish::Eos
+                    } else {
+                        Finish::Length
+                    };
+                    assert_eq!(g.finish, finish);
+                    assert_eq!(
+                        g.completion_tokens,
+                        want.len() + usize::from(finish == Finish::Eos)
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sampled_answers_do_not_depend_on_the_batch() {
+        let lm = tiny("llama");
+        let ps = prompts();
+        let max = vec![12; ps.len()];
+        let s = Sampling::Sample {
+            temperature: 1.3,
+            top_k: 20,
+            top_p: 0.9,
+        };
+        let alone = run(&lm, requests(&ps, &max, s), 1);
+        let batched = run(&lm, requests(&ps, &max, s), 4);
+        for (a, b) in alone.iter().zip(&batched) {
+            assert_eq!(a.tokens, b.tokens);
+        }
+        // Different seeds give different samples somewhere.
+        assert!(alone.windows(2).any(|w| w[0].tokens != w[1].tokens));
+    }
+
+    #[test]
+    fn stop_strings_cut_the_text_and_bad_requests_fail_alone() {
+        let lm = tiny("gpt2");
+        let ps = prompts();
+        let full = slow_greedy(&lm, &ps[3], 10, 59);
+        assert!(full.len() >= 3, "the fixture needs a longer answer");
+        let stop = format!("<{}>", full[2]);
+        let mut reqs = requests(&ps[..4], &[10; 4], Sampling::Greedy);
+        reqs[3].stop = vec![stop.clone()];
+        reqs[1].prompt = vec![];
+        reqs[2].prompt = vec![3, 99];
+        reqs[0].max_tokens = 100; // 64 positions
+        let decode =
+            |ids: &[i64]| -> Result<String> { Ok(ids.iter().map(|i| format!("<{i}>")).collect()) };
+        let m = Model {
+            net: lm.net(),
+            eos: &lm.eos,
+            decode: &decode,
+            max_batch: 4,
+            device: Device::Cpu,
+        };
+        let mut out: Vec<Option<std::result::Result<Generated, String>>> =
+            vec![None, None, None, None];
+        generate(&m, reqs, &mut |i, g| out[i] = Some(g), &mut |_, _| false).unwrap();
+        let err = |i: usize| out[i].clone().unwrap().unwrap_err();
+        assert!(err(0).contains("positions"), "{}", err(0));
+        assert!(err(1).contains("no tokens"), "{}", err(1));
+        assert!(err(2).contains("out of range"), "{}", err(2));
+        let g = out[3].clone().unwrap().unwrap();
+        assert_eq!(g.finish, Finish::Stop);
+        let first = full.iter().position(|&t| format!("<{t}>") == stop).unwrap();
+        let want: String = full[..first].iter().map(|i| format!("<{i}>")).collect();
+        assert_eq!(g.text, want);
+    }
+
+    #[test]
+    fn a_progress_callback_stops_the_work() {
+        let lm = tiny("llama");
+        let ps = prompts();
+        let decode = |ids: &[i64]| -> Result<String> { Ok(format!("{ids:?}")) };
+        let m = Model {
+            net: lm.net(),
+            eos: &[],
+            decode: &decode,
+            max_batch: 2,
+            device: Device::Cpu,
+        };
+        let mut finished = 0;
+        let mut steps = 0;
+        let stopped = generate(
+            &m,
+            requests(&ps, &[20; 7], Sampling::Greedy),
+            &mut |_, _| finished += 1,
+            &mut |_, _| {
+                steps += 1;
+                steps == 5
+            },
+        )
+        .unwrap();
+        assert!(stopped);
+        assert_eq!(steps, 5);
+        assert_eq!(finished, 0);
+    }
+}
