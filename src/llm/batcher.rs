@@ -19,7 +19,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
 use crate::rng::Rng;
-use crate::text::decoder::{Decoder, KvCache, Sampling};
+use crate::text::decoder::{CacheSlot, Decoder, KvCache, Sampling};
 use crate::text::layers::positions_from_mask;
 
 /// A grammar that a row's tokens must follow (see [`super::constrain`]).
@@ -147,8 +147,9 @@ impl Batch {
         }
         self.rows.extend(rows);
         for (slot, new) in self.cache.iter_mut().zip(cache) {
-            if let (Some((k, v)), Some((nk, nv))) = (slot.take(), new) {
-                *slot = Some((cat_rows(k, nk, 1), cat_rows(v, nv, 1)));
+            if let (Some(old), Some(new)) = (slot.take(), new) {
+                let ((k, v), (nk, nv)) = (old.filled(), new.filled());
+                *slot = Some(CacheSlot::full(cat_rows(k, nk, 1), cat_rows(v, nv, 1)));
             }
         }
         let old = std::mem::replace(&mut self.mask, Tensor::new());
@@ -180,9 +181,14 @@ impl Batch {
         let first = used.to_kind(Kind::Int64).argmax(0, false).int64_value(&[]);
         let width = self.mask.size()[1] - first;
         self.mask = self.mask.narrow(1, first, width);
-        for (k, v) in self.cache.iter_mut().flatten() {
-            *k = k.index_select(0, &idx).narrow(2, first, width);
-            *v = v.index_select(0, &idx).narrow(2, first, width);
+        for slot in self.cache.iter_mut() {
+            if let Some(s) = slot.take() {
+                let (k, v) = s.filled();
+                *slot = Some(CacheSlot::full(
+                    k.index_select(0, &idx).narrow(2, first, width),
+                    v.index_select(0, &idx).narrow(2, first, width),
+                ));
+            }
         }
     }
 }

@@ -11,26 +11,77 @@ use super::layers::positions_from_mask;
 use crate::error::{RecforgeError, Result};
 use crate::rng::Rng;
 
-/// Per-layer keys and values of the tokens seen so far, `[B, kv_heads, T, head_dim]` each.
-pub type KvCache = Vec<Option<(Tensor, Tensor)>>;
+/// One layer's keys and values of the tokens seen so far: `k` and `v` are `[B, kv_heads, cap,
+/// head_dim]` buffers of which the first `len` positions are filled. Appending writes in place
+/// and doubles the buffers when full, so a decoding step copies only its own keys and values,
+/// not the whole cache.
+pub struct CacheSlot {
+    /// Key buffer.
+    pub k: Tensor,
+    /// Value buffer.
+    pub v: Tensor,
+    /// Filled positions.
+    pub len: i64,
+}
 
-/// Appends this step's keys and values to a layer's cache slot and returns the full ones.
+impl CacheSlot {
+    /// A slot holding exactly `k` and `v` (`[B, kv_heads, T, head_dim]`), with no spare room.
+    pub fn full(k: Tensor, v: Tensor) -> Self {
+        let len = k.size()[2];
+        Self { k, v, len }
+    }
+
+    /// The filled keys and values.
+    pub fn filled(&self) -> (Tensor, Tensor) {
+        (self.k.narrow(2, 0, self.len), self.v.narrow(2, 0, self.len))
+    }
+}
+
+/// Per-layer caches, one slot per layer.
+pub type KvCache = Vec<Option<CacheSlot>>;
+
+/// Room kept after a prefill for the tokens decoded next.
+const CACHE_SPARE: i64 = 64;
+
+fn with_room(x: &Tensor, len: i64, cap: i64) -> Tensor {
+    let mut size = x.size();
+    size[2] = cap;
+    let buf = Tensor::zeros(&size[..], (x.kind(), x.device()));
+    buf.narrow(2, 0, len).copy_(&x.narrow(2, 0, len));
+    buf
+}
+
+/// Appends this step's keys and values to a layer's cache slot and returns all of them (views
+/// of the slot's buffers).
 pub fn extend_cache(
-    slot: Option<&mut Option<(Tensor, Tensor)>>,
+    slot: Option<&mut Option<CacheSlot>>,
     k: Tensor,
     v: Tensor,
 ) -> (Tensor, Tensor) {
-    match slot {
-        None => (k, v),
-        Some(slot) => {
-            let (k, v) = match slot.take() {
-                Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-                None => (k, v),
-            };
-            *slot = Some((k.shallow_clone(), v.shallow_clone()));
-            (k, v)
+    let Some(slot) = slot else { return (k, v) };
+    let t = k.size()[2];
+    let s = match slot.take() {
+        None => CacheSlot {
+            k: with_room(&k, t, t + CACHE_SPARE),
+            v: with_room(&v, t, t + CACHE_SPARE),
+            len: t,
+        },
+        Some(mut s) => {
+            let cap = s.k.size()[2];
+            if s.len + t > cap {
+                let cap = (2 * cap).max(s.len + t + CACHE_SPARE);
+                s.k = with_room(&s.k, s.len, cap);
+                s.v = with_room(&s.v, s.len, cap);
+            }
+            s.k.narrow(2, s.len, t).copy_(&k);
+            s.v.narrow(2, s.len, t).copy_(&v);
+            s.len += t;
+            s
         }
-    }
+    };
+    let out = s.filled();
+    *slot = Some(s);
+    out
 }
 
 /// A causal language model usable as a backbone.
