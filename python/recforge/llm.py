@@ -21,6 +21,7 @@ report's ``redacted``).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -503,6 +504,11 @@ class LocalClient:
         report = {"requests": n, "ok": n, "failed": 0, "cache_hits": 0, "cache_misses": n, "seconds": _time.monotonic() - start}
         return EmbedResult(vecs, [None] * len(texts), _report(report))
 
+
+# ``Client.__new__`` (which returns a LocalClient for a model path) must not hide ``__init__``'s
+# parameters from ``inspect.signature`` and the documentation tools.
+_init_sig = inspect.signature(Client.__init__)
+setattr(Client, "__signature__", _init_sig.replace(parameters=list(_init_sig.parameters.values())[1:]))
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
