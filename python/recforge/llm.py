@@ -191,7 +191,31 @@ def _chat_batch(native: Any, rows: list[tuple[Any, ...]], progress: bool) -> Bat
     return result
 
 
-class Client:
+def _check_texts(texts: Sequence[str], batch_size: int) -> None:
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise ConfigError("texts must be a list of strings")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+class _CacheInfo:
+    """The response-cache counters both clients expose (from their native object)."""
+
+    _native: Any
+
+    @property
+    def cache_size(self) -> int:
+        """Answers held by the response cache."""
+        return int(self._native.cache_len)
+
+    @property
+    def cache_skipped_lines(self) -> int:
+        """Lines of the cache file that could not be read when it was opened (torn by a crash,
+        or not valid UTF-8) and were skipped; the other answers load normally."""
+        return int(self._native.cache_skipped_lines)
+
+
+class Client(_CacheInfo):
     """An OpenAI-compatible chat client (llama.cpp's server, vLLM, Ollama, hosted APIs).
 
     With no ``base_url`` (and no ``RECFORGE_LLM_BASE_URL``) and a ``model`` that is a model folder
@@ -266,17 +290,6 @@ class Client:
     def __repr__(self) -> str:
         return f"Client(base_url={_display_url(self.base_url)!r}, model={self.model!r}, cache={self.cache!r})"
 
-    @property
-    def cache_size(self) -> int:
-        """Answers held by the response cache."""
-        return int(self._native.cache_len)
-
-    @property
-    def cache_skipped_lines(self) -> int:
-        """Lines of the cache file that could not be read when it was opened (torn by a crash,
-        or not valid UTF-8) and were skipped; the other answers load normally."""
-        return int(self._native.cache_skipped_lines)
-
     def chat_batch(
         self,
         requests: Iterable[Messages | Mapping[str, Any]],
@@ -313,10 +326,7 @@ class Client:
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> EmbedResult:
         """Embeddings from the server's ``/embeddings`` endpoint, ``batch_size`` texts per request,
         requests run concurrently (retried and cached like chat requests)."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ConfigError("texts must be a list of strings")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        _check_texts(texts, batch_size)
         n_req = -(-len(texts) // batch_size)
         bar = tqdm(total=n_req, desc="embeddings", unit="req", disable=not progress, leave=False)
 
@@ -338,7 +348,7 @@ class Client:
         return EmbedResult(out, list(errors), _report(report))
 
 
-class LocalClient:
+class LocalClient(_CacheInfo):
     """An LLM in this process: the same interface, results, report and cache as :class:`Client`,
     with no server. The model runs on recforge's libtorch backbones (``recforge.text``) with its
     own chat template, continuous batching (a finished answer frees its slot for the next
@@ -416,16 +426,6 @@ class LocalClient:
         """Where the model runs."""
         return str(self._native.device)
 
-    @property
-    def cache_size(self) -> int:
-        """Answers held by the response cache."""
-        return int(self._native.cache_len)
-
-    @property
-    def cache_skipped_lines(self) -> int:
-        """Cache lines that could not be read when it was opened (see :class:`Client`)."""
-        return int(self._native.cache_skipped_lines)
-
     def render(self, messages: Messages) -> str:
         """The prompt the model reads for ``messages``: its chat template, with the generation
         prompt."""
@@ -488,20 +488,15 @@ class LocalClient:
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> EmbedResult:
         """Mean-pooled, L2-normalised last hidden states of the model for each text (no chat
         template). For sentence embeddings prefer ``recforge.text.Encoder``."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise ConfigError("texts must be a list of strings")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        import time as _time
-
-        start = _time.monotonic()
+        _check_texts(texts, batch_size)
+        start = time.monotonic()
         rows: list[list[float]] = []
         chunks = range(0, len(texts), batch_size)
         for i in tqdm(chunks, desc="embeddings", unit="batch", disable=not progress, leave=False):
             rows.extend(self._native.embed(list(texts[i : i + batch_size]), batch_size))
         vecs = np.asarray(rows, dtype=np.float32).reshape(len(texts), -1)
         n = len(chunks)
-        report = {"requests": n, "ok": n, "failed": 0, "cache_hits": 0, "cache_misses": n, "seconds": _time.monotonic() - start}
+        report = {"requests": n, "ok": n, "failed": 0, "cache_hits": 0, "cache_misses": n, "seconds": time.monotonic() - start}
         return EmbedResult(vecs, [None] * len(texts), _report(report))
 
 
