@@ -248,6 +248,8 @@ class CausalLM:
     def __init__(self, native: _native._CausalLM, tokenizer: Tokenizer | None = None) -> None:
         self._native = native
         self.tokenizer = tokenizer
+        #: The folder or ``.gguf`` file the weights came from (None: built from a config).
+        self.source: Path | None = None
 
     @classmethod
     def from_pretrained(cls, path: PathLike, *, device: str = "auto", dtype: str = "float32") -> CausalLM:
@@ -257,6 +259,7 @@ class CausalLM:
         p = Path(path)
         native = _native._CausalLM.from_pretrained(os.fspath(p), device, dtype)
         lm = cls(native)
+        lm.source = p
         if (p / "tokenizer.json").is_file():
             tok = Tokenizer.from_pretrained(p, pad_id=lm.pad_token_id)
             if tok.vocab_size > lm.vocab_size:
@@ -278,6 +281,7 @@ class CausalLM:
         folder or ``tokenizer.json``, that one."""
         native = _native._CausalLM.from_gguf(os.fspath(path), device, dtype)
         lm = cls(native)
+        lm.source = Path(path)
         if tokenizer is not None:
             lm.tokenizer = Tokenizer.from_pretrained(tokenizer, pad_id=lm.pad_token_id)
         elif _native._Tokenizer.gguf_has_tokenizer(os.fspath(path)):

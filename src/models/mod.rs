@@ -5,12 +5,14 @@ pub mod factors;
 pub mod fm;
 pub mod mf;
 pub mod sasrec;
+pub mod soft_token;
 pub mod svd;
 
 pub use factors::{Factors, FactorsConfig};
 pub use fm::FmModel;
 pub use mf::{MfModel, MfObjective};
 pub use sasrec::SasRecModel;
+pub use soft_token::SoftTokenModel;
 
 use std::collections::HashMap;
 

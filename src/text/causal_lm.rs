@@ -156,6 +156,19 @@ impl CausalLm {
         }
     }
 
+    /// Every weight under its Hugging Face name (what `save_pretrained` writes), sorted by name;
+    /// shallow handles, so a copy into one changes the model.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, t)| (self.layout.hf_name(&name), t))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Number of parameters (only those that track gradients when `trainable_only`).
     pub fn num_parameters(&self, trainable_only: bool) -> i64 {
         self.vs

@@ -18,6 +18,7 @@ use crate::error::{RecforgeError, Result};
 use crate::models::fm::{FmConfig, FmLoss};
 use crate::models::mf::{MfModel, MfObjective};
 use crate::models::sasrec::{SasRecConfig, SeqLoss};
+use crate::models::soft_token::{BackboneMode, BackboneSource, SoftTokenConfig, SoftTokenModel};
 use crate::models::{FactorsConfig, FmModel, SasRecModel};
 
 /// The training keys of a flat spec.
@@ -307,6 +308,36 @@ pub struct SasRecSpec {
     pub init_std: f64,
 }
 
+/// SoftTokenRec (collaborative soft tokens into a causal language model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftTokenSpec {
+    /// A Hugging Face folder or `.gguf` path, or a config object.
+    pub backbone: Value,
+    /// `full`, `frozen` or `random`.
+    pub backbone_mode: BackboneMode,
+    /// Size of the user and item vectors.
+    pub dim: i64,
+    /// Longest input (user token + items).
+    pub max_len: i64,
+    /// Negatives per position for the BPR losses.
+    pub n_negatives: i64,
+    /// Weight of the all-item cross-entropy.
+    pub ce_weight: f64,
+    /// Weight of the context-item BPR loss.
+    pub bpr_weight: f64,
+    /// Weight of the user-item BPR loss.
+    pub user_bpr_weight: f64,
+    /// L2 weight on the batch's user and item rows.
+    pub lambda_c: f64,
+    /// Items per chunk of the cross-entropy.
+    pub ce_chunk: i64,
+    /// Dropout on the soft tokens in training.
+    pub dropout: f64,
+    /// Standard deviation of the tables' and projections' initialisation.
+    pub init_std: f64,
+}
+
 /// The network part of a spec, by model name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSpec {
@@ -323,6 +354,8 @@ pub enum ModelSpec {
     },
     /// SASRec.
     SasRec(SasRecSpec),
+    /// SoftTokenRec.
+    SoftToken(SoftTokenSpec),
 }
 
 /// A model's whole spec: network and training.
@@ -391,9 +424,10 @@ impl Spec {
                 spec: parse(&name, map)?,
             },
             "SASRec" => ModelSpec::SasRec(parse(&name, map)?),
+            "SoftTokenRec" => ModelSpec::SoftToken(parse(&name, map)?),
             other => {
                 return Err(RecforgeError::config(format!(
-                    "unknown model {other:?}: expected SVD, BPRMF, FM, NFM or SASRec"
+                    "unknown model {other:?}: expected SVD, BPRMF, FM, NFM, SASRec or SoftTokenRec"
                 )))
             }
         };
@@ -409,6 +443,7 @@ impl Spec {
             ModelSpec::BprMf(_) => "BPRMF",
             ModelSpec::Fm { name, .. } => name,
             ModelSpec::SasRec(_) => "SASRec",
+            ModelSpec::SoftToken(_) => "SoftTokenRec",
         }
     }
 
@@ -420,6 +455,7 @@ impl Spec {
             ModelSpec::Svd(s) | ModelSpec::BprMf(s) => serde_json::to_value(s),
             ModelSpec::Fm { spec, .. } => serde_json::to_value(spec),
             ModelSpec::SasRec(s) => serde_json::to_value(s),
+            ModelSpec::SoftToken(s) => serde_json::to_value(s),
         };
         for v in [model, serde_json::to_value(&self.train)] {
             if let Ok(Value::Object(m)) = v {
@@ -472,6 +508,29 @@ impl Spec {
                 check_std(spec.init_std)
             }
             ModelSpec::SasRec(s) => self.sasrec_config(s, 1).validate(),
+            ModelSpec::SoftToken(s) => {
+                BackboneSource::from_value(&s.backbone)?;
+                self.soft_token_config(s, 1, 1).validate()
+            }
+        }
+    }
+
+    fn soft_token_config(&self, s: &SoftTokenSpec, n_users: i64, n_items: i64) -> SoftTokenConfig {
+        SoftTokenConfig {
+            n_users,
+            n_items,
+            dim: s.dim,
+            max_len: s.max_len,
+            n_negatives: s.n_negatives,
+            ce_weight: s.ce_weight,
+            bpr_weight: s.bpr_weight,
+            user_bpr_weight: s.user_bpr_weight,
+            lambda_c: s.lambda_c,
+            ce_chunk: s.ce_chunk,
+            dropout: s.dropout,
+            mode: s.backbone_mode,
+            init_std: s.init_std,
+            seed: self.train.seed,
         }
     }
 
@@ -546,6 +605,13 @@ impl Spec {
             ModelSpec::SasRec(s) => {
                 let config = self.sasrec_config(s, n_items);
                 Ok(Box::new(SasRecModel::new(config, s.loss, device)?))
+            }
+            ModelSpec::SoftToken(s) => {
+                let config = self.soft_token_config(s, n_users, n_items);
+                config.validate()?;
+                let backbone =
+                    BackboneSource::from_value(&s.backbone)?.load(s.backbone_mode, seed, device)?;
+                Ok(Box::new(SoftTokenModel::new(config, backbone)?))
             }
         }
     }

@@ -11,6 +11,7 @@ from .bprmf import BPRMF
 from .fm import FM, NFM
 from .popularity import Popularity
 from .sasrec import SASRec
+from .soft_token import SoftTokenRec
 from .svd import SVD
 
-__all__ = ["BPRMF", "FM", "FactorModel", "LrSchedule", "NFM", "Popularity", "Recommender", "SASRec", "SVD", "TorchModel"]
+__all__ = ["BPRMF", "FM", "FactorModel", "LrSchedule", "NFM", "Popularity", "Recommender", "SASRec", "SVD", "SoftTokenRec", "TorchModel"]
