@@ -149,22 +149,19 @@ def test_save_load_and_exact_resume(loo, tmp_path: Path) -> None:  # type: ignor
 
 
 def test_soft_tokens_beat_popularity_on_leave_one_out(loo) -> None:  # type: ignore[no-untyped-def]
-    """A small random backbone, full ranking on the bundled ml-latest-small (mean of 3 seeds)."""
+    """A small random Llama backbone, full ranking on the bundled ml-latest-small (one seed here;
+    the README's table averages three)."""
     train, valid, test = loo
     seen = Interactions.concat([train, valid])
     pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10,), metrics=("ndcg", "hit"))
-    results = []
-    for seed in range(3):
-        m = models.SoftTokenRec(tiny_config("llama", hidden=32), backbone_mode="random", dim=32, max_len=30, epochs=4,
-                                batch_size=32, lr=0.003, n_negatives=8, seed=seed, device="cpu").fit(train, progress=False)  # fmt: skip
-        r = metrics.full_ranking(lambda u: m.score_all(u, history=seen), test, [seen], ks=(10,), metrics=("ndcg", "hit"))
-        assert m.history[-1]["loss"] < m.history[0]["loss"]
-        results.append(r)
-    ndcg = float(np.mean([r["ndcg@10"] for r in results]))
-    hit = float(np.mean([r["hit@10"] for r in results]))
-    print(f"NDCG@10: SoftTokenRec {ndcg:.4f}, popularity {pop['ndcg@10']:.4f}; HR@10 {hit:.4f} vs {pop['hit@10']:.4f}")
-    assert ndcg > pop["ndcg@10"]
-    assert hit > pop["hit@10"]
+    m = models.SoftTokenRec(tiny_config("llama", hidden=64), backbone_mode="random", dim=64, max_len=30, epochs=10,
+                            batch_size=32, lr=0.002, dropout=0.2, n_negatives=8, seed=0, device="cpu")  # fmt: skip
+    m.fit(train, valid, progress=False)
+    r = metrics.full_ranking(lambda u: m.score_all(u, history=seen), test, [seen], ks=(10,), metrics=("ndcg", "hit"))
+    print(f"NDCG@10: SoftTokenRec {r['ndcg@10']:.4f}, popularity {pop['ndcg@10']:.4f}; HR@10 {r['hit@10']:.4f} vs {pop['hit@10']:.4f}")
+    assert m.history[-1]["loss"] < m.history[0]["loss"]
+    assert r["ndcg@10"] > 1.1 * pop["ndcg@10"]
+    assert r["hit@10"] > pop["hit@10"]
 
 
 def test_bad_input(tmp_path: Path) -> None:
