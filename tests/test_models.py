@@ -249,9 +249,13 @@ def _small() -> tuple[Interactions, Interactions]:
         lambda: models.FM(dim=8, epochs=2, device="cpu"),
         lambda: models.NFM(dim=8, epochs=2, batch_norm=True, device="cpu"),
         lambda: models.SASRec(dim=8, max_len=10, epochs=2, device="cpu"),
+        lambda: models.SoftTokenRec(
+            {"model_type": "gpt2", "vocab_size": 20, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2},
+            dim=8, max_len=10, epochs=2, n_negatives=2, device="cpu",
+        ),
         lambda: models.Popularity(),
     ],
-    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "Popularity"],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "Popularity"],
 )
 def test_every_model_fulfils_the_contract(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train, valid = _small()
@@ -367,9 +371,13 @@ def test_progress_reaches_python_every_epoch(loo) -> None:  # type: ignore[no-un
         lambda: models.FM(dim=8, epochs=1, device="cpu"),
         lambda: models.NFM(dim=8, epochs=1, device="cpu"),
         lambda: models.SASRec(dim=8, max_len=10, epochs=1, device="cpu"),
+        lambda: models.SoftTokenRec(
+            {"model_type": "gpt2", "vocab_size": 20, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2},
+            dim=8, max_len=10, epochs=1, n_negatives=2, device="cpu",
+        ),
         lambda: models.Popularity(),
     ],
-    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "Popularity"],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "Popularity"],
 )
 def test_loaded_models_never_recommend_seen_items(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Defect (#12): after load(), recommend(exclude_seen=True) returned seen items for SVD, BPRMF,
