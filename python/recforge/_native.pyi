@@ -10,6 +10,8 @@ import numpy.typing as npt
 import torch
 
 __version__: str
+_TORCH_VERSION: str
+_TCH_VERSION: str
 
 class RecforgeError(Exception): ...
 class DataError(RecforgeError): ...

@@ -28,6 +28,25 @@ fn resolve_device(name: &str) -> PyResult<String> {
     Ok(crate::device::name(crate::device::resolve(name)?))
 }
 
+/// The torch version the extension was built against (`torch/version.py` of the linked libtorch,
+/// recorded by `build.rs`), behind a marker and NUL-terminated, so that Python can read it from the
+/// file itself when the extension cannot be loaded (another torch installed):
+/// `recforge._built_torch_from_file`.
+static TORCH_MARKER: &str = concat!(
+    "recforge-built-against-torch=",
+    env!("RECFORGE_TORCH_VERSION"),
+    "\0"
+);
+
+/// The version in [`TORCH_MARKER`]; `black_box` keeps the whole marker in the binary.
+fn torch_built_against() -> &'static str {
+    let marker = std::hint::black_box(TORCH_MARKER);
+    marker
+        .strip_prefix("recforge-built-against-torch=")
+        .and_then(|v| v.strip_suffix('\0'))
+        .unwrap_or(marker)
+}
+
 /// Number of threads recforge's parallel work uses in this process.
 #[pyfunction]
 fn num_threads() -> usize {
@@ -38,6 +57,8 @@ fn num_threads() -> usize {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     crate::parallel::init_global();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("_TORCH_VERSION", torch_built_against())?;
+    m.add("_TCH_VERSION", env!("RECFORGE_TCH_VERSION"))?;
     errors::register(m)?;
     m.add_class::<data::PyInteractions>()?;
     m.add_class::<data::PyIdMap>()?;
