@@ -15,6 +15,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import json
+import re
 import shutil
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import SMOLLM2_GGUF, installed_package_dir
+from llm_fixtures import Serve, client, serve  # noqa: F401 (fixtures)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -267,6 +269,50 @@ def test_ctrl_c_stops_a_batch_and_the_rerun_generates_only_what_is_missing(tiny_
     assert out.report["cache_hits"] == done and out.report["cache_misses"] == 3
 
 
+def test_repetition_penalties_are_per_request_options_with_their_own_cache_key(tiny_chat_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "p.jsonl"
+    c = LocalClient(tiny_chat_dir, device="cpu", max_batch=4, max_tokens=24, cache=cache)
+    plain = c.chat_batch([ask("Tell me about movie 3")], progress=False)
+    # A penalty larger than any logit gap: the random model's answer changes, and is not the cached one.
+    pen = c.chat_batch([ask("Tell me about movie 3")], presence_penalty=1e4, progress=False)
+    assert not pen[0].cached and pen.texts != plain.texts
+    # A zero penalty is no penalty: the same key as none.
+    zero = c.chat_batch([ask("Tell me about movie 3")], presence_penalty=0.0, frequency_penalty=0, progress=False)
+    assert zero[0].cached and zero.texts == plain.texts
+    # Per request in one batch, alone or batched: the same answers; async too.
+    reqs: list[Any] = [{"messages": ask("Tell me about movie 3"), "presence_penalty": 1e4}, ask("Tell me about movie 3"),
+                       {"messages": ask("Tell me about movie 3"), "frequency_penalty": 1e4}]  # fmt: skip
+    fresh = LocalClient(tiny_chat_dir, device="cpu", max_batch=3, max_tokens=24).chat_batch(reqs, progress=False)
+    assert fresh.texts[:2] == pen.texts + plain.texts and fresh.texts[2] != plain.texts[0]
+
+    async def go() -> Any:
+        return await c.chat(ask("Tell me about movie 3"), presence_penalty=1e4)
+
+    assert asyncio.run(go()).text == pen.texts[0]
+    with pytest.raises(ConfigError, match="presence_penalty must be a finite number"):
+        c.chat_batch([ask("x")], presence_penalty=float("inf"))
+    with pytest.raises(ConfigError, match="request 1: frequency_penalty must be a number"):
+        c.chat_batch([ask("x"), {"messages": ask("y"), "frequency_penalty": "high"}])
+
+
+def test_the_server_client_sends_the_penalties_only_when_set(serve: Serve) -> None:
+    server = serve(lambda body: "ok")
+    c = client(server)
+    out = c.chat_batch([ask("a"), {"messages": ask("b"), "frequency_penalty": 0.25}], presence_penalty=1.5, progress=False)
+    assert all(r.ok for r in out)
+    c.chat_batch([ask("c")], progress=False)
+
+    async def go() -> Any:
+        return await c.chat(ask("d"), frequency_penalty=-0.5, presence_penalty=0.0)
+
+    assert asyncio.run(go()).ok
+    bodies = {b["messages"][-1]["content"]: b for b in server.bodies}
+    assert (bodies["a"]["presence_penalty"], "frequency_penalty" in bodies["a"]) == (1.5, False)
+    assert (bodies["b"]["presence_penalty"], bodies["b"]["frequency_penalty"]) == (1.5, 0.25)
+    assert "presence_penalty" not in bodies["c"] and "frequency_penalty" not in bodies["c"]
+    assert (bodies["d"]["presence_penalty"], bodies["d"]["frequency_penalty"]) == (0.0, -0.5)
+
+
 def test_async_chats_awaited_together_share_one_batch(tiny: LocalClient) -> None:
     prompts = [f"q{i}" for i in range(6)]
 
@@ -346,3 +392,67 @@ def test_the_offline_default_is_smollm2_and_its_rankings_are_valid(monkeypatch: 
     assert out.report["ok"] == 2 and out.report["invalid_answers"] == 0, (out.errors, time.perf_counter() - t0)
     kw = rerank.generate_keywords(c, ["Heat (1995)"], ["A master thief is pursued by a detective in Los Angeles."], max_tokens=150, progress=False)
     assert kw.report["ok"] == 1 and 5 <= len(kw[0] or []) <= 15
+
+
+@pytest.mark.slow
+def test_repetition_penalties_match_transformers_and_stop_smollm2_looping(smollm2_hf_dir: Path) -> None:
+    """Greedy SmolLM2 on a real keyword prompt (it repeats one keyword) with OpenAI's penalties:
+    the same tokens as transformers' generate() with the penalty written as a logits processor
+    (``logit -= frequency * count + presence * (count > 0)`` over the completion's tokens), and
+    fewer repeated tokens with ``presence_penalty=2`` than without."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    from recforge import prompts as P
+
+    overview = ("A man with a low IQ has accomplished great things in his life and been present during significant "
+                "historic events - in each case, far exceeding what anyone imagined he could do.")  # fmt: skip
+    msgs = P.keywords_messages("Forrest Gump (1994)", overview)
+    tok = AutoTokenizer.from_pretrained(smollm2_hf_dir)
+    hf = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, attn_implementation="eager").eval()
+    chat: Any = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = chat["input_ids"]
+    n, start = 32, ids.shape[1]
+    settings = [(0.0, 0.0), (0.0, 2.0), (0.5, 1.0)]
+    frequency = torch.tensor([[fp] for fp, _ in settings])
+    presence = torch.tensor([[pp] for _, pp in settings])
+
+    class OpenAIPenalties(LogitsProcessor):
+        """Row r: ``scores -= frequency[r] * count + presence[r] * (count > 0)``."""
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            counts = torch.zeros_like(scores)
+            done = input_ids[:, start:]
+            counts.scatter_add_(1, done, torch.ones_like(done, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+    # One row per setting (the same prompt, so no padding), all greedy. One thread: on a loaded
+    # machine more only contend (both models run on the same libtorch).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids.repeat(len(settings), 1), attention_mask=torch.ones_like(ids).repeat(len(settings), 1),
+                              max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                              logits_processor=LogitsProcessorList([OpenAIPenalties()]))  # fmt: skip
+        c = LocalClient(smollm2_hf_dir, device="cpu", max_batch=3, max_tokens=n)
+        reqs = [{"messages": msgs, "frequency_penalty": fp, "presence_penalty": pp} for fp, pp in settings]
+        got = c.chat_batch(reqs, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    top2 = torch.stack(out.scores, 1).topk(2, -1).values
+    eos = hf.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    gens = []
+    for r, row in enumerate(out.sequences[:, start:].tolist()):
+        end = next((k for k, t in enumerate(row) if t in eos), len(row))
+        gens.append(row[:end])
+        steps = min(end + 1, len(row))  # the steps this row chose (then padding)
+        assert float((top2[r, :steps, 0] - top2[r, :steps, 1]).min()) > 1e-3, f"near tie in the reference, row {r}"
+    want = [str(tok.decode(g, skip_special_tokens=True)) for g in gens]
+    repeats = [len(g) - len(set(g)) for g in gens]
+    assert got.texts == want, (got.texts, want)
+    # Without penalties the model repeats one keyword (the loop the penalties are for).
+    items = re.findall(r'"([^"]+)"', want[0])
+    assert max(items.count(x) for x in items) >= 3, want
+    assert repeats[1] < repeats[0] and repeats[2] < repeats[0], repeats

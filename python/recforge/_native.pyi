@@ -255,7 +255,7 @@ class _LocalLlm:
     ) -> _LocalLlm: ...
     def chat_batch(
         self,
-        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None]],
+        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None, float | None, float | None]],
         progress: Callable[[int, int], Any] | None = None,
     ) -> tuple[
         list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]],
@@ -292,7 +292,7 @@ class _LlmClient:
     ) -> _LlmClient: ...
     def chat_batch(
         self,
-        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None]],
+        requests: Sequence[tuple[Sequence[tuple[str, str]], float, int | None, str | None, float | None, float | None]],
         progress: Callable[[int, int], Any] | None = None,
     ) -> tuple[
         list[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]],
@@ -304,6 +304,8 @@ class _LlmClient:
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: str | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
     ) -> Awaitable[tuple[bool, str | None, str | None, tuple[int, int] | None, bool, int, float, bool, bool, int]]: ...
     def embed_batch(
         self, texts: Sequence[str], batch_size: int = 64, progress: Callable[[int, int], Any] | None = None

@@ -133,6 +133,48 @@ def rerank_s1(args: argparse.Namespace) -> int:
     return 0
 
 
+def keywords_s5(args: argparse.Namespace) -> int:
+    """S5: LLM-written against human TMDB keywords as Factorization Machine features
+    (:func:`recforge.pipelines.run_s5`); prints the movie and rating counts, each group's test
+    RMSE with its bootstrap CI, the paired differences and the conclusion. Rerunning with the
+    same ``--run-dir`` reuses every LLM answer and every finished group."""
+    from pathlib import Path
+
+    from .llm import Client
+    from .pipelines import S5Config, run_s5
+    from .pipelines.keywords_s5 import default_run_dir
+
+    cfg = S5Config(
+        dataset=args.dataset, data_dir=args.data_dir, tmdb_path=args.tmdb, max_movies=args.movies, n_trials=args.trials,
+        epochs=args.epochs, min_freq=args.min_freq, stemming=args.stemming, storage=args.storage,
+        n_resamples=args.resamples, max_tokens=args.max_tokens, device=args.device, seed=args.seed,
+    )  # fmt: skip
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
+    client: Any = None
+    if args.base_url is not None:
+        client = Client(args.base_url, args.model, max_concurrency=args.concurrency, timeout=300, cache=run_dir / "llm-cache.jsonl")
+    t0 = time.perf_counter()
+    res = run_s5(cfg, client=client, run_dir=run_dir, progress=not args.no_progress)
+    rep = res.keyword_report["value"]
+    print(res)
+    print(
+        f"\nLLM keywords: {rep['movies']} movies, {rep['ok']} ok, {rep['failed']} failed, {rep['invalid_answers']} invalid "
+        f"answers, {rep['reasks']} re-asks; {rep['reused']} reused from the run folder, {rep['cache_hits']} answered "
+        f"from the cache, {rep['new_calls']} new calls"
+    )
+    print(f"\nrun folder: {run_dir} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def movies(args: argparse.Namespace) -> int:
+    """S3: the SVD + LLM movie assistant (:mod:`recforge.pipelines.assistant_s3`): an interactive
+    session by default, one session from ``--ratings FILE --preferences TEXT``, the offline
+    evaluation with ``--evaluate``, or ``--mode generate-data``."""
+    from .pipelines.assistant_s3 import movies_command
+
+    return movies_command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recforge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +209,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=rerank_s1)
+    k = sub.add_parser("keywords", help="S5: LLM vs human TMDB keywords as Factorization Machine features")
+    k.add_argument("--base-url", help="an OpenAI-compatible server (default: $RECFORGE_LLM_BASE_URL, else SmolLM2 in this process)")
+    k.add_argument("--model", help="model name on the server (default $RECFORGE_LLM_MODEL)")
+    k.add_argument("--concurrency", type=int, default=16, help="requests in flight on the server (default 16)")
+    k.add_argument("--run-dir", help="run folder; rerunning with it resumes (default runs/s5-<dataset>-<hash>)")
+    k.add_argument("--dataset", default="movielens-small", help="movielens-small (default) or a MovieLens folder with links.csv")
+    k.add_argument("--data-dir", help="folder holding tmdb-5000/ (default $RECFORGE_DATA or ../shared/data)")
+    k.add_argument("--tmdb", help="tmdb_5000_movies.csv, its zip, or its folder (default <data-dir>/tmdb-5000)")
+    k.add_argument("--movies", type=int, help="keep the N most-rated movies (default: all)")
+    k.add_argument("--trials", type=int, default=20, help="Optuna trials per group (default 20)")
+    k.add_argument("--epochs", type=int, default=20, help="FM epochs per trial at most (default 20, early stopping)")
+    k.add_argument("--min-freq", type=int, default=2, help="movies a keyword must tag to be a feature (default 2)")
+    k.add_argument("--stemming", choices=("none", "s"), default="none", help="none (default) or s (Harman's S-stemmer)")
+    k.add_argument("--storage", help="Optuna storage: RDB URL or journal file (.log); default in memory")
+    k.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    k.add_argument("--max-tokens", type=int, default=256, help="completion limit per LLM answer (default 256)")
+    k.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    k.set_defaults(func=keywords_s5)
+    from .pipelines.assistant_s3 import add_movies_arguments
+
+    mv = sub.add_parser("movies", help="S3: the SVD + LLM movie assistant (sessions, --evaluate, generate-data)")
+    add_movies_arguments(mv)
+    mv.set_defaults(func=movies)
     args = parser.parse_args(argv)
     from .errors import RecforgeError
 

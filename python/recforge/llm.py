@@ -150,19 +150,38 @@ def _result(row: tuple[Any, ...]) -> ChatResult:
     return ChatResult(ok, text, err, usage, cached, attempts, lat, invalid_utf8, redacted, capped)
 
 
+_REQUEST_KEYS = {"messages", "temperature", "max_tokens", "response_format", "frequency_penalty", "presence_penalty"}
+
+
+def _penalty(name: str, value: Any, k: int) -> float | None:
+    """A repetition penalty as the native rows take it: None (not sent) or a finite float."""
+    if value is None:
+        return None
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"request {k}: {name} must be a number, got {value!r}") from None
+    if not np.isfinite(p):
+        raise ConfigError(f"request {k}: {name} must be a finite number, got {value!r}")
+    return p
+
+
 def _rows(
     requests: Iterable[Messages | Mapping[str, Any]],
     temperature: float,
     max_tokens: int | None,
     response_format: Mapping[str, Any] | None,
+    frequency_penalty: float | None = None,
+    presence_penalty: float | None = None,
 ) -> list[tuple[Any, ...]]:
-    """The native request rows: ``(pairs, temperature, max_tokens, response_format JSON)``."""
+    """The native request rows: ``(pairs, temperature, max_tokens, response_format JSON,
+    frequency_penalty, presence_penalty)``."""
     rows = []
     for k, item in enumerate(requests):
         opts: Mapping[str, Any] = {}
         if isinstance(item, Mapping):
             opts, msgs = item, item.get("messages")
-            unknown = set(item) - {"messages", "temperature", "max_tokens", "response_format"}
+            unknown = set(item) - _REQUEST_KEYS
             if unknown:
                 raise ConfigError(f"request {k} has unknown keys {sorted(unknown)}")
         else:
@@ -172,6 +191,8 @@ def _rows(
         rows.append((
             pairs, float(opts.get("temperature", temperature)), opts.get("max_tokens", max_tokens),
             None if fmt is None else json.dumps(fmt),
+            _penalty("frequency_penalty", opts.get("frequency_penalty", frequency_penalty), k),
+            _penalty("presence_penalty", opts.get("presence_penalty", presence_penalty), k),
         ))  # fmt: skip
     return rows
 
@@ -297,15 +318,23 @@ class Client(_CacheInfo):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
         progress: bool = True,
     ) -> BatchResult:
         """Send every request concurrently (GIL released) and return the results in input order.
 
         Each item is a list of ``{"role", "content"}`` messages, or a dict with ``messages`` and
-        per-request ``temperature`` / ``max_tokens`` / ``response_format``. One failing item never
-        loses the others: its result has ``ok=False`` and the error.
+        per-request ``temperature`` / ``max_tokens`` / ``response_format`` /
+        ``frequency_penalty`` / ``presence_penalty``. One failing item never loses the others:
+        its result has ``ok=False`` and the error.
+
+        ``frequency_penalty`` and ``presence_penalty`` are OpenAI's (the API accepts -2 to 2):
+        sent in the request body when not None (and then part of the cache key), left to the
+        server's default otherwise.
         """
-        return _chat_batch(self._native, _rows(requests, temperature, max_tokens, response_format), progress)
+        rows = _rows(requests, temperature, max_tokens, response_format, frequency_penalty, presence_penalty)
+        return _chat_batch(self._native, rows, progress)
 
     async def chat(
         self,
@@ -314,13 +343,13 @@ class Client(_CacheInfo):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
     ) -> ChatResult:
         """One request, awaitable (runs on recforge's tokio runtime; shares the client's
         concurrency bound, rate limit, retries and cache with :meth:`chat_batch`)."""
-        fut = self._native.chat(
-            _pairs(messages, 0), float(temperature), max_tokens,
-            None if response_format is None else json.dumps(response_format),
-        )  # fmt: skip
+        row = _rows([messages], temperature, max_tokens, response_format, frequency_penalty, presence_penalty)[0]
+        fut = self._native.chat(*row)
         return _result(await fut)
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = True) -> EmbedResult:
@@ -438,13 +467,23 @@ class LocalClient(_CacheInfo):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
         progress: bool = True,
     ) -> BatchResult:
         """Answer every request (GIL released) and return the results in input order; the
         request forms are :meth:`Client.chat_batch`'s. A request that cannot run (a prompt
         longer than the model's context, a ``max_tokens`` too small for its ``response_format``)
-        fails alone."""
-        return _chat_batch(self._native, _rows(requests, temperature, max_tokens, response_format), progress)
+        fails alone.
+
+        ``frequency_penalty`` / ``presence_penalty`` (OpenAI's; None or 0: none) lower, before
+        sampling or the greedy pick and before the ``response_format`` mask, the logit of every
+        token the answer already holds: ``logit[t] -= frequency_penalty * count[t] +
+        presence_penalty * (count[t] > 0)``, counting the answer's tokens only (not the prompt's).
+        A positive value discourages repetition, e.g. a small model listing one keyword again and
+        again."""
+        rows = _rows(requests, temperature, max_tokens, response_format, frequency_penalty, presence_penalty)
+        return _chat_batch(self._native, rows, progress)
 
     async def chat(
         self,
@@ -453,14 +492,17 @@ class LocalClient(_CacheInfo):
         temperature: float = 0.0,
         max_tokens: int | None = None,
         response_format: Mapping[str, Any] | None = None,
+        frequency_penalty: float | None = None,
+        presence_penalty: float | None = None,
     ) -> ChatResult:
         """One request, awaitable. Requests awaited together (``asyncio.gather``) are answered
-        in one batch, on a worker thread."""
+        in one batch, on a worker thread. The penalties are :meth:`chat_batch`'s."""
         import asyncio
 
+        row = _rows([messages], temperature, max_tokens, response_format, frequency_penalty, presence_penalty)[0]
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending.append((_rows([messages], temperature, max_tokens, response_format)[0], fut))
+        self._pending.append((row, fut))
         if len(self._pending) == 1:
             loop.call_soon(self._flush, loop)
         return await fut  # type: ignore[no-any-return]

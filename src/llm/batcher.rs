@@ -13,7 +13,7 @@
 //! batch (up to the float rounding of a padded batch, which only matters at exact ties) nor on the
 //! number of threads.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use tch::{Kind, Tensor};
 
@@ -47,6 +47,12 @@ pub struct GenRequest {
     pub stop: Vec<String>,
     /// A grammar the answer must follow.
     pub constraint: Option<Box<dyn RowConstraint>>,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once per time the token
+    /// occurs in this request's answer so far (0: none).
+    pub frequency_penalty: f64,
+    /// OpenAI's `presence_penalty`: subtracted from the logit of every token that occurs in this
+    /// request's answer so far (0: none).
+    pub presence_penalty: f64,
 }
 
 /// Why a row stopped.
@@ -94,6 +100,8 @@ struct Row {
     index: usize,
     req: GenRequest,
     out: Vec<i64>,
+    /// How often each token occurs in `out` (kept only when the request has a penalty).
+    counts: HashMap<i64, u32>,
     rng: Rng,
     position: i64,
 }
@@ -188,6 +196,20 @@ impl Batch {
                     k.index_select(0, &idx).narrow(2, first, width),
                     v.index_select(0, &idx).narrow(2, first, width),
                 ));
+            }
+        }
+    }
+}
+
+/// OpenAI's repetition penalties, on a row's logits before the constraint mask and the sampler:
+/// `logit[t] -= frequency * count[t] + presence * (count[t] > 0)` for every token `t` the answer
+/// holds `count[t]` times (completion tokens only: the prompt is not counted). Ids outside the
+/// logits are ignored.
+fn penalize(logits: &mut [f32], counts: &HashMap<i64, u32>, frequency: f64, presence: f64) {
+    for (&t, &c) in counts {
+        if let Some(x) = usize::try_from(t).ok().and_then(|t| logits.get_mut(t)) {
+            if c > 0 {
+                *x = (f64::from(*x) - frequency * f64::from(c) - presence) as f32;
             }
         }
     }
@@ -313,6 +335,12 @@ fn check(m: &Model, req: &GenRequest) -> std::result::Result<(), String> {
             ));
         }
     }
+    if !(req.frequency_penalty.is_finite() && req.presence_penalty.is_finite()) {
+        return Err(format!(
+            "frequency_penalty and presence_penalty must be finite numbers; got {} and {}",
+            req.frequency_penalty, req.presence_penalty
+        ));
+    }
     if let Sampling::Sample {
         temperature,
         top_k,
@@ -372,6 +400,7 @@ pub fn generate(
                     index,
                     req,
                     out: vec![],
+                    counts: HashMap::new(),
                     rng,
                     position,
                 });
@@ -426,12 +455,19 @@ pub fn generate(
                 }
             };
             let lrow = &mut flat[r * v..(r + 1) * v];
+            let (fp, pp) = (row.req.frequency_penalty, row.req.presence_penalty);
+            if fp != 0.0 || pp != 0.0 {
+                penalize(lrow, &row.counts, fp, pp);
+            }
             let token = pick(lrow, allowed.as_deref(), row.req.sampling, &mut row.rng);
             let mut end = None;
             if m.eos.contains(&token) {
                 end = Some(Finish::Eos);
             } else {
                 row.out.push(token);
+                if row.req.frequency_penalty != 0.0 || row.req.presence_penalty != 0.0 {
+                    *row.counts.entry(token).or_insert(0) += 1;
+                }
                 if let Some(c) = row.req.constraint.as_mut() {
                     if let Err(e) = c.advance(token as u32) {
                         done(row.index, Err(format!("constrained decoding failed: {e}")));
@@ -528,13 +564,37 @@ mod tests {
 
     /// Greedy continuation of one prompt by full forward passes over the growing sequence.
     fn slow_greedy(lm: &CausalLm, prompt: &[i64], n: usize, eos: i64) -> Vec<i64> {
+        slow_greedy_penalized(lm, prompt, n, eos, 0.0, 0.0)
+    }
+
+    /// The same with OpenAI's penalties, applied in torch to the full logits of each step.
+    fn slow_greedy_penalized(
+        lm: &CausalLm,
+        prompt: &[i64],
+        n: usize,
+        eos: i64,
+        frequency: f64,
+        presence: f64,
+    ) -> Vec<i64> {
         let mut seq = prompt.to_vec();
-        let mut out = vec![];
+        let mut out: Vec<i64> = vec![];
         for _ in 0..n {
             let x = Tensor::from_slice(&seq).view([1, -1]);
             let logits = tch::no_grad(|| lm.logits(&Input::Ids(x), None).unwrap());
-            let next = logits.get(0).get(seq.len() as i64 - 1).argmax(-1, false);
-            let next = next.int64_value(&[]);
+            let last = logits
+                .get(0)
+                .get(seq.len() as i64 - 1)
+                .to_kind(Kind::Double);
+            let v = last.size()[0];
+            let counts = if out.is_empty() {
+                Tensor::zeros([v], (Kind::Double, Device::Cpu))
+            } else {
+                Tensor::from_slice(&out)
+                    .bincount::<Tensor>(None, v)
+                    .to_kind(Kind::Double)
+            };
+            let last = last - &counts * frequency - counts.gt(0).to_kind(Kind::Double) * presence;
+            let next = last.argmax(-1, false).int64_value(&[]);
             if next == eos {
                 break;
             }
@@ -556,6 +616,8 @@ mod tests {
                 seed: 100 + i as u64,
                 stop: vec![],
                 constraint: None,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
             })
             .collect()
     }
@@ -704,5 +766,79 @@ mod tests {
         assert!(stopped);
         assert_eq!(steps, 5);
         assert_eq!(finished, 0);
+    }
+
+    #[test]
+    fn penalties_lower_the_logits_of_tokens_already_generated() {
+        // Tokens 1 (twice) and 3 (once) were generated; 9 and -1 are not in this vocabulary.
+        let counts = HashMap::from([(1i64, 2u32), (3, 1), (9, 4), (-1, 1)]);
+        let mut l = vec![1.0f32, 2.0, 3.0, 0.5, f32::NEG_INFINITY];
+        penalize(&mut l, &counts, 0.5, 0.25);
+        // 2 - 0.5 * 2 - 0.25 = 0.75; 0.5 - 0.5 * 1 - 0.25 = -0.25.
+        assert_eq!(l[..4], [1.0, 0.75, 3.0, -0.25]);
+        assert_eq!(l[4], f32::NEG_INFINITY);
+        let mut l = vec![1.0f32, 2.0, 3.0, 0.5];
+        penalize(&mut l, &counts, 0.0, 2.0);
+        assert_eq!(l, [1.0, 0.0, 3.0, -1.5]);
+        // A negative penalty rewards repetition.
+        let mut l = vec![1.0f32, 2.0, 3.0, 0.5];
+        penalize(&mut l, &counts, -1.0, 0.0);
+        assert_eq!(l, [1.0, 4.0, 3.0, 1.5]);
+        // Applied before the constraint mask: a penalised token stays allowed but loses to 0.
+        let mut l = vec![1.0f32, 2.0, 3.0, 0.5];
+        penalize(&mut l, &counts, 1.0, 0.0);
+        let mut rng = Rng::new(1, 2);
+        assert_eq!(pick(&mut l, Some(&[0, 1]), Sampling::Greedy, &mut rng), 0);
+    }
+
+    #[test]
+    fn a_presence_penalty_breaks_a_greedy_loop_as_the_reference_does() {
+        let lm = tiny("llama");
+        let ps = prompts();
+        let n = 24;
+        let plain = slow_greedy(&lm, &ps[2], n, 59);
+        let repeats =
+            |t: &[i64]| t.len() - t.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(
+            repeats(&plain) > 0,
+            "the fixture needs a looping model: {plain:?}"
+        );
+        for (fp, pp) in [(0.0, 1e4), (0.3, 0.7), (2.0, 0.0)] {
+            let want = slow_greedy_penalized(&lm, &ps[2], n, 59, fp, pp);
+            for max_batch in [1, 3] {
+                let mut reqs = requests(&ps, &vec![n; ps.len()], Sampling::Greedy);
+                for r in reqs.iter_mut() {
+                    r.frequency_penalty = fp;
+                    r.presence_penalty = pp;
+                }
+                let got = run(&lm, reqs, max_batch);
+                assert_eq!(got[2].tokens, want, "fp {fp} pp {pp} batch {max_batch}");
+            }
+            if pp >= 1e4 {
+                // No token twice: the penalty outweighs any logit gap.
+                assert_eq!(repeats(&want), 0, "{want:?}");
+                assert_ne!(want, plain);
+            }
+        }
+        // Rows without a penalty in the same batch are unaffected.
+        let mut reqs = requests(&ps, &vec![n; ps.len()], Sampling::Greedy);
+        reqs[0].presence_penalty = 1e4;
+        let got = run(&lm, reqs, 4);
+        assert_eq!(got[2].tokens, plain);
+        // A penalty that is not finite fails its request alone.
+        let mut reqs = requests(&ps[..2], &[4, 4], Sampling::Greedy);
+        reqs[0].frequency_penalty = f64::NAN;
+        let decode = |ids: &[i64]| -> Result<String> { Ok(format!("{ids:?}")) };
+        let m = Model {
+            net: lm.net(),
+            eos: &lm.eos,
+            decode: &decode,
+            max_batch: 2,
+            device: Device::Cpu,
+        };
+        let mut out: Vec<Option<std::result::Result<Generated, String>>> = vec![None, None];
+        generate(&m, reqs, &mut |i, g| out[i] = Some(g), &mut |_, _| false).unwrap();
+        assert!(out[0].clone().unwrap().unwrap_err().contains("finite"));
+        assert!(out[1].clone().unwrap().is_ok());
     }
 }

@@ -52,6 +52,10 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     /// `response_format` passed through (e.g. `{"type": "json_object"}`).
     pub response_format: Option<Value>,
+    /// OpenAI's `frequency_penalty` (sent when set).
+    pub frequency_penalty: Option<f64>,
+    /// OpenAI's `presence_penalty` (sent when set).
+    pub presence_penalty: Option<f64>,
 }
 
 /// The outcome of one request.
@@ -340,6 +344,12 @@ impl Client {
         }
         if let Some(f) = &r.response_format {
             body["response_format"] = f.clone();
+        }
+        if let Some(p) = r.frequency_penalty {
+            body["frequency_penalty"] = json!(p);
+        }
+        if let Some(p) = r.presence_penalty {
+            body["presence_penalty"] = json!(p);
         }
         body
     }
@@ -815,6 +825,8 @@ mod tests {
                 temperature: 0.0,
                 max_tokens: None,
                 response_format: None,
+                frequency_penalty: None,
+                presence_penalty: None,
             })
             .collect()
     }

@@ -229,6 +229,14 @@ impl LocalLlm {
         if !c.stop.is_empty() {
             body["stop"] = json!(c.stop);
         }
+        // Only when set and not zero: a zero penalty changes nothing, so its answer is cached
+        // under the same key as the request without one.
+        if let Some(p) = r.frequency_penalty.filter(|&p| p != 0.0) {
+            body["frequency_penalty"] = json!(p);
+        }
+        if let Some(p) = r.presence_penalty.filter(|&p| p != 0.0) {
+            body["presence_penalty"] = json!(p);
+        }
         body
     }
 
@@ -240,6 +248,14 @@ impl LocalLlm {
                 "temperature must be a number >= 0, got {}",
                 r.temperature
             ));
+        }
+        for (name, p) in [
+            ("frequency_penalty", r.frequency_penalty),
+            ("presence_penalty", r.presence_penalty),
+        ] {
+            if let Some(p) = p.filter(|p| !p.is_finite()) {
+                return Err(format!("{name} must be a finite number, got {p}"));
+            }
         }
         let pairs: Vec<(String, String)> = r
             .messages
@@ -297,6 +313,8 @@ impl LocalLlm {
             seed,
             stop: c.stop.clone(),
             constraint,
+            frequency_penalty: r.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: r.presence_penalty.unwrap_or(0.0),
         })
     }
 

@@ -13,8 +13,15 @@ use crate::llm::local::{LocalConfig, LocalLlm};
 use crate::llm::{ChatRequest, ChatResult, Client, ClientConfig, Message};
 
 /// One request as Python sends it: `(messages as (role, content) pairs, temperature, max_tokens,
-/// response_format as JSON text)`.
-type PyRequest = (Vec<(String, String)>, f64, Option<u64>, Option<String>);
+/// response_format as JSON text, frequency_penalty, presence_penalty)`.
+type PyRequest = (
+    Vec<(String, String)>,
+    f64,
+    Option<u64>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+);
 /// One result: `(ok, text, error, (prompt_tokens, completion_tokens), cached, attempts, latency,
 /// invalid_utf8, redacted, capped_waits)`.
 type PyResultRow = (
@@ -31,7 +38,7 @@ type PyResultRow = (
 );
 
 fn to_request(k: usize, r: PyRequest) -> PyResult<ChatRequest> {
-    let (messages, temperature, max_tokens, fmt) = r;
+    let (messages, temperature, max_tokens, fmt, frequency_penalty, presence_penalty) = r;
     let response_format = match fmt {
         Some(t) => Some(serde_json::from_str(&t).map_err(|e| {
             ConfigError::new_err(format!("request {k}: response_format is not JSON: {e}"))
@@ -47,6 +54,8 @@ fn to_request(k: usize, r: PyRequest) -> PyResult<ChatRequest> {
         temperature,
         max_tokens,
         response_format,
+        frequency_penalty,
+        presence_penalty,
     })
 }
 
@@ -182,7 +191,8 @@ impl PyLlmClient {
 
     /// One request as an awaitable (pyo3-async-runtimes on recforge's tokio runtime); resolves to
     /// the same row as `chat_batch` gives per request.
-    #[pyo3(signature = (messages, temperature=0.0, max_tokens=None, response_format=None))]
+    #[pyo3(signature = (messages, temperature=0.0, max_tokens=None, response_format=None, frequency_penalty=None, presence_penalty=None))]
+    #[allow(clippy::too_many_arguments)]
     fn chat<'py>(
         &self,
         py: Python<'py>,
@@ -190,8 +200,20 @@ impl PyLlmClient {
         temperature: f64,
         max_tokens: Option<u64>,
         response_format: Option<String>,
+        frequency_penalty: Option<f64>,
+        presence_penalty: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let request = to_request(0, (messages, temperature, max_tokens, response_format))?;
+        let request = to_request(
+            0,
+            (
+                messages,
+                temperature,
+                max_tokens,
+                response_format,
+                frequency_penalty,
+                presence_penalty,
+            ),
+        )?;
         let rt = crate::llm::client::runtime()?;
         // Futures from Python run on recforge's runtime (set once; later calls keep it).
         let _ = pyo3_async_runtimes::tokio::init_with_runtime(rt);
