@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 import sys
@@ -37,6 +38,35 @@ def json_default(x: Any) -> Any:
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def check_run_dir(run_dir: Path, config: dict[str, Any], keys: Sequence[str], products: Sequence[str]) -> None:
+    """Refuse (ConfigError) a run folder whose ``config.json`` differs from ``config`` in one of
+    ``keys`` when it already holds one of ``products`` (names inside the folder) made with them."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} cannot be read ({e}): use a new run folder") from None
+    differ = [k for k in keys if k in old and old[k] != config[k]]
+    if differ and any((run_dir / p).exists() for p in products):
+        raise ConfigError(
+            f"{run_dir} holds a run with other {', '.join(differ)} "
+            f"({', '.join(f'{k}={old[k]!r}' for k in differ)}): use a new run folder"
+        )
+
+
+def save_plot_and_info(result: Any, folder: Path, png: str, dpi: int) -> None:
+    """``result.plot()`` as ``folder/png`` (a logged warning when matplotlib is missing: the
+    tables are the result, a missing plotting library must not lose them), then
+    ``results.json`` from ``result.info``."""
+    if importlib.util.find_spec("matplotlib") is not None:
+        result.plot().savefig(folder / png, dpi=dpi)
+    else:
+        logging.getLogger("recforge").warning("matplotlib is not installed: %s/%s not written (pip install matplotlib)", folder, png)
+    write_json(folder / "results.json", result.info)
 
 
 def versions() -> dict[str, str]:

@@ -70,9 +70,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import io
-import json
 import logging
 import math
 import os
@@ -94,7 +92,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError, StorageError
 from ..models import SVD
 from ..parsing import title_year
-from ._common import ci, data_root, finite_mean, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_plot_and_info, ci, data_root, finite_mean, run_dir_name, versions, write_json
 
 __all__ = [
     "MovieAssistant", "S3Config", "S3Result", "SessionResult", "assistant_session", "default_run_dir",
@@ -683,11 +681,7 @@ class S3Result:
                     relevant=[" ".join(map(str, r)) for r in table["relevant"]],
                 )
             table.to_csv(d / f"{name}.csv")
-        if importlib.util.find_spec("matplotlib") is not None:
-            self.plot().savefig(d / "s3.png", dpi=110)
-        else:  # the tables are the result; a missing plotting library must not lose them
-            log.warning("matplotlib is not installed: %s/s3.png not written (pip install matplotlib)", d)
-        write_json(d / "results.json", self.info)
+        save_plot_and_info(self, d, "s3.png", 110)
         return d
 
 
@@ -697,20 +691,7 @@ class S3Result:
 
 def _check_run_dir(run_dir: Path, cfg: S3Config) -> None:
     """Refuse a folder holding a run with other data, sample or SVD settings."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}): use a new run folder") from None
-    new = cfg.to_dict()
-    differ = [k for k in _TRAINING_KEYS if k in old and old[k] != new[k]]
-    if differ and (run_dir / "svd").exists():
-        raise ConfigError(
-            f"{run_dir} holds a run with other {', '.join(differ)} "
-            f"({', '.join(f'{k}={old[k]!r}' for k in differ)}): use a new run folder"
-        )
+    check_run_dir(run_dir, cfg.to_dict(), _TRAINING_KEYS, ('svd',))
 
 
 class _LazyClient:

@@ -99,7 +99,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -126,7 +125,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..parsing import keyword_list
 from ..rerank import answer_schema
-from ._common import data_root, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_plot_and_info, data_root, run_dir_name, versions, write_json
 
 __all__ = [
     "COMPARISONS",
@@ -1253,11 +1252,7 @@ class S5Result:
             getattr(self, name).to_csv(d / f"{name}.csv")
         _write_parquet(self.movies, d / "movies.parquet")
         _write_parquet(self.predictions, d / "predictions.parquet")
-        if importlib.util.find_spec("matplotlib") is not None:
-            self.plot().savefig(d / "s5.png", dpi=100)
-        else:  # the tables are the result; a missing plotting library must not lose them
-            log.warning("matplotlib is not installed: %s/s5.png not written (pip install matplotlib)", d)
-        write_json(d / "results.json", self.info)
+        save_plot_and_info(self, d, "s5.png", 100)
         return d
 
 
@@ -1267,20 +1262,7 @@ class S5Result:
 
 def _check_run_dir(run_dir: Path, cfg: S5Config) -> None:
     """Refuse a folder holding keywords or models made with other settings."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}): use a new run folder") from None
-    new = cfg.to_dict()
-    differ = [k for k in _RESULT_KEYS if k in old and old[k] != new[k]]
-    if differ and ((run_dir / "keywords.parquet").exists() or (run_dir / "groups").exists()):
-        raise ConfigError(
-            f"{run_dir} holds a run with other {', '.join(differ)} "
-            f"({', '.join(f'{k}={old[k]!r}' for k in differ)}): use a new run folder"
-        )
+    check_run_dir(run_dir, cfg.to_dict(), _RESULT_KEYS, ('keywords.parquet', 'groups'))
 
 
 def run_s5(

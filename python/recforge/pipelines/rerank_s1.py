@@ -63,8 +63,6 @@ At the end the folder gets the tables as CSV, ``s1.png`` and ``results.json``.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import json
 import logging
 import math
 import os
@@ -86,7 +84,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..models import NFM
 from ..text import Encoder
-from ._common import ci, data_root, default_encoder, finite_mean, metric_values, minilm_path, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_plot_and_info, ci, data_root, default_encoder, finite_mean, metric_values, minilm_path, run_dir_name, versions, write_json
 
 __all__ = ["S1Config", "S1Result", "default_encoder", "default_run_dir", "minilm_path", "run_s1"]
 
@@ -367,11 +365,7 @@ class S1Result:
                     shown=[" ".join(map(str, r)) for r in table["shown"]],
                 )
             table.to_csv(d / f"{name}.csv")
-        if importlib.util.find_spec("matplotlib") is not None:
-            self.plot().savefig(d / "s1.png", dpi=110)
-        else:  # the tables are the result; a missing plotting library must not lose them
-            log.warning("matplotlib is not installed: %s/s1.png not written (pip install matplotlib)", d)
-        write_json(d / "results.json", self.info)
+        save_plot_and_info(self, d, "s1.png", 110)
         return d
 
 
@@ -446,20 +440,7 @@ def _spearman(shown: Sequence[int], answer: Sequence[int]) -> float:
 
 def _check_run_dir(run_dir: Path, cfg: S1Config) -> None:
     """Refuse a folder holding a run trained with other data or NFM settings."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path} cannot be read ({e}): use a new run folder") from None
-    new = cfg.to_dict()
-    differ = [k for k in _TRAINING_KEYS if k in old and old[k] != new[k]]
-    if differ and (run_dir / "nfm").exists():
-        raise ConfigError(
-            f"{run_dir} holds a run with other {', '.join(differ)} "
-            f"({', '.join(f'{k}={old[k]!r}' for k in differ)}): use a new run folder"
-        )
+    check_run_dir(run_dir, cfg.to_dict(), _TRAINING_KEYS, ('nfm',))
 
 
 def _train_nfm(cfg: S1Config, train: Any, valid: Any, folder: Path, progress: bool) -> tuple[NFM, dict[str, Any]]:
