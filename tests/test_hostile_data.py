@@ -744,5 +744,128 @@ def test_sub_second_times_are_refused_not_reordered() -> None:
 
 def test_times_beyond_int64_seconds_are_refused() -> None:
     far = np.array([2**62], dtype="datetime64[D]")
-    with pytest.raises(DataError, match="not a whole second"):
+    with pytest.raises(DataError, match=r"timestamps\[0\] = .* is beyond int64 seconds"):
         Interactions.from_arrays([0], [0], timestamps=far)
+
+
+# --- issue 18: values that do not fit are DataErrors naming the argument, position and value ----
+# (with numpy 2.x these used to surface as numpy's OverflowError, a misleading dtype message, or a
+# silent wrap; the checks are in src/python/convert.rs and do not depend on numpy's casts)
+
+FIT_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("uint64 2**63 users", dict(users=np.array([0, 2**63, 1], dtype=np.uint64)),
+     r"users\[1\] = 9223372036854775808 is too large: users must fit in int64"),
+    ("uint64 2**63 items", dict(items=np.array([0, 1, 2**63], dtype=np.uint64)),
+     r"items\[2\] = 9223372036854775808 is too large"),
+    ("pandas uint64 2**63", dict(users=pd.Series(np.array([0, 2**63, 1], dtype=np.uint64))),
+     r"users\[1\] = 9223372036854775808 is too large"),
+    ("int64 above u32", dict(users=np.array([0, 2**32, 1], dtype=np.int64)),
+     r"users\[1\] = 4294967296 is not a valid dense id \(ids must be in 0\.\.4294967295\)"),
+    ("int64 max", dict(items=np.array([0, 1, 2**63 - 1], dtype=np.int64)),
+     r"items\[2\] = 9223372036854775807 is not a valid dense id"),
+    ("numpy -1", dict(users=np.array([0, -1, 1])), r"users\[1\] = -1 is not a valid dense id"),
+    ("list 2**70", dict(users=[0, 2**70, 1]), r"users\[1\] = 1180591620717411303424 is too large"),
+    ("list 2**64", dict(items=[0, 1, 2**64]), r"items\[2\] = 18446744073709551616 is too large"),
+    # numpy makes [0, 2**63, 1] float64: the message names the integer, not the float dtype
+    ("list 2**63", dict(users=[0, 2**63, 1]), r"users\[1\] = 9223372036854775808 is too large"),
+    ("list -2**63-1", dict(users=[0, -(2**63) - 1, 1]), r"users\[1\] = -9223372036854775809 is too small"),
+    ("list -2**70", dict(items=[0, -(2**70), 1]), r"items\[1\] = -1180591620717411303424 is too small"),
+    ("tuple 2**70", dict(users=(0, 1, 2**70)), r"users\[2\] = 1180591620717411303424 is too large"),
+    ("object 2**70", dict(users=np.array([0, 2**70, 1], dtype=object)),
+     r"users\[1\] = 1180591620717411303424 is too large"),
+    ("object uint64 2**63", dict(users=np.array([0, np.uint64(2**63), 1], dtype=object)),
+     r"users\[1\] = 9223372036854775808 is too large"),
+    ("list 2**70 before a float", dict(users=[0, 2**70, 1.5]), r"users\[1\] = 1180591620717411303424 is too large"),
+    ("float nan array", dict(users=np.array([0.0, np.nan, 1.0])),
+     r"users must hold integers, got an array of dtype float64 \(users\[1\] = nan\)"),
+    ("float 1.5 array", dict(items=np.array([0.0, 1.0, 1.5])),
+     r"items must hold integers, got an array of dtype float64 \(items\[2\] = 1\.5\)"),
+    ("float whole array", dict(users=np.array([0.0, 1.0, 2.0])),
+     r"users must hold integers, got an array of dtype float64 \(whole numbers too: pass users\.astype\('int64'\)\)"),
+    ("float inf list", dict(users=[0, float("inf"), 1]), r"users must hold integers.*\(users\[1\] = inf\)"),
+    ("list int and str", dict(users=[0, "a", 1]), r"users must hold integers.*\(users\[1\] = 'a'\)"),
+    ("bool array", dict(users=np.array([False, True, True])), r"users must hold integers.*\(users\[0\] = False\)"),
+    ("object bool", dict(users=np.array([0, True, 1], dtype=object)),
+     r"users must hold integers: users\[1\] = True is not one"),
+    ("object float", dict(users=np.array([0, 1.0, 2], dtype=object)),
+     r"users must hold integers: users\[1\] = 1\.0 is not one"),
+    ("masked array", dict(users=np.ma.array([0, 1, 2], mask=[False, True, False])),
+     r"users\[1\] is missing \(masked or NA\)"),
+    ("pandas Int64 NA", dict(items=pd.array([0, 1, None], dtype="Int64")), r"items\[2\] is missing"),
+    ("timestamps uint64 2**63", dict(timestamps=np.array([0, 2**63, 1], dtype=np.uint64)),
+     r"timestamps\[1\] = 9223372036854775808 is too large: timestamps must fit in int64"),
+    ("timestamps list 2**70", dict(timestamps=[0, 1, 2**70]),
+     r"timestamps\[2\] = 1180591620717411303424 is too large"),
+    ("timestamps nan", dict(timestamps=np.array([0.0, np.nan, 1.0])),
+     r"timestamps must hold integers.*\(timestamps\[1\] = nan\)"),
+    ("timestamps masked", dict(timestamps=np.ma.array([0, 1, 2], mask=[False, False, True])),
+     r"timestamps\[2\] is missing"),
+    # numpy 2.4 cannot even compute the s <-> as factor (OverflowError); numpy 2.5 raises
+    # OverflowError for W/D/h/m beyond int64 seconds and wraps Y/M silently
+    ("datetime64[as] sub-second", dict(timestamps=np.array([0, 1, 2 * 10**18], dtype="datetime64[as]")),
+     r"timestamps\[1\] = 1970-01-01T00:00:00\.000000000000000001 is not a whole second"),
+    *[(f"datetime64[{u}] {sign}2**62", dict(timestamps=np.array([0, sign * 2**62, 1], dtype=f"datetime64[{u}]")),
+       rf"timestamps\[1\] = .* is beyond int64 seconds: .*\(datetime64\[{u}\]\)")
+      for u in ("Y", "M", "W", "D", "h", "m") for sign in (1, -1)],
+    ("datetime64[3M] beyond", dict(timestamps=np.array([0, 2**61, 1], dtype="datetime64[3M]")),
+     r"timestamps\[1\] = .* is beyond int64 seconds"),
+    ("datetime64[25h] beyond", dict(timestamps=np.array([0, 2**50, 1], dtype="datetime64[25h]")),
+     r"timestamps\[1\] = .* is beyond int64 seconds"),
+    ("datetime64 NaT", dict(timestamps=np.array([0, 1, "NaT"], dtype="datetime64[D]")),
+     r"timestamps contains NaT \(missing times\): timestamps\[2\]"),
+    ("datetime64 generic NaT", dict(timestamps=np.array(["NaT"] * 3, dtype="datetime64")), "NaT"),
+    ("datetime64 generic unit", dict(timestamps=np.zeros(3, dtype="datetime64")),
+     "datetime unit datetime64, which has no length in seconds"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kw, match", [c[1:] for c in FIT_CASES], ids=[c[0] for c in FIT_CASES])
+def test_values_that_do_not_fit_are_data_errors(kw: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = dict(users=[0, 1, 2], items=[0, 1, 2])
+    args.update(kw)
+    with pytest.raises(DataError, match=match):
+        Interactions.from_arrays(**args)
+
+
+def test_object_arrays_of_integers_are_read_exactly() -> None:
+    """An object array (a pandas object column) of Python / NumPy integers is read as int64."""
+    users = np.array([0, np.int64(1), np.uint8(2), 2], dtype=object)
+    x = Interactions.from_arrays(users, pd.Series([3, 2, 1, 0], dtype=object),
+                                 timestamps=np.array([5, 2**40, np.uint32(7), -3], dtype=object))  # fmt: skip
+    a = x.to_arrays()
+    order = np.argsort(a["rows"])
+    assert a["users"][order].tolist() == [0, 1, 2, 2]
+    assert a["items"][order].tolist() == [3, 2, 1, 0]
+    assert a["timestamps"][order].tolist() == [5, 2**40, 7, -3]
+
+
+# (unit, count, values) of datetime64 steps that are whole seconds within int64, negative ones
+# (before 1970) included; the reference is numpy's own cast where numpy computes it exactly.
+_DT_UNITS = [("Y", 1, (-3000, -1, 0, 1, 30, 400, 2**20)), ("M", 1, (-25_000, -13, -1, 0, 1, 11, 12, 600_000)),
+             ("M", 3, (-7, -1, 0, 1, 5, 4001)), ("W", 1, (-9, 0, 3, 2**30)), ("D", 1, (-800_000, -1, 0, 19_000)),
+             ("h", 1, (-5, 0, 7, 2**40)), ("h", 25, (-2, 0, 3)), ("m", 1, (-61, 0, 59, 2**50)),
+             ("s", 2, (-2**61, -1, 0, 1, 2**61)), ("ms", 1, (-3000, 0, 1_000, 2**40 * 1000)),
+             ("ms", 500, (-4, 0, 2, 6)), ("us", 1, (-(10**6), 0, 5 * 10**6)), ("ns", 1, (-(10**9), 0, 2**30 * 10**9)),
+             ("ps", 1, (-(10**12), 0, 10**12 * 7)), ("fs", 1, (-(10**15), 0, 10**15 * 9))]  # fmt: skip
+
+
+@pytest.mark.parametrize("unit, count, values", _DT_UNITS, ids=[f"{c}{u}" for u, c, _ in _DT_UNITS])
+def test_datetime_units_match_numpy(unit: str, count: int, values: tuple[int, ...]) -> None:
+    t = np.array(values, dtype=f"datetime64[{count}{unit}]")
+    x = Interactions.from_arrays([0] * len(values), list(range(len(values))), timestamps=t)
+    a = x.to_arrays()
+    got = a["timestamps"][np.argsort(a["rows"])]
+    assert got.tolist() == t.astype("datetime64[s]").astype(np.int64).tolist()
+
+
+def test_attosecond_whole_seconds_and_layouts() -> None:
+    """datetime64[as] (numpy cannot cast it to seconds), big-endian and strided arrays."""
+    a = np.array([-(10**18), 0, 9 * 10**18], dtype="datetime64[as]")
+    x = Interactions.from_arrays([0, 0, 0], [0, 1, 2], timestamps=a)
+    assert sorted(x.to_arrays()["timestamps"].tolist()) == [-1, 0, 9]
+    big_endian = np.array([3, 1, 2], dtype=">M8[s]")
+    y = Interactions.from_arrays([0, 0, 0], [0, 1, 2], timestamps=big_endian).to_arrays()
+    assert y["timestamps"][np.argsort(y["rows"])].tolist() == [3, 1, 2]
+    strided = np.array([1, 99, 2, 99, 3], dtype="datetime64[D]")[::2]
+    z = Interactions.from_arrays([0, 0, 0], [0, 1, 2], timestamps=strided).to_arrays()
+    assert z["timestamps"][np.argsort(z["rows"])].tolist() == [86_400, 2 * 86_400, 3 * 86_400]

@@ -190,6 +190,7 @@ class _Trainer:
         n_items: int,
         device: str = "auto",
         features: tuple[npt.ArrayLike, npt.ArrayLike, int, npt.ArrayLike, npt.ArrayLike, int, int] | None = None,
+        items: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> _Trainer: ...
     @staticmethod
     def check_spec(spec: str) -> str:

@@ -148,6 +148,7 @@ def keywords_s5(args: argparse.Namespace) -> int:
         dataset=args.dataset, data_dir=args.data_dir, tmdb_path=args.tmdb, max_movies=args.movies, n_trials=args.trials,
         epochs=args.epochs, min_freq=args.min_freq, stemming=args.stemming, storage=args.storage,
         n_resamples=args.resamples, max_tokens=args.max_tokens, device=args.device, seed=args.seed,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
     )  # fmt: skip
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
     client: Any = None
@@ -225,6 +226,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     k.add_argument("--storage", help="Optuna storage: RDB URL or journal file (.log); default in memory")
     k.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     k.add_argument("--max-tokens", type=int, default=256, help="completion limit per LLM answer (default 256)")
+    from .pipelines.keywords_s5 import S5Config  # the defaults live there only
+
+    k.add_argument(
+        "--presence-penalty", type=float, default=S5Config.presence_penalty,
+        help=f"OpenAI presence penalty, -2..2 (default {S5Config.presence_penalty}): a token already in the answer "
+             "loses this much logit, so the model moves on to new keywords; 0 sends none",
+    )  # fmt: skip
+    k.add_argument(
+        "--frequency-penalty", type=float, default=S5Config.frequency_penalty,
+        help=f"OpenAI frequency penalty, -2..2 (default {S5Config.frequency_penalty}): a token loses this much logit "
+             "per time it is already in the answer, so repeating loops get costlier; 0 sends none",
+    )  # fmt: skip
     k.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--no-progress", action="store_true", help="no progress bars")

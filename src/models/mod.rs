@@ -3,6 +3,7 @@
 pub mod bprmf;
 pub mod factors;
 pub mod fm;
+pub mod hierarchical;
 pub mod mf;
 pub mod sasrec;
 pub mod soft_token;
@@ -10,6 +11,7 @@ pub mod svd;
 
 pub use factors::{Factors, FactorsConfig};
 pub use fm::FmModel;
+pub use hierarchical::HierarchicalModel;
 pub use mf::{MfModel, MfObjective};
 pub use sasrec::SasRecModel;
 pub use soft_token::SoftTokenModel;

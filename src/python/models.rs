@@ -18,7 +18,8 @@ use super::errors::ConfigError;
 use super::gil::{without_gil, Bridge};
 use super::tensor::PyTensor;
 use crate::error::Result;
-use crate::train::{EpochLog, FitOptions, FmFeatures, Hooks, Spec, Trainer};
+use crate::models::hierarchical::ItemInput;
+use crate::train::{EpochLog, FitOptions, FmFeatures, Hooks, SideData, Spec, Trainer};
 
 /// A model of `recforge.models` with its optimiser, spec, history and training data.
 #[pyclass(module = "recforge._native", name = "_Trainer")]
@@ -97,15 +98,18 @@ impl PyTrainer {
 impl PyTrainer {
     /// A fresh model from its JSON spec for `n_users` x `n_items` on `device`; an FM / NFM takes
     /// `features = (user_idx, user_val, user_width, item_idx, item_val, item_width, n_features)`
-    /// (row-major padded feature rows).
+    /// (row-major padded feature rows); a HierarchicalRec takes `items`: a float32
+    /// `[n_items, dim]` torch tensor of item-LLM vectors, or `(ids, mask)` int64 `[n_items, T]`
+    /// token tensors for an item LLM inside the model.
     #[new]
-    #[pyo3(signature = (spec, n_users, n_items, device="auto", features=None))]
+    #[pyo3(signature = (spec, n_users, n_items, device="auto", features=None, items=None))]
     fn new(
         spec: &str,
         n_users: i64,
         n_items: i64,
         device: &str,
         features: Option<FeatureArgs<'_>>,
+        items: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let spec = Spec::from_json(spec)?;
         let device = crate::device::resolve(device)?;
@@ -118,15 +122,33 @@ impl PyTrainer {
                         .as_slice()?
                         .to_vec())
                 };
-                Some(FmFeatures {
+                Some(SideData::Fm(FmFeatures {
                     users: (i64s(&ui)?, f32s(&uv)?, uw),
                     items: (i64s(&ii)?, f32s(&iv)?, iw),
                     n_features: n,
-                })
+                }))
             }
         };
+        let side = match items {
+            None => features,
+            Some(_) if features.is_some() => {
+                return Err(ConfigError::new_err(
+                    "pass either features (FM) or items (HierarchicalRec), not both",
+                ))
+            }
+            Some(obj) => Some(SideData::Items(
+                if let Ok((ids, mask)) = obj.extract::<(PyTensor, PyTensor)>() {
+                    ItemInput::Tokens {
+                        ids: ids.0,
+                        mask: mask.0,
+                    }
+                } else {
+                    ItemInput::Vectors(obj.extract::<PyTensor>()?.0)
+                },
+            )),
+        };
         Ok(Self {
-            inner: Mutex::new(Trainer::new(spec, n_users, n_items, device, features)?),
+            inner: Mutex::new(Trainer::new(spec, n_users, n_items, device, side)?),
         })
     }
 

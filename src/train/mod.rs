@@ -13,5 +13,5 @@ pub use checkpoint::{load_checkpoint, save_checkpoint};
 pub use epoch::{run_epoch, EpochStats};
 pub use model::{Model, Validation};
 pub use optim::{Kind as OptimKind, LrSchedule, OptimConfig, Optimizer, ParamGroup, Schedule};
-pub use spec::{FmFeatures, ModelSpec, Spec, TrainSpec};
+pub use spec::{FmFeatures, ModelSpec, SideData, Spec, TrainSpec};
 pub use trainer::{EpochLog, FitOptions, FitReport, Hooks, NoHooks, Trainer};

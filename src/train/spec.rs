@@ -16,6 +16,10 @@ use super::model::Model;
 use super::optim::{Kind as OptimKind, LrSchedule, OptimConfig, ParamGroup, Schedule};
 use crate::error::{RecforgeError, Result};
 use crate::models::fm::{FmConfig, FmLoss};
+use crate::models::hierarchical::{
+    HierLoss, HierarchicalConfig, HierarchicalModel, ItemInput, ItemMode, ItemPooling,
+    NegativePool, Similarity, UserPooling,
+};
 use crate::models::mf::{MfModel, MfObjective};
 use crate::models::sasrec::{SasRecConfig, SeqLoss};
 use crate::models::soft_token::{BackboneMode, BackboneSource, SoftTokenConfig, SoftTokenModel};
@@ -338,6 +342,52 @@ pub struct SoftTokenSpec {
     pub init_std: f64,
 }
 
+/// HierarchicalRec (item LLM + rec LLM, S4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HierarchicalSpec {
+    /// The rec LLM: a Hugging Face folder or `.gguf` path, or a config object.
+    pub rec_backbone: Value,
+    /// `full`, `frozen` or `random`.
+    pub rec_mode: BackboneMode,
+    /// The item LLM inside the model (path or config), or what made the precomputed vectors.
+    pub item_llm: Value,
+    /// `frozen` or `finetune`.
+    pub item_mode: ItemMode,
+    /// `mean` or `item_token`.
+    pub item_pooling: ItemPooling,
+    /// `mean` or `last`.
+    pub user_pooling: UserPooling,
+    /// Longest item sequence.
+    pub max_len: i64,
+    /// `infonce` or `softmax`.
+    pub loss: HierLoss,
+    /// InfoNCE negatives.
+    pub n_negatives: i64,
+    /// `shared` or `per_position`.
+    pub negatives: NegativePool,
+    /// `dot` or `cosine`.
+    pub similarity: Similarity,
+    /// Softmax temperature.
+    pub temperature: f64,
+    /// Whether the temperature trains.
+    pub learn_temperature: bool,
+    /// Cosine above which a negative counts as a duplicate of the positive.
+    pub dedup_threshold: f64,
+    /// A learned per-item score bias.
+    pub item_bias: bool,
+    /// Retrieved items (RAG; 0: off).
+    pub retrieve_k: i64,
+    /// Items per chunk of the full softmax.
+    pub ce_chunk: i64,
+    /// Items per item-LLM forward when all items are encoded.
+    pub item_batch: i64,
+    /// Dropout on the rec LLM's inputs in training.
+    pub dropout: f64,
+    /// Standard deviation of the initialisation.
+    pub init_std: f64,
+}
+
 /// The network part of a spec, by model name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSpec {
@@ -356,6 +406,8 @@ pub enum ModelSpec {
     SasRec(SasRecSpec),
     /// SoftTokenRec.
     SoftToken(SoftTokenSpec),
+    /// HierarchicalRec.
+    Hierarchical(HierarchicalSpec),
 }
 
 /// A model's whole spec: network and training.
@@ -365,6 +417,15 @@ pub struct Spec {
     pub model: ModelSpec,
     /// The training.
     pub train: TrainSpec,
+}
+
+/// Data-dependent inputs of a model, beside its spec.
+#[derive(Debug)]
+pub enum SideData {
+    /// An FM's feature rows.
+    Fm(FmFeatures),
+    /// HierarchicalRec's item side (item-LLM vectors or item token ids).
+    Items(ItemInput),
 }
 
 /// Padded `[rows, width]` feature rows, row-major: indices, values, width.
@@ -425,9 +486,10 @@ impl Spec {
             },
             "SASRec" => ModelSpec::SasRec(parse(&name, map)?),
             "SoftTokenRec" => ModelSpec::SoftToken(parse(&name, map)?),
+            "HierarchicalRec" => ModelSpec::Hierarchical(parse(&name, map)?),
             other => {
                 return Err(RecforgeError::config(format!(
-                    "unknown model {other:?}: expected SVD, BPRMF, FM, NFM, SASRec or SoftTokenRec"
+                    "unknown model {other:?}: expected SVD, BPRMF, FM, NFM, SASRec, SoftTokenRec or HierarchicalRec"
                 )))
             }
         };
@@ -444,6 +506,7 @@ impl Spec {
             ModelSpec::Fm { name, .. } => name,
             ModelSpec::SasRec(_) => "SASRec",
             ModelSpec::SoftToken(_) => "SoftTokenRec",
+            ModelSpec::Hierarchical(_) => "HierarchicalRec",
         }
     }
 
@@ -456,6 +519,7 @@ impl Spec {
             ModelSpec::Fm { spec, .. } => serde_json::to_value(spec),
             ModelSpec::SasRec(s) => serde_json::to_value(s),
             ModelSpec::SoftToken(s) => serde_json::to_value(s),
+            ModelSpec::Hierarchical(s) => serde_json::to_value(s),
         };
         for v in [model, serde_json::to_value(&self.train)] {
             if let Ok(Value::Object(m)) = v {
@@ -512,6 +576,35 @@ impl Spec {
                 BackboneSource::from_value(&s.backbone)?;
                 self.soft_token_config(s, 1, 1).validate()
             }
+            ModelSpec::Hierarchical(s) => {
+                BackboneSource::from_value(&s.rec_backbone)?;
+                self.hierarchical_config(s, 1).validate()
+            }
+        }
+    }
+
+    fn hierarchical_config(&self, s: &HierarchicalSpec, n_items: i64) -> HierarchicalConfig {
+        HierarchicalConfig {
+            n_items,
+            max_len: s.max_len,
+            user_pooling: s.user_pooling,
+            item_mode: s.item_mode,
+            item_pooling: s.item_pooling,
+            rec_mode: s.rec_mode,
+            loss: s.loss,
+            n_negatives: s.n_negatives,
+            negatives: s.negatives,
+            similarity: s.similarity,
+            temperature: s.temperature,
+            learn_temperature: s.learn_temperature,
+            dedup_threshold: s.dedup_threshold,
+            item_bias: s.item_bias,
+            retrieve_k: s.retrieve_k,
+            ce_chunk: s.ce_chunk,
+            item_batch: s.item_batch,
+            dropout: s.dropout,
+            init_std: s.init_std,
+            seed: self.train.seed,
         }
     }
 
@@ -554,13 +647,14 @@ impl Spec {
     }
 
     /// A freshly initialised model for `n_users` x `n_items` on `device`; an FM takes its side
-    /// features from `features` (default: the user and item ids alone).
+    /// features from `side` (default: the user and item ids alone), HierarchicalRec its item
+    /// side (required).
     pub fn build(
         &self,
         n_users: i64,
         n_items: i64,
         device: Device,
-        features: Option<FmFeatures>,
+        side: Option<SideData>,
     ) -> Result<Box<dyn Model>> {
         let seed = self.train.seed;
         let reg = self.train.reg;
@@ -575,9 +669,20 @@ impl Spec {
             };
             Ok(Box::new(MfModel::new(config, objective, reg, device)?))
         };
+        let (features, items) = match side {
+            None => (None, None),
+            Some(SideData::Fm(f)) => (Some(f), None),
+            Some(SideData::Items(i)) => (None, Some(i)),
+        };
         if features.is_some() && !matches!(self.model, ModelSpec::Fm { .. }) {
             return Err(RecforgeError::config(format!(
                 "{} takes no side features",
+                self.name()
+            )));
+        }
+        if items.is_some() && !matches!(self.model, ModelSpec::Hierarchical(_)) {
+            return Err(RecforgeError::config(format!(
+                "{} takes no item vectors or item tokens",
                 self.name()
             )));
         }
@@ -612,6 +717,30 @@ impl Spec {
                 let backbone =
                     BackboneSource::from_value(&s.backbone)?.load(s.backbone_mode, seed, device)?;
                 Ok(Box::new(SoftTokenModel::new(config, backbone)?))
+            }
+            ModelSpec::Hierarchical(s) => {
+                let config = self.hierarchical_config(s, n_items);
+                config.validate()?;
+                let items = items.ok_or_else(|| {
+                    RecforgeError::config(
+                        "HierarchicalRec needs its item side: item-LLM vectors or item token ids",
+                    )
+                })?;
+                let item_llm = match &items {
+                    ItemInput::Vectors(_) => None,
+                    ItemInput::Tokens { .. } => {
+                        Some(BackboneSource::from_value(&s.item_llm)?.load(
+                            BackboneMode::Full,
+                            seed,
+                            device,
+                        )?)
+                    }
+                };
+                let rec =
+                    BackboneSource::from_value(&s.rec_backbone)?.load(s.rec_mode, seed, device)?;
+                Ok(Box::new(HierarchicalModel::new(
+                    config, rec, item_llm, items,
+                )?))
             }
         }
     }

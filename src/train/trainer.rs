@@ -14,7 +14,7 @@ use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::epoch::run_epoch;
 use super::model::{Model, Validation};
 use super::optim::Optimizer;
-use super::spec::{FmFeatures, Spec};
+use super::spec::{SideData, Spec};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::eval::{self, Metric, RankingSpec, ScoreBatch, Ties};
@@ -130,10 +130,10 @@ impl Trainer {
         n_users: i64,
         n_items: i64,
         device: Device,
-        features: Option<FmFeatures>,
+        side: Option<SideData>,
     ) -> Result<Self> {
         spec.validate()?;
-        let model = spec.build(n_users, n_items, device, features)?;
+        let model = spec.build(n_users, n_items, device, side)?;
         let opt = Optimizer::new(spec.optim_config()?, &model.params())?;
         Ok(Self {
             spec,
@@ -565,11 +565,16 @@ impl Trainer {
         let (tensors, state) = Self::read(dir, expect)?;
         let spec = Spec::from_json(&state.config.to_string())
             .map_err(|e| RecforgeError::data(format!("{}: state.json: {e}", dir.display())))?;
-        let features = match spec.model {
-            super::spec::ModelSpec::Fm { .. } => FmModel::features_from(&tensors)?,
+        let side = match spec.model {
+            super::spec::ModelSpec::Fm { .. } => {
+                FmModel::features_from(&tensors)?.map(SideData::Fm)
+            }
+            super::spec::ModelSpec::Hierarchical(_) => Some(SideData::Items(
+                crate::models::hierarchical::Hierarchical::items_from(&tensors)?,
+            )),
             _ => None,
         };
-        let mut t = Trainer::new(spec, state.n_users, state.n_items, device, features)?;
+        let mut t = Trainer::new(spec, state.n_users, state.n_items, device, side)?;
         t.apply(&tensors, &state)?;
         if let Some(train) = train_from(&tensors, t.n_users, t.n_items)? {
             let train = Arc::new(train);

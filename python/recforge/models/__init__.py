@@ -9,9 +9,10 @@ Every model has ``fit(train, valid=None, ...)``, ``predict(users, items)``, ``sc
 from ._base import FactorModel, LrSchedule, Recommender, TorchModel
 from .bprmf import BPRMF
 from .fm import FM, NFM
+from .hierarchical import HierarchicalRec
 from .popularity import Popularity
 from .sasrec import SASRec
 from .soft_token import SoftTokenRec
 from .svd import SVD
 
-__all__ = ["BPRMF", "FM", "FactorModel", "LrSchedule", "NFM", "Popularity", "Recommender", "SASRec", "SVD", "SoftTokenRec", "TorchModel"]
+__all__ = ["BPRMF", "FM", "FactorModel", "HierarchicalRec", "LrSchedule", "NFM", "Popularity", "Recommender", "SASRec", "SVD", "SoftTokenRec", "TorchModel"]

@@ -250,6 +250,7 @@ class TorchModel(Recommender):
         patience: int | None,
         progress: bool,
         features: Any,
+        items: Any = None,
     ) -> "TorchModel":
         train = _interactions(train, "train")
         if valid is not None:
@@ -261,7 +262,8 @@ class TorchModel(Recommender):
         if not all(callable(cb) for cb in cbs):
             raise ConfigError("callbacks must be callables cb(epoch, logs)")
         self.n_users, self.n_items = train.n_users, train.n_items
-        native = _native._Trainer(json.dumps(self._spec), train.n_users, train.n_items, self.device, features)
+        extra = {} if items is None else {"items": items}
+        native = _native._Trainer(json.dumps(self._spec), train.n_users, train.n_items, self.device, features, **extra)
         self._native = native
         total = self.epochs if epochs is None else int(epochs)
         bar = tqdm(total=total, desc=type(self).__name__, unit="epoch", disable=not progress, leave=False)
