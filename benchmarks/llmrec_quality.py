@@ -1,0 +1,105 @@
+"""Ranking quality of the LLM-backbone recommenders (S2 SoftTokenRec; S4 HierarchicalRec with and
+without RAG) against Popularity, BPR-MF and SASRec on the bundled ml-latest-small, leave-one-out
+by time, mean and standard deviation over seeds, both protocols:
+
+- full ranking: every item the user has not seen in train or validation (S4's protocol;
+  Recall@10/20, NDCG@10/20, HR@10);
+- sampled: the held-out item against 100 uniformly drawn unseen items (S2's SASRec-style
+  protocol; HR@1/10, NDCG@10), the negatives drawn once per seed and shared by every model.
+
+The sequential models train on train (validation picks their best epoch) and score from
+train + validation; BPR-MF and Popularity fit train + validation. Settings are the ones the
+tests and notebooks use (see ``MODELS``). Prints a markdown table (the README's) and writes the
+per-seed numbers to ``--out`` as JSON.
+
+Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+import recforge
+from recforge import Interactions, metrics, models, sampling, split
+
+LLAMA64 = {"model_type": "llama", "vocab_size": 50, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 64, "eos_token_id": 49}  # fmt: skip
+
+
+def texts_of(data: Any) -> list[str]:
+    items = data.items
+    return (items["title"].astype(str) + ". Genres: " + items["genres"].astype(str).str.replace("|", ", ")).tolist()
+
+
+def build(name: str, seed: int, vectors: np.ndarray) -> tuple[Any, bool]:
+    """The model and whether it is sequential (trains on train, scores from a history)."""
+    if name == "Popularity":
+        return models.Popularity(), False
+    if name == "BPR-MF":
+        return models.BPRMF(dim=64, epochs=20, seed=seed, device="cpu"), False
+    if name == "SASRec":
+        return models.SASRec(epochs=15, lr=0.002, seed=seed, device="cpu"), True
+    if name == "SoftTokenRec":
+        return models.SoftTokenRec(LLAMA64, backbone_mode="random", dim=64, max_len=30, epochs=10, batch_size=32,
+                                   lr=0.002, dropout=0.2, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
+    k = 5 if name == "HierarchicalRec+RAG" else 0
+    return models.HierarchicalRec(item_vectors=vectors, loss="softmax", max_len=30, retrieve_k=k, epochs=12,
+                                  batch_size=16, lr=0.01, seed=seed, device="cpu", progress=False), True  # fmt: skip
+
+
+MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec", "HierarchicalRec+RAG"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only", nargs="+", choices=MODELS, default=MODELS)
+    ap.add_argument("--out", type=Path, default=Path("runs/llmrec_quality.json"))
+    args = ap.parse_args()
+    data = recforge.datasets.movielens_small()
+    train, valid, test = split.leave_one_out(data.interactions)
+    seen = Interactions.concat([train, valid])
+    vectors = models.hierarchical.item_vectors(texts_of(data), progress=False)  # MiniLM, cached
+    rows: list[dict[str, Any]] = []
+    for seed in args.seeds:
+        negatives = sampling.eval_negatives(test, [train, valid], n=100, seed=seed)
+        for name in args.only:
+            t = time.perf_counter()
+            model, sequential = build(name, seed, vectors)
+            if isinstance(model, models.Popularity):
+                model.fit(seen)
+            elif sequential:
+                model.fit(train, valid, progress=False)
+            else:
+                model.fit(seen, progress=False)
+            score: Callable[[Any], Any] = (lambda u, m=model: m.score_all(u, history=seen)) if sequential else model.score_all
+            full = metrics.full_ranking(score, test, [seen], ks=(10, 20), metrics=("ndcg", "hit", "recall"))
+            samp = metrics.sampled(score, test, negatives, ks=(1, 10), metrics=("ndcg", "hit"))
+            row = {"model": name, "seed": seed, "seconds": time.perf_counter() - t,
+                   **{f"full {k}": v for k, v in full.items() if "@" in k},
+                   **{f"sampled {k}": v for k, v in samp.items() if "@" in k}}  # fmt: skip
+            rows.append(row)
+            print(f"seed {seed} {name:20s} full NDCG@10 {full['ndcg@10']:.4f} R@20 {full['recall@20']:.4f} "
+                  f"sampled HR@10 {samp['hit@10']:.4f} ({row['seconds']:.0f} s)", flush=True)  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    df = pd.DataFrame(rows)
+    cols = ["full recall@10", "full recall@20", "full ndcg@10", "full ndcg@20", "sampled hit@1", "sampled hit@10", "sampled ndcg@10"]
+    mean, std = df.groupby("model", sort=False)[cols].mean(), df.groupby("model", sort=False)[cols].std().fillna(0.0)
+    print(f"\nml-latest-small, leave-one-out, mean ± std over seeds {args.seeds}\n")
+    print("| model | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for name in mean.index:
+        print(f"| {name} | " + " | ".join(f"{mean.loc[name, c]:.4f} ± {std.loc[name, c]:.4f}" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
