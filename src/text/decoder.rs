@@ -108,6 +108,8 @@ pub trait Decoder: Send {
     fn vocab_size(&self) -> i64;
     /// The longest sequence the position embeddings allow, if bounded.
     fn max_positions(&self) -> Option<i64>;
+    /// Switches the dropout its config describes on (training) or off (evaluation, the default).
+    fn set_training(&self, _on: bool) {}
 }
 
 /// Checks ids against the vocabulary, so a bad id is an error rather than an index crash.

@@ -8,9 +8,11 @@ use tch::Tensor;
 
 use super::config::{checked_product, checked_sum, HfConfig};
 use super::decoder::{extend_cache, Decoder, KvCache};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::layers::{
-    attend, causal_mask, layer_norm, layer_vec, lm_logits, merge_heads, param, split_heads,
-    Activation, Embedding, LayerNorm,
+    attend_dropout, causal_mask, dropout_if, layer_norm, layer_vec, lm_logits, merge_heads, param,
+    split_heads, Activation, Embedding, LayerNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -54,6 +56,12 @@ pub struct Gpt2Config {
     pub scale_attn_by_inverse_layer_idx: bool,
     /// Share the head with the token embeddings.
     pub tie_word_embeddings: bool,
+    /// Dropout after the embeddings (training mode).
+    pub embd_pdrop: f64,
+    /// Dropout on the attention weights (training mode).
+    pub attn_pdrop: f64,
+    /// Dropout on each residual branch (training mode).
+    pub resid_pdrop: f64,
 }
 
 impl Gpt2Config {
@@ -79,6 +87,9 @@ impl Gpt2Config {
             scale_attn_weights: c.bool("scale_attn_weights", true)?,
             scale_attn_by_inverse_layer_idx: c.bool("scale_attn_by_inverse_layer_idx", false)?,
             tie_word_embeddings: c.bool("tie_word_embeddings", true)?,
+            embd_pdrop: c.prob("embd_pdrop", 0.1)?,
+            attn_pdrop: c.prob("attn_pdrop", 0.1)?,
+            resid_pdrop: c.prob("resid_pdrop", 0.1)?,
         };
         if cfg.n_embd.checked_rem(cfg.n_head) != Some(0) {
             return Err(RecforgeError::config(format!(
@@ -168,6 +179,7 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Option<nn::Linear>,
+    training: AtomicBool,
 }
 
 impl Gpt2 {
@@ -211,6 +223,7 @@ impl Gpt2 {
             blocks,
             ln_f,
             lm_head,
+            training: AtomicBool::new(false),
         })
     }
 }
@@ -235,7 +248,9 @@ impl Decoder for Gpt2 {
         let heads = c.n_head;
         let (_, tq, _) = embeds.size3()?;
         let mask = causal_mask(key_mask, tq);
-        let mut x = embeds + self.wpe.forward(positions);
+        let train = self.training.load(Ordering::Relaxed);
+        let mut x = dropout_if(embeds + self.wpe.forward(positions), c.embd_pdrop, train)?;
+        let attn_p = if train { c.attn_pdrop } else { 0.0 };
         for (i, b) in self.blocks.iter().enumerate() {
             let qkv = b
                 .c_attn
@@ -258,10 +273,17 @@ impl Decoder for Gpt2 {
             if c.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), Some(scale)))?;
-            x = &x + b.attn_proj.forward(&a);
+            let a = merge_heads(&attend_dropout(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                Some(scale),
+                attn_p,
+            ))?;
+            x = &x + dropout_if(b.attn_proj.forward(&a), c.resid_pdrop, train)?;
             let f = c.activation.apply(&b.c_fc.forward(&b.ln_2.forward(&x)));
-            x = &x + b.mlp_proj.forward(&f);
+            x = &x + dropout_if(b.mlp_proj.forward(&f), c.resid_pdrop, train)?;
         }
         Ok(self.ln_f.forward(&x))
     }
@@ -281,5 +303,8 @@ impl Decoder for Gpt2 {
     }
     fn max_positions(&self) -> Option<i64> {
         Some(self.config.n_positions)
+    }
+    fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
     }
 }

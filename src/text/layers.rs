@@ -220,8 +220,29 @@ pub fn attend(
     mask: Option<&Tensor>,
     scale: Option<f64>,
 ) -> Tensor {
+    attend_dropout(q, k, v, mask, scale, 0.0)
+}
+
+/// [`attend`] with dropout `p` on the attention weights (training mode).
+pub fn attend_dropout(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: Option<f64>,
+    p: f64,
+) -> Tensor {
     let gqa = q.size()[1] != k.size()[1];
-    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, false, scale, gqa)
+    Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, scale, gqa)
+}
+
+/// Dropout `p` on `x` when `on` (training mode), else `x` itself.
+pub fn dropout_if(x: Tensor, p: f64, on: bool) -> Result<Tensor> {
+    if on && p > 0.0 {
+        Ok(x.f_dropout(p, true)?)
+    } else {
+        Ok(x)
+    }
 }
 
 /// Key-padding mask for bidirectional encoders: `[B, Tk]` 0/1 -> boolean `[B, 1, 1, Tk]`.

@@ -9,9 +9,11 @@ use tch::{Kind, Tensor};
 
 use super::config::{checked_product, checked_sum, HfConfig};
 use super::decoder::{extend_cache, Decoder, KvCache};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::layers::{
-    attend, causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads, Activation,
-    Embedding, RmsNorm,
+    attend_dropout, causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads,
+    Activation, Embedding, RmsNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -65,6 +67,8 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Longest sequence the model was trained for (not enforced: rotary positions extrapolate).
     pub max_position_embeddings: i64,
+    /// Dropout on the attention weights (training mode).
+    pub attention_dropout: f64,
 }
 
 fn rope_settings(c: &HfConfig) -> Result<f64> {
@@ -135,6 +139,7 @@ impl LlamaConfig {
             mlp_bias: c.bool("mlp_bias", false)?,
             tie_word_embeddings: c.bool("tie_word_embeddings", false)?,
             max_position_embeddings: c.size("max_position_embeddings", 2048)?,
+            attention_dropout: c.prob("attention_dropout", 0.0)?,
             model_type,
         };
         if cfg.num_attention_heads.checked_rem(cfg.num_key_value_heads) != Some(0) {
@@ -215,6 +220,7 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Option<nn::Linear>,
     inv_freq: Tensor,
+    training: AtomicBool,
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {
@@ -273,6 +279,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            training: AtomicBool::new(false),
         })
     }
 
@@ -302,6 +309,11 @@ impl Decoder for Llama {
         let (cos, sin) = self.rotary(positions, embeds.kind());
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
         let mut x = embeds.shallow_clone();
+        let attn_p = if self.training.load(Ordering::Relaxed) {
+            c.attention_dropout
+        } else {
+            0.0
+        };
         for (i, l) in self.layers.iter().enumerate() {
             let n = l.input_norm.forward(&x);
             let q = rope(&split_heads(
@@ -316,7 +328,7 @@ impl Decoder for Llama {
             )?);
             let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim)?;
             let (k, v) = extend_cache(cache.as_deref_mut().and_then(|c| c.get_mut(i)), k, v);
-            let a = merge_heads(&attend(&q, &k, &v, Some(&mask), None))?;
+            let a = merge_heads(&attend_dropout(&q, &k, &v, Some(&mask), None, attn_p))?;
             x = &x + l.o.forward(&a);
             let n = l.post_norm.forward(&x);
             let f = c.hidden_act.apply(&l.gate.forward(&n)) * l.up.forward(&n);
@@ -340,5 +352,8 @@ impl Decoder for Llama {
     }
     fn max_positions(&self) -> Option<i64> {
         None
+    }
+    fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
     }
 }
