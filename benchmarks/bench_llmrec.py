@@ -157,7 +157,7 @@ class HierReference(nn.Module):
         import transformers
 
         self.backbone = transformers.AutoModelForCausalLM.from_pretrained(folder)
-        for mod in self.backbone.modules():  # recforge's decoder has no dropout (and dropout=0.0)
+        for mod in self.backbone.modules():  # as recforge's dropout=0.0 (SmolLM2 has none either)
             if isinstance(mod, nn.Dropout):
                 mod.p = 0.0
         h = self.backbone.config.hidden_size
@@ -311,7 +311,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp) / "tiny"
         torch.manual_seed(0)
-        cfg = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=64, n_layer=2, n_head=2)
+        # No dropout in the backbone, so both sides do the same work (recforge applies the config's).
+        cfg = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=64, n_layer=2, n_head=2,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
         transformers.GPT2LMHeadModel(cfg).save_pretrained(tiny)
         folders = {}
         for name in args.backbones:

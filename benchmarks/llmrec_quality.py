@@ -70,12 +70,17 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
     if name == "SoftTokenRec":
         return models.SoftTokenRec(LLAMA64, backbone_mode="random", dim=64, max_len=30, epochs=10, batch_size=32,
                                    lr=0.002, dropout=0.2, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
-    k = 5 if name == "HierarchicalRec+RAG" else 0
+    # HierarchicalRec: the user is the last item's state (user_pooling="last"); "-mean" is S4's
+    # mean over the items so far.
+    k = 5 if name.endswith("+RAG") else 0
+    pooling = "mean" if name.startswith("HierarchicalRec-mean") else "last"
     return models.HierarchicalRec(item_vectors=vectors, loss="softmax", max_len=30, retrieve_k=k, epochs=12,
-                                  batch_size=16, lr=0.01, seed=seed, device="cpu", progress=False), True  # fmt: skip
+                                  user_pooling=pooling, batch_size=16, lr=0.01, seed=seed, device="cpu",
+                                  progress=False), True  # fmt: skip
 
 
-MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec", "HierarchicalRec+RAG"]
+MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec-mean", "HierarchicalRec-mean+RAG",
+          "HierarchicalRec", "HierarchicalRec+RAG"]
 EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2"]
 
 

@@ -251,17 +251,18 @@ def test_bad_input(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("k", [0, 5])
 def test_learns_beyond_popularity_on_leave_one_out(loo, texts: list[str], k: int) -> None:  # type: ignore[no-untyped-def]
-    """MiniLM item vectors (title + genres), a small random Llama rec LLM, full softmax; full
-    ranking on the bundled ml-latest-small (one seed here; the README's table averages three),
-    without and with the RAG prefix."""
+    """MiniLM item vectors (title + genres), a small random Llama rec LLM, the last item's state as
+    the user, full softmax; full ranking on the bundled ml-latest-small (one seed here; the
+    README's table averages three, and has S4's mean pooling, which is weaker here), without and
+    with the RAG prefix."""
     train, valid, test = loo
     seen = Interactions.concat([train, valid])
     pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10, 20), metrics=("ndcg", "recall"))
-    m = models.HierarchicalRec(texts, loss="softmax", max_len=30, retrieve_k=k, epochs=12, batch_size=16, lr=0.01,
-                               seed=0, device="cpu", progress=False)  # fmt: skip
+    m = models.HierarchicalRec(texts, loss="softmax", user_pooling="last", max_len=30, retrieve_k=k, epochs=12,
+                               batch_size=16, lr=0.01, seed=0, device="cpu", progress=False)  # fmt: skip
     m.fit(train, valid, progress=False)
     r = metrics.full_ranking(lambda u: m.score_all(u, history=seen), test, [seen], ks=(10, 20), metrics=("ndcg", "recall"))
     print(f"k={k}: NDCG@10 {r['ndcg@10']:.4f} vs popularity {pop['ndcg@10']:.4f}; Recall@20 {r['recall@20']:.4f} vs {pop['recall@20']:.4f}")
     assert m.history[-1]["loss"] < m.history[0]["loss"]
-    assert r["ndcg@10"] > pop["ndcg@10"]
+    assert r["ndcg@10"] > 1.2 * pop["ndcg@10"]
     assert r["recall@20"] > pop["recall@20"]
