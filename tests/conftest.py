@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -11,6 +12,20 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises_keyboard_interrupt() -> Iterator[None]:
+    """The Ctrl-C tests simulate it with ``_thread.interrupt_main()``, which does nothing when
+    SIGINT is ignored, as it is for a suite started as a background job by a shell without job
+    control (``cmd &`` in a script, ``nohup``): Python then installs no KeyboardInterrupt
+    handler. Install it for the session in that case, and put the old disposition back after."""
+    old = signal.getsignal(signal.SIGINT)
+    if old == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if old == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, old)
 
 
 def data_root() -> Path:
