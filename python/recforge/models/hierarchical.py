@@ -70,7 +70,7 @@ class _ItemLLM:
         self.lm: CausalLM | None = None
         self.spec_value: Any = None
         if item_llm is None:
-            from ..pipelines._common import default_encoder
+            from ..text import default_encoder
 
             item_llm = default_encoder(device=device)
         if isinstance(item_llm, Encoder):

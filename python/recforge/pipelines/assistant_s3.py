@@ -92,7 +92,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError, StorageError
 from ..models import SVD
 from ..parsing import title_year
-from ._common import check_run_dir, save_plot_and_info, ci, data_root, finite_mean, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_result, ci, data_root, finite_mean, run_dir_name, versions, write_json
 
 __all__ = [
     "MovieAssistant", "S3Config", "S3Result", "SessionResult", "assistant_session", "default_run_dir",
@@ -670,19 +670,7 @@ class S3Result:
         """Write ``config.json``, each table as ``<name>.csv``, ``s3.png`` (when matplotlib is
         installed; a logged warning otherwise) and ``results.json`` into ``run_dir`` (created if
         needed); returns the folder."""
-        d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "config.json", self.config.to_dict())
-        for name in self.TABLES:
-            table: pd.DataFrame = getattr(self, name)
-            if name == "recommendations":
-                table = table.assign(
-                    ranking=[" ".join(map(str, r)) for r in table["ranking"]],
-                    relevant=[" ".join(map(str, r)) for r in table["relevant"]],
-                )
-            table.to_csv(d / f"{name}.csv")
-        save_plot_and_info(self, d, "s3.png", 110)
-        return d
+        return save_result(self, run_dir, "s3.png", 110, {"recommendations": ("ranking", "relevant")})
 
 
 # ------------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..parsing import keyword_list
 from ..rerank import answer_schema
-from ._common import check_run_dir, save_plot_and_info, data_root, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_result, data_root, run_dir_name, versions, write_json
 
 __all__ = [
     "COMPARISONS",
@@ -1245,14 +1245,9 @@ class S5Result:
         """Write ``config.json``, the tables as CSV, ``movies.parquet``, ``predictions.parquet``,
         ``s5.png`` (when matplotlib is installed; a logged warning otherwise) and
         ``results.json`` into ``run_dir`` (created if needed); returns the folder."""
-        d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "config.json", self.config.to_dict())
-        for name in self.TABLES:
-            getattr(self, name).to_csv(d / f"{name}.csv")
+        d = save_result(self, run_dir, "s5.png", 100)
         _write_parquet(self.movies, d / "movies.parquet")
         _write_parquet(self.predictions, d / "predictions.parquet")
-        save_plot_and_info(self, d, "s5.png", 100)
         return d
 
 

@@ -84,7 +84,7 @@ from ..datasets import Dataset
 from ..errors import ConfigError, DataError
 from ..models import NFM
 from ..text import Encoder
-from ._common import check_run_dir, save_plot_and_info, ci, data_root, default_encoder, finite_mean, metric_values, minilm_path, run_dir_name, versions, write_json
+from ._common import check_run_dir, save_result, ci, data_root, default_encoder, finite_mean, metric_values, minilm_path, run_dir_name, versions, write_json
 
 __all__ = ["S1Config", "S1Result", "default_encoder", "default_run_dir", "minilm_path", "run_s1"]
 
@@ -354,19 +354,7 @@ class S1Result:
         """Write ``config.json``, each table as ``<name>.csv``, ``s1.png`` (when matplotlib is
         installed; a logged warning otherwise) and ``results.json`` into ``run_dir`` (created if
         needed); returns the folder."""
-        d = Path(run_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        write_json(d / "config.json", self.config.to_dict())
-        for name in self.TABLES:
-            table: pd.DataFrame = getattr(self, name)
-            if name == "rankings":
-                table = table.assign(
-                    ranking=[" ".join(map(str, r)) for r in table["ranking"]],
-                    shown=[" ".join(map(str, r)) for r in table["shown"]],
-                )
-            table.to_csv(d / f"{name}.csv")
-        save_plot_and_info(self, d, "s1.png", 110)
-        return d
+        return save_result(self, run_dir, "s1.png", 110, {"rankings": ("ranking", "shown")})
 
 
 # ------------------------------------------------------------------------------------------------
