@@ -104,6 +104,8 @@ pub struct SeqBatches {
     pub target: Tensor,
     /// A negative item per position (`item + 1`, 0 = none).
     pub negative: Tensor,
+    /// The user of each row (every user with two or more items, in id order).
+    pub users: Vec<i64>,
 }
 
 /// The last `max_len` items of every user in `users`, left-padded: `[B, max_len]` padded ids.
@@ -166,6 +168,7 @@ pub fn training_rows(
         input: Tensor::from_slice(&input).f_view(shape)?,
         target: Tensor::from_slice(&target).f_view(shape)?,
         negative: Tensor::from_slice(&negative).f_view(shape)?,
+        users: users.iter().map(|&u| u as i64).collect(),
     })
 }
 
@@ -453,12 +456,6 @@ impl Model for SasRecModel {
             .as_ref()
             .ok_or_else(|| RecforgeError::config("start an epoch first"))?;
         self.net.loss(rows, idx, self.objective)
-    }
-    fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .score_all(users, None)?
-            .f_gather(1, &items.f_unsqueeze(1)?, false)?
-            .f_squeeze_dim(1)?)
     }
     fn score_all(&self, users: &Tensor, history: Option<&Interactions>) -> Result<Tensor> {
         let h = history.or(self.train.as_deref()).ok_or_else(|| {

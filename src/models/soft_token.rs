@@ -567,12 +567,8 @@ impl SoftTokenModel {
 
 fn rows_of(train: &Interactions, max_len: i64) -> Result<Rows> {
     let seq = training_rows(train, None, max_len - 1)?;
-    let users: Vec<i64> = (0..train.n_users())
-        .filter(|&u| train.user_range(u).len() >= 2)
-        .map(|u| u as i64)
-        .collect();
     Ok(Rows {
-        users: Tensor::from_slice(&users),
+        users: Tensor::from_slice(&seq.users),
         seq,
     })
 }
@@ -632,12 +628,6 @@ impl Model for SoftTokenModel {
         let input = rows.seq.input.f_index_select(0, idx)?.f_to(dev)?;
         let target = rows.seq.target.f_index_select(0, idx)?.f_to(dev)?;
         self.net.loss(&users, &input, &target)
-    }
-    fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .score_all(users, None)?
-            .f_gather(1, &items.f_unsqueeze(1)?, false)?
-            .f_squeeze_dim(1)?)
     }
     fn score_all(&self, users: &Tensor, history: Option<&Interactions>) -> Result<Tensor> {
         let history = match history {

@@ -58,8 +58,14 @@ pub trait Model: Send {
     fn start_epoch(&mut self, seed: u64, epoch: u64) -> Result<usize>;
     /// The scalar loss of examples `idx` (an int64 CPU tensor), in training mode.
     fn batch_loss(&self, idx: &Tensor) -> Result<Tensor>;
-    /// Scores of (user, item) pairs (index tensors on the model's device), `[B]`.
-    fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor>;
+    /// Scores of (user, item) pairs (index tensors on the model's device), `[B]`; by default
+    /// picked from [`score_all`](Self::score_all) (what sequential models score from).
+    fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .score_all(users, None)?
+            .f_gather(1, &items.f_unsqueeze(1)?, false)?
+            .f_squeeze_dim(1)?)
+    }
     /// Scores of every item for `users`, `[B, n_items]`; a sequential model reads histories from
     /// `history` (default: its training interactions).
     fn score_all(&self, users: &Tensor, history: Option<&Interactions>) -> Result<Tensor>;
