@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -50,13 +50,19 @@ pub struct FmConfig {
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
-/// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`.
+/// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`, on the model's
+/// device (saved with the weights, used to score), with a host copy without the padding (what
+/// training batches are built from).
 #[derive(Debug)]
 pub struct FeatureRows {
     /// Feature indices (int64).
     pub idx: Tensor,
     /// Feature values (float32; 0 marks padding).
     pub val: Tensor,
+    /// Row `r`'s non-zero features are `nz_idx[ptr[r]..ptr[r + 1]]` (CSR, host).
+    ptr: Vec<usize>,
+    nz_idx: Vec<i64>,
+    nz_val: Vec<f32>,
 }
 
 impl FeatureRows {
@@ -86,6 +92,19 @@ impl FeatureRows {
             )));
         }
         let rows = (idx.len() / width) as i64;
+        // Zero values add nothing to any sum (padding, or an explicit 0), so training skips them.
+        let mut ptr = Vec::with_capacity(rows as usize + 1);
+        let (mut nz_idx, mut nz_val) = (Vec::new(), Vec::new());
+        ptr.push(0);
+        for (fs, vs) in idx.chunks(width).zip(val.chunks(width)) {
+            for (&f, &v) in fs.iter().zip(vs) {
+                if v != 0.0 {
+                    nz_idx.push(f);
+                    nz_val.push(v);
+                }
+            }
+            ptr.push(nz_idx.len());
+        }
         Ok(Self {
             idx: Tensor::from_slice(idx)
                 .f_view([rows, width as i64])?
@@ -93,6 +112,9 @@ impl FeatureRows {
             val: Tensor::from_slice(val)
                 .f_view([rows, width as i64])?
                 .f_to(device)?,
+            ptr,
+            nz_idx,
+            nz_val,
         })
     }
 
@@ -118,6 +140,9 @@ pub struct Fm {
     /// Batch-norm running statistics (not trained).
     buffers: Vec<(String, Tensor)>,
     device: Device,
+    /// Kept between training batches: an id's position among a batch's distinct rows (-1 when
+    /// absent), so deduplicating costs the batch's size, not the table's.
+    slot: Mutex<Vec<i64>>,
 }
 
 impl Fm {
@@ -195,6 +220,7 @@ impl Fm {
             params,
             buffers,
             device,
+            slot: Mutex::new(Vec::new()),
         })
     }
 
@@ -456,46 +482,61 @@ pub enum FmLoss {
 }
 
 /// Mini-batch loss over examples `idx` of (`users`, `items`, `targets` for MSE, `negatives` for
-/// BPR/BCE), plus `reg` times the batch-mean squared norm of the factors used.
+/// BPR/BCE), plus `reg` times the batch-mean squared norm of the factors used (each user counted
+/// once per positive).
 #[allow(clippy::too_many_arguments)]
 pub fn loss(
     fm: &Fm,
     user_rows: &FeatureRows,
     item_rows: &FeatureRows,
-    users: &Tensor,
-    items: &Tensor,
+    users: &[i64],
+    items: &[i64],
     targets: Option<&Tensor>,
-    negatives: Option<&Tensor>,
+    negatives: Option<&[i64]>,
     objective: FmLoss,
     idx: &Tensor,
     reg: f64,
 ) -> Result<Tensor> {
-    let idx = idx.f_to(fm.device())?;
-    let b = idx.size()[0];
-    let u = users.f_index_select(0, &idx)?;
-    let i = items.f_index_select(0, &idx)?;
-    let (base, joint, lu) = match objective {
+    let examples = Vec::<i64>::try_from(idx)?;
+    let pick = |col: &[i64], what: &str| -> Result<Vec<i64>> {
+        examples
+            .iter()
+            .map(|&e| {
+                usize::try_from(e)
+                    .ok()
+                    .and_then(|e| col.get(e).copied())
+                    .ok_or_else(|| {
+                        RecforgeError::data(format!(
+                            "example {e} is out of range ({} {what})",
+                            col.len()
+                        ))
+                    })
+            })
+            .collect()
+    };
+    let b = examples.len() as i64;
+    let u = pick(users, "examples")?;
+    let i = pick(items, "examples")?;
+    let (base, joint, once) = match objective {
         FmLoss::Mse => {
             let y = targets
                 .ok_or_else(|| RecforgeError::data("a rating objective needs ratings"))?
-                .f_index_select(0, &idx)?;
+                .f_index_select(0, &idx.f_to(fm.device())?)?;
             let joint = fm.score_examples(user_rows, item_rows, &u, &i, true)?;
             let mse = joint.score.f_sub(&y)?.f_square()?.f_mean(Kind::Float)?;
-            (mse, joint, None)
+            (mse, joint, b)
         }
         FmLoss::Bpr | FmLoss::Bce => {
-            let j = negatives
-                .ok_or_else(|| RecforgeError::data("a ranking objective needs negatives"))?
-                .f_index_select(0, &idx)?;
+            let j = pick(
+                negatives
+                    .ok_or_else(|| RecforgeError::data("a ranking objective needs negatives"))?,
+                "negatives",
+            )?;
             // Positives and negatives scored as one batch of 2B examples: one embedding lookup
             // per table, so each table gets a single sparse gradient.
-            let joint = fm.score_examples(
-                user_rows,
-                item_rows,
-                &Tensor::f_cat(&[&u, &u], 0)?,
-                &Tensor::f_cat(&[&i, &j], 0)?,
-                true,
-            )?;
+            let uu = [u.as_slice(), u.as_slice()].concat();
+            let ij = [i.as_slice(), j.as_slice()].concat();
+            let joint = fm.score_examples(user_rows, item_rows, &uu, &ij, true)?;
             let base = if objective == FmLoss::Bpr {
                 let s = joint.score.f_view([2, b])?;
                 s.f_select(0, 0)?
@@ -517,94 +558,153 @@ pub fn loss(
                     )?
                     .f_mul_scalar(2.0)?
             };
-            (base, joint, Some(user_rows.idx.size()[1]))
+            (base, joint, b)
         }
     };
     if reg > 0.0 {
-        // Squared norms of the factors used, sum_f (v_f x_f)^2, each user counted once.
-        let mut penalty = joint.sq.f_sum(Kind::Float)?;
-        if let Some(lu) = lu {
-            let again = joint
-                .v
-                .f_narrow(0, b, b)?
-                .f_narrow(1, 0, lu)?
-                .f_square()?
-                .f_sum_dim_intlist(2, false, Kind::Float)?
-                .f_mul(
-                    &joint
-                        .val
-                        .f_narrow(0, b, b)?
-                        .f_narrow(1, 0, lu)?
-                        .f_square()?,
-                )?
-                .f_sum(Kind::Float)?;
-            penalty = penalty.f_sub(&again)?;
-        }
-        let n = b as f64;
-        Ok(base.f_add(&penalty.f_mul(&Tensor::from(reg / n))?)?)
+        // Squared norms of the factors used, sum_f (v_f x_f)^2: every example's item row and
+        // the user rows of the first `once` examples (the positives: each user counted once).
+        let penalty = joint
+            .sq_item
+            .f_sum(Kind::Float)?
+            .f_add(&joint.sq_user.f_narrow(0, 0, once)?.f_sum(Kind::Float)?)?;
+        Ok(base.f_add(&penalty.f_mul(&Tensor::from(reg / b as f64))?)?)
     } else {
         Ok(base)
     }
 }
 
-/// Scores of examples over their joint feature rows, with what the penalty needs.
+/// Scores of examples, with what the penalty needs.
 pub struct Joint {
     /// Scores `[N]`.
     pub score: Tensor,
-    /// `sum_f (v_f x_f)^2` per example, `[N, k]`.
-    pub sq: Tensor,
-    /// The factors looked up, `[N, L, k]`.
-    pub v: Tensor,
-    /// The feature values, `[N, L]`.
-    pub val: Tensor,
+    /// `sum_f (v_f x_f)^2` over each example's user row, summed over the factor dimension, `[N]`.
+    pub sq_user: Tensor,
+    /// The same over each example's item row, `[N]`.
+    pub sq_item: Tensor,
+}
+
+/// Positions of `ids` in their list of distinct values, appended to `distinct` (first-seen
+/// order); `slot` (all -1 between calls, at least as long as the id range) maps an id to its
+/// position while the call runs.
+fn dedup(ids: &[i64], slot: &mut [i64], distinct: &mut Vec<i64>, what: &str) -> Result<Vec<i64>> {
+    let (start, n) = (distinct.len(), slot.len());
+    let inverse = ids
+        .iter()
+        .map(|&x| {
+            let s = usize::try_from(x)
+                .ok()
+                .and_then(|x| slot.get_mut(x))
+                .ok_or_else(|| {
+                    RecforgeError::data(format!("{what} {x} is out of range ({n} rows)"))
+                })?;
+            if *s < 0 {
+                *s = (distinct.len() - start) as i64;
+                distinct.push(x);
+            }
+            Ok(*s)
+        })
+        .collect::<Result<Vec<i64>>>();
+    for &x in &distinct[start..] {
+        slot[x as usize] = -1;
+    }
+    inverse
 }
 
 impl Fm {
-    /// Scores of the examples (user `u[n]`, item `i[n]`) computed over each example's joint
-    /// feature row (the user's row followed by the item's): one lookup per table and two batched
-    /// products, `s = x V` and `q = x^2 V^2`, instead of separate user and item aggregates.
-    /// The training path; `train` turns dropout and batch statistics on.
+    /// Scores of the examples (user `u[n]`, item `i[n]`) for training (`train` turns dropout and
+    /// batch statistics on). The sums over a row's features are computed once per distinct user
+    /// and item of the batch, over its non-zero features only (no padding), then added per
+    /// example: a batch touches `distinct rows x features x k` values instead of
+    /// `examples x padded row width x k`.
     pub fn score_examples(
         &self,
         users: &FeatureRows,
         items: &FeatureRows,
-        u: &Tensor,
-        i: &Tensor,
+        u: &[i64],
+        i: &[i64],
         train: bool,
     ) -> Result<Joint> {
-        let idx = Tensor::f_cat(
-            &[
-                users.idx.f_index_select(0, u)?,
-                items.idx.f_index_select(0, i)?,
-            ],
-            1,
+        if u.len() != i.len() {
+            return Err(RecforgeError::data(format!(
+                "{} users for {} items",
+                u.len(),
+                i.len()
+            )));
+        }
+        let mut distinct = Vec::new();
+        let mut slot = self
+            .slot
+            .lock()
+            .map_err(|_| RecforgeError::config("a training batch panicked earlier"))?;
+        let need = users.ptr.len().max(items.ptr.len());
+        if slot.len() < need {
+            slot.resize(need, -1);
+        }
+        let ex_u = dedup(u, &mut slot[..users.ptr.len() - 1], &mut distinct, "user")?;
+        let n_du = distinct.len() as i64;
+        let mut ex_i = dedup(i, &mut slot[..items.ptr.len() - 1], &mut distinct, "item")?;
+        drop(slot);
+        for x in &mut ex_i {
+            *x += n_du;
+        }
+        // The distinct rows' features, one segment per row.
+        let (mut feat, mut val, mut seg) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, &row) in distinct.iter().enumerate() {
+            let rows = if (r as i64) < n_du { users } else { items };
+            let (a, z) = (rows.ptr[row as usize], rows.ptr[row as usize + 1]);
+            feat.extend_from_slice(&rows.nz_idx[a..z]);
+            val.extend_from_slice(&rows.nz_val[a..z]);
+            seg.extend(std::iter::repeat_n(r as i64, z - a));
+        }
+        let dev = self.device;
+        let n_rows = distinct.len() as i64;
+        let feat = Tensor::from_slice(&feat).f_to(dev)?;
+        let val = Tensor::from_slice(&val).f_to(dev)?;
+        let seg = Tensor::from_slice(&seg).f_to(dev)?;
+        let k = self.config.dim;
+        let vx = super::lookup(self.get("factors")?, &feat)?.f_mul(&val.f_unsqueeze(1)?)?;
+        let zeros = Tensor::f_zeros([n_rows, k], (Kind::Float, dev))?;
+        let s_rows = zeros.f_index_add(0, &seg, &vx)?;
+        let q_rows = zeros.f_index_add(0, &seg, &vx.f_square()?)?;
+        let lin_rows = Tensor::f_zeros([n_rows], (Kind::Float, dev))?.f_index_add(
+            0,
+            &seg,
+            &self.get("linear")?.f_index_select(0, &feat)?.f_mul(&val)?,
         )?;
-        let val = Tensor::f_cat(
-            &[
-                users.val.f_index_select(0, u)?,
-                items.val.f_index_select(0, i)?,
-            ],
-            1,
-        )?;
-        let (lin, v) = self.lookup_rows(&idx, &val)?;
-        let lin = lin.f_add(self.get("bias")?)?;
-        let row = val.f_unsqueeze(1)?; // [N, 1, L]
-        let sum = row.f_bmm(&v)?.f_squeeze_dim(1)?;
-        let sq = row.f_square()?.f_bmm(&v.f_square()?)?.f_squeeze_dim(1)?;
+        let ex_u = Tensor::from_slice(&ex_u).f_to(dev)?;
+        let ex_i = Tensor::from_slice(&ex_i).f_to(dev)?;
+        let both = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.f_index_select(0, &ex_u)?
+                .f_add(&t.f_index_select(0, &ex_i)?)?)
+        };
+        let sum = both(&s_rows)?;
+        let sq = both(&q_rows)?;
+        let lin = both(&lin_rows)?.f_add(self.get("bias")?)?;
         let bi = sum.f_square()?.f_sub(&sq)?.f_mul_scalar(0.5)?;
         let score = lin.f_add(&self.interaction(&bi, train)?)?;
-        Ok(Joint { score, sq, v, val })
+        let q = q_rows.f_sum_dim_intlist(1, false, Kind::Float)?;
+        Ok(Joint {
+            score,
+            sq_user: q.f_index_select(0, &ex_u)?,
+            sq_item: q.f_index_select(0, &ex_i)?,
+        })
     }
 }
 
-/// The training data of an FM: ratings (MSE) or positives with this epoch's negatives.
+/// The training data of an FM: ratings (MSE) or positives with this epoch's negatives. Ids stay
+/// on the host, where batches are deduplicated; ratings live on the model's device.
 enum FmData {
-    Ratings(super::svd::Ratings),
+    Ratings {
+        users: Vec<i64>,
+        items: Vec<i64>,
+        ratings: Tensor,
+    },
     Implicit {
         train: Arc<Interactions>,
-        users: Tensor,
-        pos: Tensor,
-        neg: Tensor,
+        users: Vec<i64>,
+        pos: Vec<i64>,
+        neg: Vec<i64>,
     },
 }
 
@@ -707,26 +807,41 @@ impl Model for FmModel {
     }
     fn set_train(&mut self, train: Arc<Interactions>, _fresh: bool) -> Result<()> {
         let dev = self.device();
+        let c = train.to_columns();
+        let users: Vec<i64> = c.users.iter().map(|&u| u as i64).collect();
+        let items: Vec<i64> = c.items.iter().map(|&i| i as i64).collect();
         self.data = Some(if self.objective == FmLoss::Mse {
-            FmData::Ratings(super::mf::rating_data(&train, dev)?)
+            let r = c.ratings.ok_or_else(|| {
+                RecforgeError::data("a rating model needs interactions with ratings")
+            })?;
+            FmData::Ratings {
+                users,
+                items,
+                ratings: Tensor::from_slice(&r).f_to(dev)?,
+            }
         } else {
-            let (users, pos) = super::mf::id_tensors(&train.to_columns(), dev)?;
             FmData::Implicit {
                 train,
                 users,
-                neg: pos.f_zeros_like()?,
-                pos,
+                pos: items,
+                neg: Vec::new(),
             }
         });
         Ok(())
     }
     fn start_epoch(&mut self, seed: u64, epoch: u64) -> Result<usize> {
-        let dev = self.device();
         match &mut self.data {
             None => Err(RecforgeError::config("set the training data first")),
-            Some(FmData::Ratings(r)) => Ok(r.ratings.size()[0] as usize),
+            Some(FmData::Ratings { users, .. }) => Ok(users.len()),
             Some(FmData::Implicit { train, neg, .. }) => {
-                *neg = super::mf::epoch_negatives(train, seed, epoch, dev)?;
+                *neg = crate::sampling::training_negatives(
+                    train,
+                    1,
+                    &crate::sampling::Strategy::Uniform,
+                    true,
+                    seed,
+                    epoch,
+                )?;
                 Ok(train.n_interactions())
             }
         }
@@ -735,18 +850,11 @@ impl Model for FmModel {
         let (fm, ur, ir, obj, reg) = (&self.fm, &self.users, &self.items, self.objective, self.reg);
         match &self.data {
             None => Err(RecforgeError::config("set the training data first")),
-            Some(FmData::Ratings(d)) => loss(
-                fm,
-                ur,
-                ir,
-                &d.users,
-                &d.items,
-                Some(&d.ratings),
-                None,
-                obj,
-                idx,
-                reg,
-            ),
+            Some(FmData::Ratings {
+                users,
+                items,
+                ratings,
+            }) => loss(fm, ur, ir, users, items, Some(ratings), None, obj, idx, reg),
             Some(FmData::Implicit {
                 users, pos, neg, ..
             }) => loss(fm, ur, ir, users, pos, None, Some(neg), obj, idx, reg),
@@ -884,7 +992,8 @@ mod tests {
                 )
                 .unwrap()
             };
-            let joint = fm.score_examples(&users, &items, &u, &i, false).unwrap();
+            let (us, is, js) = ([0i64, 1, 1], [0i64, 1, 2], [2i64, 0, 1]);
+            let joint = fm.score_examples(&users, &items, &us, &is, false).unwrap();
             let diff = (&joint.score - pairs(&i)).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "joint vs pairs: {diff}");
             let sq = |rows: &FeatureRows, ids: &Tensor| -> f64 {
@@ -910,10 +1019,10 @@ mod tests {
                     &fm,
                     &users,
                     &items,
-                    &u,
-                    &i,
+                    &us,
+                    &is,
                     None,
-                    Some(&j),
+                    Some(&js),
                     objective,
                     &all,
                     reg,
@@ -928,8 +1037,8 @@ mod tests {
                 &fm,
                 &users,
                 &items,
-                &u,
-                &i,
+                &us,
+                &is,
                 Some(&y),
                 None,
                 FmLoss::Mse,
@@ -961,7 +1070,7 @@ mod tests {
             let y = Tensor::from_slice(&[1.0f32, -0.5]);
             let loss = |fm: &Fm| {
                 let s = if joint {
-                    fm.score_examples(&users, &items, &u, &i, false)
+                    fm.score_examples(&users, &items, &[0, 1], &[2, 0], false)
                         .unwrap()
                         .score
                 } else {
@@ -1006,6 +1115,65 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A batch with many repeated users and items (deduplicated before the sums) gives every
+    /// example the score and every parameter the gradient of the per-pair path, and ids out of
+    /// range are errors that leave the next batch unaffected.
+    #[test]
+    fn deduplicated_batches_score_and_train_like_pairs() {
+        for hidden in [vec![], vec![4]] {
+            let (fm, users, items) = tiny(hidden);
+            let mut rng = crate::rng::Rng::new(7, 0);
+            let us: Vec<i64> = (0..50).map(|_| (rng.next_u64() % 2) as i64).collect();
+            let is: Vec<i64> = (0..50).map(|_| (rng.next_u64() % 3) as i64).collect();
+            let w = Tensor::randn([50], (Kind::Float, Device::Cpu));
+            let grads = |joint: bool| -> (Tensor, Vec<Tensor>) {
+                let s = if joint {
+                    fm.score_examples(&users, &items, &us, &is, false)
+                        .unwrap()
+                        .score
+                } else {
+                    fm.score_pairs(
+                        &fm.aggregate(&users, &Tensor::from_slice(&us)).unwrap(),
+                        &fm.aggregate(&items, &Tensor::from_slice(&is)).unwrap(),
+                        false,
+                    )
+                    .unwrap()
+                };
+                let inputs: Vec<Tensor> = fm.params().into_iter().map(|(_, p)| p).collect();
+                let g = Tensor::run_backward(&[(&s * &w).sum(Kind::Float)], &inputs, false, false);
+                let g = g
+                    .into_iter()
+                    .map(|g| {
+                        if g.is_sparse() {
+                            g.to_dense(None, false)
+                        } else {
+                            g
+                        }
+                    })
+                    .collect();
+                (s.detach(), g)
+            };
+            let (s1, g1) = grads(true);
+            let (s2, g2) = grads(false);
+            assert!((&s1 - &s2).abs().max().double_value(&[]) < 1e-5);
+            for ((name, _), (a, b)) in fm.params().iter().zip(g1.iter().zip(&g2)) {
+                let d = (a - b).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "{name}: gradients differ by {d}");
+            }
+            assert!(fm
+                .score_examples(&users, &items, &[0, 2], &[0, 1], false)
+                .is_err());
+            assert!(fm
+                .score_examples(&users, &items, &[0, 1], &[3, 1], false)
+                .is_err());
+            assert!(fm
+                .score_examples(&users, &items, &[0], &[0, 1], false)
+                .is_err());
+            let again = fm.score_examples(&users, &items, &us, &is, false).unwrap();
+            assert!(again.score.equal(&s1));
         }
     }
 

@@ -65,6 +65,45 @@ pub(crate) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Ad
     }
 }
 
+/// `torch.optim.SparseAdam`'s update of the distinct rows `rows` (row width `width`) of the
+/// parameter `p` and its moments `m`, `v`, from the summed gradient rows of `g` (laid out like
+/// `p`); every other row, its moments included, is left as it is. Weight decay (not in
+/// SparseAdam) is L2 added to those rows' gradients. Per element, in SparseAdam's order:
+/// `m += (g - m)(1 - b1)`, `v += (g^2 - v)(1 - b2)`,
+/// `p += -(lr sqrt(bc2) / bc1) * (m / (sqrt(v) + eps))`.
+pub(crate) fn sparse_adam_rows(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    width: usize,
+    rows: &[i64],
+    s: AdamStep,
+) {
+    let bc1 = 1.0 - s.b1.powi(s.t);
+    let bc2 = 1.0 - s.b2.powi(s.t);
+    let step = (-(s.lr * bc2.sqrt() / bc1)) as f32;
+    let (w1, w2) = ((1.0 - s.b1) as f32, (1.0 - s.b2) as f32);
+    let (eps, l2) = (s.eps as f32, s.weight_decay as f32);
+    for &r in rows {
+        let Some(range) = usize::try_from(r)
+            .ok()
+            .map(|r| r * width..(r + 1) * width)
+            .filter(|x| x.end <= p.len())
+        else {
+            continue;
+        };
+        let (p, g) = (&mut p[range.clone()], &g[range.clone()]);
+        let (m, v) = (&mut m[range.clone()], &mut v[range]);
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = if l2 > 0.0 { g + l2 * *p } else { g };
+            *m += (g - *m) * w1;
+            *v += (g * g - *v) * w2;
+            *p += step * (*m / (v.sqrt() + eps));
+        }
+    }
+}
+
 /// Adds `values` (`rows.len()` rows of `width`) into the rows `rows` of the row-major `dense`.
 pub(crate) fn scatter_rows(
     dense: &mut [f32],

@@ -26,6 +26,11 @@ pub enum Kind {
     Sgd,
     /// Adagrad.
     Adagrad,
+    /// `torch.optim.SparseAdam`'s lazy Adam for embedding tables: a table with a sparse
+    /// gradient updates only the rows a batch used (their moments too), so a step costs the
+    /// batch, not the table; other parameters get Adam. Weight decay is L2 on the rows used.
+    #[serde(rename = "sparse_adam")]
+    SparseAdam,
 }
 
 impl FromStr for Kind {
@@ -36,8 +41,9 @@ impl FromStr for Kind {
             "adamw" => Ok(Kind::AdamW),
             "sgd" => Ok(Kind::Sgd),
             "adagrad" => Ok(Kind::Adagrad),
+            "sparse_adam" | "sparseadam" => Ok(Kind::SparseAdam),
             other => Err(RecforgeError::config(format!(
-                "optimizer must be adam, adamw, sgd or adagrad, got {other:?}"
+                "optimizer must be adam, adamw, sparse_adam, sgd or adagrad, got {other:?}"
             ))),
         }
     }
@@ -206,6 +212,80 @@ impl LrSchedule {
     }
 }
 
+/// SparseAdam's lazy update of the rows of `p` a batch used: on the fused CPU path `rows` are the
+/// distinct rows whose gradients were summed into the dense buffer `g`; otherwise `g` is a
+/// coalesced sparse gradient.
+fn sparse_adam(
+    p: &mut Tensor,
+    g: &Tensor,
+    state: &mut HashMap<&'static str, Tensor>,
+    rows: Option<&[i64]>,
+    c: &OptimConfig,
+    t: i32,
+) -> Result<()> {
+    let missing = || RecforgeError::config("optimizer state is missing a tensor");
+    let mut m = state.get("exp_avg").ok_or_else(missing)?.shallow_clone();
+    let mut v = state.get("exp_avg_sq").ok_or_else(missing)?.shallow_clone();
+    let s = fused::AdamStep {
+        lr: c.lr,
+        b1: c.betas.0,
+        b2: c.betas.1,
+        eps: c.eps,
+        weight_decay: c.weight_decay,
+        decoupled: false,
+        t,
+    };
+    let (idx, grad_rows) = match rows {
+        Some(rows) => {
+            let flat = [&*p, g, &m, &v].iter().all(|x| fused::is_flat_f32(x))
+                && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3];
+            if flat {
+                let width = p.numel() / p.size().first().map_or(1, |&n| n.max(1) as usize);
+                // SAFETY: four distinct contiguous float32 CPU tensors of equal length, used by
+                // nothing else during the call.
+                unsafe {
+                    fused::sparse_adam_rows(
+                        fused::slice_mut(p),
+                        fused::slice(g),
+                        fused::slice_mut(&mut m),
+                        fused::slice_mut(&mut v),
+                        width,
+                        rows,
+                        s,
+                    )
+                };
+                return Ok(());
+            }
+            let idx = Tensor::from_slice(rows).f_to(p.device())?;
+            let grad_rows = g.f_index_select(0, &idx)?;
+            (idx, grad_rows)
+        }
+        None => (
+            g.f_internal_indices()?.f_select(0, 0)?,
+            g.f_internal_values()?,
+        ),
+    };
+    // The same arithmetic as libtorch ops, on the rows only.
+    let (b1, b2) = c.betas;
+    let bc1 = 1.0 - b1.powi(t);
+    let bc2 = 1.0 - b2.powi(t);
+    let mut gr = grad_rows.f_to_kind(p.kind())?;
+    if c.weight_decay > 0.0 {
+        gr = gr.f_add(&p.f_index_select(0, &idx)?.f_mul_scalar(c.weight_decay)?)?;
+    }
+    let m_old = m.f_index_select(0, &idx)?;
+    let v_old = v.f_index_select(0, &idx)?;
+    let m_new = m_old.f_add(&gr.f_sub(&m_old)?.f_mul_scalar(1.0 - b1)?)?;
+    let v_new = v_old.f_add(&gr.f_square()?.f_sub(&v_old)?.f_mul_scalar(1.0 - b2)?)?;
+    let update = m_new
+        .f_div(&v_new.f_sqrt()?.f_add_scalar(c.eps)?)?
+        .f_mul_scalar(-(c.lr * bc2.sqrt() / bc1))?;
+    let _ = m.f_index_copy_(0, &idx, &m_new)?;
+    let _ = v.f_index_copy_(0, &idx, &v_new)?;
+    let _ = p.f_index_add_(0, &idx, &update)?;
+    Ok(())
+}
+
 /// An optimiser over named parameters.
 #[derive(Debug)]
 pub struct Optimizer {
@@ -236,7 +316,7 @@ impl Optimizer {
                 let z = || p.zeros_like();
                 let mut s = HashMap::new();
                 match config.kind {
-                    Kind::Adam | Kind::AdamW => {
+                    Kind::Adam | Kind::AdamW | Kind::SparseAdam => {
                         s.insert("exp_avg", z());
                         s.insert("exp_avg_sq", z());
                     }
@@ -338,6 +418,9 @@ impl Optimizer {
         let t = self.step as i32;
         // Rows of kept dense buffers that the fused path filled and must clear after the update.
         let mut rezero: Vec<(usize, usize, Vec<i64>)> = Vec::new();
+        let lazy = c.kind == Kind::SparseAdam;
+        // SparseAdam on the fused path: per parameter, the distinct rows its gradient touched.
+        let mut lazy_rows: Vec<Option<Vec<i64>>> = vec![None; self.params.len()];
         let result = tch::no_grad(|| -> Result<()> {
             // Sparse gradients (embedding rows) are summed into a kept dense buffer.
             for (k, ((g, (_, p)), scratch)) in grads
@@ -359,6 +442,11 @@ impl Optimizer {
                 };
                 let rows = sparse.f_internal_indices()?.f_select(0, 0)?;
                 let values = sparse.f_internal_values()?.f_contiguous()?;
+                if lazy && !(fused::is_flat_f32(&buf) && fused::is_flat_f32(&values)) {
+                    // Off the CPU, SparseAdam works on the coalesced (summed, distinct) rows.
+                    *g = Some(sparse.f_coalesce()?);
+                    continue;
+                }
                 if fused::is_flat_f32(&buf) && fused::is_flat_f32(&values) {
                     // On the CPU the buffer stays zero between steps: the rows are added here and
                     // cleared after the update, so the table is never zeroed whole.
@@ -374,6 +462,12 @@ impl Optimizer {
                             fused::slice(&values),
                         )?
                     };
+                    if lazy {
+                        let mut distinct = rows.clone();
+                        distinct.sort_unstable();
+                        distinct.dedup();
+                        lazy_rows[k] = Some(distinct);
+                    }
                     rezero.push((k, width, rows));
                 } else {
                     let mut dense = buf.shallow_clone();
@@ -385,7 +479,12 @@ impl Optimizer {
             if c.clip_grad_norm > 0.0 {
                 let mut total = 0.0;
                 for g in grads.iter().flatten() {
-                    total += g.f_norm()?.double_value(&[]).powi(2);
+                    let norm = if g.is_sparse() {
+                        g.f_internal_values()?.f_norm()?
+                    } else {
+                        g.f_norm()?
+                    };
+                    total += norm.double_value(&[]).powi(2);
                 }
                 let norm = total.sqrt();
                 if norm > c.clip_grad_norm {
@@ -397,13 +496,14 @@ impl Optimizer {
             }
             let missing = || RecforgeError::config("optimizer state is missing a tensor");
             let base = c.clone();
-            for (((((_, p), state), grad), scratch), &(lr_factor, weight_decay)) in self
+            for (k, (((((_, p), state), grad), scratch), &(lr_factor, weight_decay))) in self
                 .params
                 .iter_mut()
                 .zip(&mut self.state)
                 .zip(grads)
                 .zip(&mut self.scratch)
                 .zip(&self.hyper)
+                .enumerate()
             {
                 let Some(mut g) = grad else { continue };
                 let c = OptimConfig {
@@ -412,7 +512,13 @@ impl Optimizer {
                     groups: Vec::new(),
                     ..base.clone()
                 };
-                if matches!(c.kind, Kind::Adam | Kind::AdamW) && fused::is_flat_f32(p) {
+                if lazy && (lazy_rows[k].is_some() || g.is_sparse()) {
+                    sparse_adam(p, &g, state, lazy_rows[k].as_deref(), &c, t)?;
+                    continue;
+                }
+                if matches!(c.kind, Kind::Adam | Kind::AdamW | Kind::SparseAdam)
+                    && fused::is_flat_f32(p)
+                {
                     if !fused::is_flat_f32(&g) && g.device() == p.device() {
                         g = g.f_to_kind(tch::Kind::Float)?.f_contiguous()?;
                     }
@@ -451,7 +557,7 @@ impl Optimizer {
                     g = g.f_add(&p.f_mul(&Tensor::from(c.weight_decay))?)?;
                 }
                 let update = match c.kind {
-                    Kind::Adam | Kind::AdamW => {
+                    Kind::Adam | Kind::AdamW | Kind::SparseAdam => {
                         let (b1, b2) = c.betas;
                         if c.kind == Kind::AdamW && c.weight_decay > 0.0 {
                             let decayed = p.f_mul(&Tensor::from(1.0 - c.lr * c.weight_decay))?;
@@ -645,6 +751,104 @@ mod tests {
             }
             assert!(moved[..6].iter().all(|&m| m > 1e-3), "{kind:?}: {moved:?}");
         }
+    }
+
+    /// SparseAdam (fused CPU path, and the op path in float64) equals torch.optim.SparseAdam's
+    /// formula applied by hand to the rows each batch used; rows never used stay put (weight
+    /// decay included), and a parameter with a dense gradient is updated as by Adam.
+    #[test]
+    fn sparse_adam_updates_only_the_rows_used_as_torch_does() {
+        tch::manual_seed(6);
+        let table = Tensor::randn([7, 3], (TKind::Float, Device::Cpu));
+        let coef = Tensor::randn([3, 3], (TKind::Float, Device::Cpu));
+        let dense0 = Tensor::randn([2], (TKind::Float, Device::Cpu));
+        let batches = [[1i64, 3, 1], [0, 5, 5], [2, 2, 4], [3, 3, 3]];
+        let (lr, b1, b2, eps) = (0.05, 0.9, 0.999, 1e-8);
+        for weight_decay in [0.0, 0.01] {
+            let loss_of = |e: &Tensor, d: &Tensor, dtype: TKind| {
+                (e * coef.to_kind(dtype)).sin().sum(dtype) + (d * d).sum(dtype) * 0.5
+            };
+            let run = |dtype: TKind| -> (Tensor, Tensor) {
+                let p = table.to_kind(dtype).copy().set_requires_grad(true);
+                let d = dense0.to_kind(dtype).copy().set_requires_grad(true);
+                let cfg = OptimConfig {
+                    kind: Kind::SparseAdam,
+                    lr,
+                    weight_decay,
+                    ..OptimConfig::default()
+                };
+                let named = [
+                    ("t".into(), p.shallow_clone()),
+                    ("d".into(), d.shallow_clone()),
+                ];
+                let mut opt = Optimizer::new(cfg, &named).unwrap();
+                for ids in batches {
+                    let e = Tensor::embedding(&p, &Tensor::from_slice(&ids), -1, false, true);
+                    opt.backward_step(&loss_of(&e, &d, dtype)).unwrap();
+                }
+                (
+                    p.detach().to_kind(TKind::Float),
+                    d.detach().to_kind(TKind::Float),
+                )
+            };
+            // By hand, in float64: SparseAdam on the table's rows used, Adam on `d`.
+            let p = table.to_kind(TKind::Double).copy().set_requires_grad(true);
+            let mut d = dense0.to_kind(TKind::Double).copy().set_requires_grad(true);
+            let (m, v) = (p.zeros_like().detach(), p.zeros_like().detach());
+            let (mut dm, mut dv) = (d.zeros_like().detach(), d.zeros_like().detach());
+            for (t, ids) in batches.iter().enumerate() {
+                let t = t as i32 + 1;
+                let e = Tensor::embedding(&p, &Tensor::from_slice(ids), -1, false, false);
+                let g = Tensor::run_backward(
+                    &[loss_of(&e, &d, TKind::Double)],
+                    &[&p, &d],
+                    false,
+                    false,
+                );
+                let (bc1, bc2) = (1.0 - f64::powi(b1, t), 1.0 - f64::powi(b2, t));
+                tch::no_grad(|| {
+                    let mut used: Vec<i64> = ids.to_vec();
+                    used.sort_unstable();
+                    used.dedup();
+                    for r in used {
+                        let (pr, gr) = (p.get(r), g[0].get(r) + p.get(r) * weight_decay);
+                        let (mr, vr) = (m.get(r), v.get(r));
+                        let m_new = &mr + (&gr - &mr) * (1.0 - b1);
+                        let v_new = &vr + (gr.square() - &vr) * (1.0 - b2);
+                        let step = -(lr * bc2.sqrt() / bc1);
+                        let new_p = &pr + (&m_new / (v_new.sqrt() + eps)) * step;
+                        m.get(r).copy_(&m_new);
+                        v.get(r).copy_(&v_new);
+                        p.get(r).copy_(&new_p);
+                    }
+                    let gd = &g[1] + &d * weight_decay;
+                    dm = dm.lerp(&gd, 1.0 - b1);
+                    dv = &dv * b2 + gd.square() * (1.0 - b2);
+                    let new_d = &d - (&dm / (dv.sqrt() / bc2.sqrt() + eps)) * (lr / bc1);
+                    d.copy_(&new_d);
+                });
+            }
+            let want = (
+                p.detach().to_kind(TKind::Float),
+                d.detach().to_kind(TKind::Float),
+            );
+            for dtype in [TKind::Float, TKind::Double] {
+                let got = run(dtype);
+                for (a, b, what) in [(&got.0, &want.0, "table"), (&got.1, &want.1, "dense")] {
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    assert!(diff < 1e-5, "wd {weight_decay} {dtype:?} {what}: {diff}");
+                }
+                let moved = Vec::<f32>::try_from((&got.0 - &table).abs().sum_dim_intlist(
+                    1,
+                    false,
+                    TKind::Float,
+                ))
+                .unwrap();
+                assert_eq!(moved[6], 0.0, "wd {weight_decay}: an unused row moved");
+                assert!(moved[..6].iter().all(|&x| x > 1e-3), "{moved:?}");
+            }
+        }
+        assert_eq!("sparse_adam".parse::<Kind>().unwrap(), Kind::SparseAdam);
     }
 
     #[test]

@@ -17,7 +17,8 @@ class SVD(TorchModel):
         batch_size: ratings per mini-batch (512).
         lr: learning rate (0.005).
         reg: L2 weight on the factors and biases each rating touches (0.1).
-        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"`` or ``"adagrad"``.
+        optimizer: ``"adam"`` (default), ``"adamw"``, ``"sparse_adam"`` (lazy Adam on embedding rows,
+            as ``torch.optim.SparseAdam``), ``"sgd"`` or ``"adagrad"``.
         lr_schedule: ``None`` (constant), ``"linear"``, ``"cosine"``, ``"step"`` or a dict such as
             ``{"name": "cosine", "warmup_epochs": 1, "end": 0.1}`` (see ``recforge.models.LrSchedule``).
         init_std: standard deviation of the initial factors (0.1).
