@@ -1,26 +1,34 @@
-"""Training speed: recforge FM / NFM against two plain PyTorch implementations of the same
-network, in one process, same data, same hyperparameters, same device:
+"""Training speed: recforge's FM, NFM, BPR-MF and SVD against plain PyTorch implementations of the
+same networks, in one process, same data, same hyperparameters, same device:
 
 - the lean loop, the strongest plain PyTorch a skilled engineer writes: batches sliced from
-  tensors after one ``torch.randperm``, negatives drawn with one ``torch.randint`` per epoch (no
-  rejection of positives), ``torch.optim.Adam`` (the main reference column);
-- the loop the reference systems write: an ``nn.Module``, a ``DataLoader(TensorDataset(...))`` and
-  negatives rejected against the positives in a Python loop.
+  tensors after one ``torch.randperm``, negatives drawn with one ``torch.randint`` per epoch (the
+  user's own items redrawn, vectorised, as recforge does), ``torch.optim.Adam``; with
+  ``--optimizers sparse_adam`` the tables are ``nn.Embedding(sparse=True)`` under
+  ``torch.optim.SparseAdam`` (dense parameters under Adam), the reference for recforge's
+  ``optimizer="sparse_adam"`` (the main reference column);
+- for FM and NFM with Adam, the loop the reference systems write: an ``nn.Module``, a
+  ``DataLoader(TensorDataset(...))`` and negatives rejected against the positives in a Python loop.
 
-Run: python benchmarks/bench_train.py [--epochs 5 --batch-sizes 64 256 1024 4096 --device cpu]
+Run: python benchmarks/bench_train.py [--epochs 2 --batch-sizes 64 256 1024 4096
+     --models FM NFM BPR-MF SVD --optimizers adam sparse_adam --device cpu]
 
-Task: ml-latest-small, leave-one-out, item ids + genres as features, BCE with one uniform negative
-per positive (fresh each epoch), Adam lr 0.005, embedding 64, NFM hidden layer 64 with dropout 0.2.
-Prints seconds per epoch, the ratios, the kernel time (libtorch's own time for the lean loop's ops
-in one epoch, summed from torch.profiler: the floor any loop over this network pays; the profiler
-adds some overhead per op, so it is an upper estimate of that floor), and the validation NDCG@10
-after the last epoch (computed for all three by recforge.metrics.full_ranking).
+Task: ml-latest-small. FM/NFM/BPR-MF: leave-one-out, one uniform negative per positive (fresh each
+epoch); FM/NFM over user id + item id + genres with BCE, BPR-MF with BPR; SVD: 80/10/10 ratings,
+squared error, global mean start. Adam lr 0.005, dimension 64, NFM hidden layer 64 with dropout
+0.2, no L2 on either side. Prints seconds per epoch (mean over epochs 2.., the first left out on every side), the ratios, the
+kernel time (libtorch's own self time of recforge's ops in one epoch, summed from torch.profiler:
+what remains when every call overhead is gone; the profiler adds a little per op, and recforge's
+own Rust work, fused optimiser and batch building, is not in it), and the validation metric after
+the last epoch: NDCG@10 (full ranking, training items masked) or RMSE, computed the same way for
+every side.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,13 +38,15 @@ from torch.utils.data import DataLoader, TensorDataset
 import recforge
 from recforge import metrics, models
 
+LR = 0.005
+
 
 class TorchFM(nn.Module):
-    def __init__(self, n_features: int, dim: int, hidden: list[int], dropout: float) -> None:
+    def __init__(self, n_features: int, dim: int, hidden: list[int], dropout: float, sparse: bool = False) -> None:
         super().__init__()
-        self.factors = nn.Embedding(n_features, dim)
+        self.factors = nn.Embedding(n_features, dim, sparse=sparse)
         nn.init.normal_(self.factors.weight, std=0.1)
-        self.linear = nn.Embedding(n_features, 1)
+        self.linear = nn.Embedding(n_features, 1, sparse=sparse)
         nn.init.zeros_(self.linear.weight)
         self.bias = nn.Parameter(torch.zeros(1))
         layers: list[nn.Module] = []
@@ -57,6 +67,50 @@ class TorchFM(nn.Module):
         return lin + inter
 
 
+class TorchMF(nn.Module):
+    """BPR-MF (``p_u . q_i``) or, with biases, SVD (``mu + b_u + b_i + p_u . q_i``)."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, sparse: bool, mean: float | None = None) -> None:
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim, sparse=sparse)
+        self.item = nn.Embedding(n_items, dim, sparse=sparse)
+        nn.init.normal_(self.user.weight, std=0.1)
+        nn.init.normal_(self.item.weight, std=0.1)
+        self.biased = mean is not None
+        if mean is not None:
+            self.user_bias = nn.Embedding(n_users, 1, sparse=sparse)
+            self.item_bias = nn.Embedding(n_items, 1, sparse=sparse)
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+            self.mu = nn.Parameter(torch.tensor([mean], dtype=torch.float32))
+
+    def forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        s = (self.user(u) * self.item(i)).sum(-1)
+        if self.biased:
+            s = s + self.mu + self.user_bias(u).squeeze(-1) + self.item_bias(i).squeeze(-1)
+        return s
+
+
+def optimizers(model: nn.Module, sparse_adam: bool) -> list[torch.optim.Optimizer]:
+    """Adam over everything, or SparseAdam over the embedding tables and Adam over the rest."""
+    if not sparse_adam:
+        return [torch.optim.Adam(model.parameters(), lr=LR)]
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    ids = {id(p) for p in tables}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.SparseAdam(tables, lr=LR)] + ([torch.optim.Adam(rest, lr=LR)] if rest else [])
+
+
+def negatives(users: torch.Tensor, keys: torch.Tensor, n_items: int) -> torch.Tensor:
+    """One uniform negative per positive, the user's own items redrawn (vectorised)."""
+    neg = torch.randint(0, n_items, (len(users),), device=users.device)
+    bad = torch.isin(users * n_items + neg, keys)
+    while bool(bad.any()):
+        neg[bad] = torch.randint(0, n_items, (int(bad.sum()),), device=users.device)
+        bad = torch.isin(users * n_items + neg, keys)
+    return neg
+
+
 def features(ds: recforge.Dataset, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     genres = ds.items["genres"].str.split("|")
     vocab = {g: i for i, g in enumerate(sorted({g for gs in genres for g in gs}))}
@@ -72,13 +126,30 @@ def features(ds: recforge.Dataset, n_users: int, n_items: int) -> tuple[np.ndarr
     return idx, val, side
 
 
-def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.005, lean=False, kernel_time=None) -> tuple[float, float]:
+def per_epoch(t0: float, ends: list[float]) -> float:
+    """Seconds per epoch: the mean over epochs 2.. (the first, with its warm-up and, for
+    recforge, the fit's set-up, is left out on every side), or the one epoch there is."""
+    return (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - t0
+
+
+def lean_epochs(step: Callable[[torch.Tensor], None], n: int, batch: int, epochs: int, device: str) -> float:
+    """Seconds per epoch of the lean loop: one randperm per epoch, batches sliced from it."""
+    t0, ends = time.perf_counter(), []
+    for _ in range(epochs):
+        perm = torch.randperm(n, device=device)
+        for s0 in range(0, n, batch):
+            step(perm[s0 : s0 + batch])
+        ends.append(time.perf_counter())
+    return per_epoch(t0, ends)
+
+
+def train_torch_fm(train, valid, ds, hidden, dropout, batch, epochs, device, sparse_adam=False, lean=True) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     n_users, n_items = train.n_users, train.n_items
     iidx, ival, side = features(ds, n_users, n_items)
-    n_features = n_users + n_items + int(iidx.max()) - n_users - n_items + 1
+    n_features = int(iidx.max()) + 1
     torch.manual_seed(0)
-    model = TorchFM(n_features, 64, hidden, dropout).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = TorchFM(n_features, 64, hidden, dropout, sparse=sparse_adam).to(device)
+    opts = optimizers(model, sparse_adam)
     a = train.to_arrays()
     users, pos = a["users"], a["items"]
     iidx_t, ival_t = torch.from_numpy(iidx).to(device), torch.from_numpy(ival).to(device)
@@ -92,33 +163,27 @@ def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.0
 
         sp, sn = score(i), score(j)
         loss = lossf(sp, torch.ones_like(sp)) + lossf(sn, torch.zeros_like(sn))
-        opt.zero_grad()
+        for o in opts:
+            o.zero_grad()
         loss.backward()
-        opt.step()
+        for o in opts:
+            o.step()
 
     model.train()
-    t0 = time.perf_counter()
     if lean:
         u_t, p_t = torch.from_numpy(users).to(device), torch.from_numpy(pos).to(device)
-        n = len(users)
-
-        def epoch() -> None:
-            neg = torch.randint(0, n_items, (n,), device=device)
-            perm = torch.randperm(n, device=device)
-            for s0 in range(0, n, batch):
+        keys = u_t * n_items + p_t
+        t0, ends = time.perf_counter(), []
+        for _ in range(epochs):
+            neg = negatives(u_t, keys, n_items)
+            perm = torch.randperm(len(users), device=device)
+            for s0 in range(0, len(users), batch):
                 b = perm[s0 : s0 + batch]
                 step(u_t[b], p_t[b], neg[b])
-
-        for _ in range(epochs):
-            epoch()
-        per_epoch = (time.perf_counter() - t0) / epochs
-        if kernel_time is not None:
-            # The floor: libtorch's own time for the ops of one epoch (self time of every aten
-            # op, as the profiler measures it), without the Python around them.
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                epoch()
-            kernel_time.append(sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")) / 1e6)
+            ends.append(time.perf_counter())
+        seconds = per_epoch(t0, ends)
     else:
+        t0, ends = time.perf_counter(), []
         seen = set(zip(users.tolist(), pos.tolist()))
         rng = np.random.default_rng(0)
         for _ in range(epochs):
@@ -129,7 +194,8 @@ def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.0
             loader = DataLoader(TensorDataset(torch.from_numpy(users), torch.from_numpy(pos), torch.from_numpy(neg_np)), batch_size=batch, shuffle=True)
             for u, i, j in loader:
                 step(u.to(device), i.to(device), j.to(device))
-        per_epoch = (time.perf_counter() - t0) / epochs
+            ends.append(time.perf_counter())
+        seconds = per_epoch(t0, ends)
     model.eval()
 
     @torch.no_grad()
@@ -141,39 +207,126 @@ def train_torch(train, valid, ds, hidden, dropout, batch, epochs, device, lr=0.0
         return torch.stack(out)
 
     r = metrics.full_ranking(score_all, valid, [train], ks=(10,), metrics=("ndcg",), batch_size=64)
-    return per_epoch, r["ndcg@10"]
+    return seconds, r["ndcg@10"]
 
 
-def train_recforge(train, valid, ds, cls, batch, epochs, device) -> tuple[float, float]:
-    _, _, side = features(ds, train.n_users, train.n_items)
-    m = cls(loss="bce", epochs=epochs, batch_size=batch, lr=0.005, reg=0.0, device=device, dropout=0.2 if cls is models.NFM else 0.0)
+def train_torch_mf(train, valid, rating: bool, batch, epochs, device, sparse_adam=False) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    n_users, n_items = train.n_users, train.n_items
+    a = train.to_arrays()
+    u_t, i_t = torch.from_numpy(a["users"]).to(device), torch.from_numpy(a["items"]).to(device)
+    torch.manual_seed(0)
+    mean = float(a["ratings"].mean()) if rating else None
+    model = TorchMF(n_users, n_items, 64, sparse_adam, mean).to(device)
+    opts = optimizers(model, sparse_adam)
+    if rating:
+        r_t = torch.from_numpy(a["ratings"]).to(device)
+
+        def step(b: torch.Tensor) -> None:
+            loss = ((model(u_t[b], i_t[b]) - r_t[b]) ** 2).mean()
+            for o in opts:
+                o.zero_grad()
+            loss.backward()
+            for o in opts:
+                o.step()
+
+        seconds = lean_epochs(step, len(u_t), batch, epochs, device)
+    else:
+        keys = u_t * n_items + i_t
+        t0, ends = time.perf_counter(), []
+        for _ in range(epochs):
+            neg = negatives(u_t, keys, n_items)
+            perm = torch.randperm(len(u_t), device=device)
+            for s0 in range(0, len(u_t), batch):
+                b = perm[s0 : s0 + batch]
+                u = u_t[b]
+                loss = -torch.nn.functional.logsigmoid(model(u, i_t[b]) - model(u, neg[b])).mean()
+                for o in opts:
+                    o.zero_grad()
+                loss.backward()
+                for o in opts:
+                    o.step()
+            ends.append(time.perf_counter())
+        seconds = per_epoch(t0, ends)
+    with torch.no_grad():
+        if rating:
+            v = valid.to_arrays()
+            pred = model(torch.from_numpy(v["users"]).to(device), torch.from_numpy(v["items"]).to(device))
+            return seconds, float(torch.sqrt(((pred.cpu() - torch.from_numpy(v["ratings"])) ** 2).mean()))
+        item_w = model.item.weight
+
+        def score_all(us: np.ndarray) -> torch.Tensor:
+            return model.user.weight[torch.from_numpy(np.asarray(us)).to(device)] @ item_w.T
+
+        return seconds, metrics.full_ranking(score_all, valid, [train], ks=(10,), metrics=("ndcg",))["ndcg@10"]
+
+
+def make_recforge(name: str, batch: int, epochs: int, device: str, optimizer: str) -> models.TorchModel:
+    common: dict[str, Any] = {"epochs": epochs, "batch_size": batch, "lr": LR, "device": device, "optimizer": optimizer}
+    if name == "FM":
+        return models.FM(loss="bce", reg=0.0, **common)
+    if name == "NFM":
+        return models.NFM(loss="bce", reg=0.0, dropout=0.2, **common)
+    if name == "BPR-MF":
+        return models.BPRMF(reg=0.0, **common)
+    return models.SVD(reg=0.0, **common)
+
+
+def train_recforge(name, train, valid, ds, batch, epochs, device, optimizer) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    fit_kw: dict[str, Any] = {"progress": False}
+    if name in ("FM", "NFM"):
+        fit_kw["item_features"] = features(ds, train.n_users, train.n_items)[2]
+    m = make_recforge(name, batch, epochs, device, optimizer)
+    ends: list[float] = []
     t0 = time.perf_counter()
-    m.fit(train, item_features=side, progress=False)
-    per_epoch = (time.perf_counter() - t0) / epochs
-    r = metrics.full_ranking(m.score_all, valid, [train], ks=(10,), metrics=("ndcg",))
-    return per_epoch, r["ndcg@10"]
+    m.fit(train, callbacks=[lambda epoch, logs: ends.append(time.perf_counter())], **fit_kw)
+    seconds = per_epoch(t0, ends)
+    if name == "SVD":
+        v = valid.to_arrays()
+        metric = float(np.sqrt(np.mean((m.predict(v["users"], v["items"]) - v["ratings"]) ** 2)))
+    else:
+        metric = metrics.full_ranking(m.score_all, valid, [train], ks=(10,), metrics=("ndcg",))["ndcg@10"]
+    # Kernel time: libtorch's self time of recforge's own ops over one more epoch.
+    k = make_recforge(name, batch, 1, device, optimizer)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        k.fit(train, **fit_kw)
+    kernel = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")) / 1e6
+    return seconds, metric, kernel
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024, 4096])
+    ap.add_argument("--models", nargs="+", default=["FM", "NFM", "BPR-MF", "SVD"], choices=["FM", "NFM", "BPR-MF", "SVD"])
+    ap.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"], choices=["adam", "sparse_adam"])
+    ap.add_argument("--no-dataloader", action="store_true", help="skip the DataLoader column")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     ds = recforge.datasets.movielens_small()
-    train, valid, _ = recforge.split.leave_one_out(ds.interactions)
+    loo = recforge.split.leave_one_out(ds.interactions)
+    ratings = recforge.split.ratio(ds.interactions, (0.8, 0.1, 0.1), seed=0)
     print(f"recforge {recforge.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}, {args.epochs} epochs")
-    print("| model | batch | recforge s/epoch | lean PyTorch s/epoch | ratio | DataLoader PyTorch s/epoch | ratio | kernel time s/epoch | recforge / kernel | valid NDCG@10 recforge / lean / DataLoader |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, cls, hidden in (("FM", models.FM, []), ("NFM", models.NFM, [64])):
-        for b in args.batch_sizes:
-            p = 0.2 if hidden else 0.0
-            ours, m_ours = train_recforge(train, valid, ds, cls, b, args.epochs, args.device)
-            kernel: list[float] = []
-            lean, m_lean = train_torch(train, valid, ds, hidden, p, b, args.epochs, args.device, lean=True, kernel_time=kernel)
-            ref, m_ref = train_torch(train, valid, ds, hidden, p, b, args.epochs, args.device)
-            print(f"| {name} | {b} | {ours:.2f} | {lean:.2f} | {lean / ours:.1f}x | {ref:.2f} | {ref / ours:.1f}x | "
-                  f"{kernel[0]:.2f} | {ours / kernel[0]:.2f} | {m_ours:.4f} / {m_lean:.4f} / {m_ref:.4f} |", flush=True)  # fmt: skip
+    print("| model | optimizer | batch | recforge s/epoch | lean PyTorch s/epoch | ratio | DataLoader PyTorch s/epoch | ratio | kernel time s/epoch | recforge / kernel | valid metric recforge / lean / DataLoader |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name in args.models:
+        train, valid, _ = ratings if name == "SVD" else loo
+        for opt in args.optimizers:
+            sparse = opt == "sparse_adam"
+            for b in args.batch_sizes:
+                ours, m_ours, kernel = train_recforge(name, train, valid, ds, b, args.epochs, args.device, opt)
+                ref: tuple[float, float] | None = None
+                if name in ("FM", "NFM"):
+                    hidden, p = ([64], 0.2) if name == "NFM" else ([], 0.0)
+                    lean, m_lean = train_torch_fm(train, valid, ds, hidden, p, b, args.epochs, args.device, sparse_adam=sparse)
+                    if not sparse and not args.no_dataloader:
+                        ref = train_torch_fm(train, valid, ds, hidden, p, b, args.epochs, args.device, lean=False)
+                else:
+                    lean, m_lean = train_torch_mf(train, valid, name == "SVD", b, args.epochs, args.device, sparse_adam=sparse)
+                metric = "RMSE" if name == "SVD" else "NDCG@10"
+                dl = f"{ref[0]:.2f} | {ref[0] / ours:.1f}x" if ref else "- | -"
+                dl_m = f" / {ref[1]:.4f}" if ref else ""
+                print(f"| {name} | {opt} | {b} | {ours:.2f} | {lean:.2f} | {lean / ours:.1f}x | {dl} | "
+                      f"{kernel:.2f} | {ours / kernel:.2f} | {metric} {m_ours:.4f} / {m_lean:.4f}{dl_m} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

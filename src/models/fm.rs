@@ -564,10 +564,10 @@ pub fn loss(
     if reg > 0.0 {
         // Squared norms of the factors used, sum_f (v_f x_f)^2: every example's item row and
         // the user rows of the first `once` examples (the positives: each user counted once).
-        let penalty = joint
-            .sq_item
+        let (sq_user, sq_item) = joint.squared_norms()?;
+        let penalty = sq_item
             .f_sum(Kind::Float)?
-            .f_add(&joint.sq_user.f_narrow(0, 0, once)?.f_sum(Kind::Float)?)?;
+            .f_add(&sq_user.f_narrow(0, 0, once)?.f_sum(Kind::Float)?)?;
         Ok(base.f_add(&penalty.f_mul(&Tensor::from(reg / b as f64))?)?)
     } else {
         Ok(base)
@@ -578,10 +578,22 @@ pub fn loss(
 pub struct Joint {
     /// Scores `[N]`.
     pub score: Tensor,
-    /// `sum_f (v_f x_f)^2` over each example's user row, summed over the factor dimension, `[N]`.
-    pub sq_user: Tensor,
-    /// The same over each example's item row, `[N]`.
-    pub sq_item: Tensor,
+    /// Per example, its user row's then its item row's sums `[sum v x, sum (v x)^2, sum w x]`,
+    /// `[2, N, 2k + 1]`.
+    parts: Tensor,
+    k: i64,
+}
+
+impl Joint {
+    /// `sum_f (v_f x_f)^2` summed over the factor dimension, per example, over its user rows
+    /// (`[N]`) and its item rows (`[N]`).
+    pub fn squared_norms(&self) -> Result<(Tensor, Tensor)> {
+        let q = self
+            .parts
+            .f_narrow(2, self.k, self.k)?
+            .f_sum_dim_intlist(2, false, Kind::Float)?;
+        Ok((q.f_select(0, 0)?, q.f_select(0, 1)?))
+    }
 }
 
 /// Positions of `ids` in their list of distinct values, appended to `distinct` (first-seen
@@ -663,32 +675,33 @@ impl Fm {
         let val = Tensor::from_slice(&val).f_to(dev)?;
         let seg = Tensor::from_slice(&seg).f_to(dev)?;
         let k = self.config.dim;
-        let vx = super::lookup(self.get("factors")?, &feat)?.f_mul(&val.f_unsqueeze(1)?)?;
-        let zeros = Tensor::f_zeros([n_rows, k], (Kind::Float, dev))?;
-        let s_rows = zeros.f_index_add(0, &seg, &vx)?;
-        let q_rows = zeros.f_index_add(0, &seg, &vx.f_square()?)?;
-        let lin_rows = Tensor::f_zeros([n_rows], (Kind::Float, dev))?.f_index_add(
+        let val = val.f_unsqueeze(1)?;
+        // Per feature [v x, (v x)^2, w x], summed per distinct row, then each example's user row
+        // and item row gathered at once: one scatter and one gather, forward and backward.
+        let vx = super::lookup(self.get("factors")?, &feat)?.f_mul(&val)?;
+        let wx = self
+            .get("linear")?
+            .f_index_select(0, &feat)?
+            .f_unsqueeze(1)?
+            .f_mul(&val)?;
+        let per_feature = Tensor::f_cat(&[&vx, &vx.f_square()?, &wx], 1)?;
+        let per_row = Tensor::f_zeros([n_rows, 2 * k + 1], (Kind::Float, dev))?.f_index_add(
             0,
             &seg,
-            &self.get("linear")?.f_index_select(0, &feat)?.f_mul(&val)?,
+            &per_feature,
         )?;
-        let ex_u = Tensor::from_slice(&ex_u).f_to(dev)?;
-        let ex_i = Tensor::from_slice(&ex_i).f_to(dev)?;
-        let both = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.f_index_select(0, &ex_u)?
-                .f_add(&t.f_index_select(0, &ex_i)?)?)
-        };
-        let sum = both(&s_rows)?;
-        let sq = both(&q_rows)?;
-        let lin = both(&lin_rows)?.f_add(self.get("bias")?)?;
+        let n = u.len() as i64;
+        let ex: Vec<i64> = ex_u.iter().chain(&ex_i).copied().collect();
+        let parts = per_row
+            .f_index_select(0, &Tensor::from_slice(&ex).f_to(dev)?)?
+            .f_view([2, n, 2 * k + 1])?;
+        let both = parts.f_sum_dim_intlist(0, false, Kind::Float)?;
+        let sum = both.f_narrow(1, 0, k)?;
+        let sq = both.f_narrow(1, k, k)?;
+        let lin = both.f_select(1, 2 * k)?.f_add(self.get("bias")?)?;
         let bi = sum.f_square()?.f_sub(&sq)?.f_mul_scalar(0.5)?;
         let score = lin.f_add(&self.interaction(&bi, train)?)?;
-        let q = q_rows.f_sum_dim_intlist(1, false, Kind::Float)?;
-        Ok(Joint {
-            score,
-            sq_user: q.f_index_select(0, &ex_u)?,
-            sq_item: q.f_index_select(0, &ex_i)?,
-        })
+        Ok(Joint { score, parts, k })
     }
 }
 
