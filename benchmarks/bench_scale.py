@@ -10,8 +10,8 @@ Data (synthetic, seeded with numpy ``default_rng(0)``): for each requested size 
 one interaction and the other n - users are drawn with user activity skewed (lognormal weights,
 sigma 1) and item popularity power-law (Zipf-like: ``p_i ∝ 1 / (rank_i + 1) ** alpha``,
 ``--alpha 1.0`` by default, ranks a random permutation of the item ids). Duplicate (user, item)
-pairs are removed, so fewer than n remain (the table gives the count that remain, and the fits use
-it); rows are shuffled and timestamps increase along them. No split: each model trains on all of
+pairs are removed and more drawn the same way until exactly n distinct pairs remain (the first
+draw keeps every user); rows are shuffled and timestamps increase along them. No split: each model trains on all of
 it, without validation.
 
 Models: recforge ``BPRMF`` (dim 64, Adam lr 0.005, reg 1e-4, its defaults) and ``FM(loss="bce",
@@ -78,8 +78,8 @@ def reset_peak() -> bool:
 
 
 def make_data(n_users: int, n_items: int, n: int, alpha: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, timestamps): n draws (every user at least once, skewed activity, Zipf-like
-    item popularity), duplicates removed, shuffled, timestamps increasing along the rows."""
+    """(users, items, timestamps): n distinct pairs (every user at least once, skewed activity,
+    Zipf-like item popularity), shuffled, timestamps increasing along the rows."""
     if n < n_users:
         raise SystemExit(f"size {n} is below --users {n_users}: every user needs an interaction")
     rng = np.random.default_rng(seed)
@@ -90,11 +90,19 @@ def make_data(n_users: int, n_items: int, n: int, alpha: float, seed: int = 0) -
         cdf = np.cumsum(weights)
         return np.minimum(np.searchsorted(cdf, rng.random(k) * cdf[-1], side="right"), len(weights) - 1)
 
-    users = np.concatenate([np.arange(n_users, dtype=np.int64), draw(user_w, n - n_users)])
-    items = draw(item_p, n)
-    keys = np.unique(users * n_items + items)
-    del users, items
-    keys = keys[rng.permutation(len(keys))]
+    if n > n_users * n_items:
+        raise SystemExit(f"size {n} exceeds users x items")
+    # One interaction per user, then n - users distinct other pairs: duplicates are removed and
+    # more pairs drawn the same way until enough remain.
+    first = np.arange(n_users, dtype=np.int64) * n_items + draw(item_p, n_users)
+    rest = np.empty(0, dtype=np.int64)
+    while len(rest) < n - n_users:
+        k = int((n - n_users - len(rest)) * 1.2) + 16
+        more = draw(user_w, k) * n_items + draw(item_p, k)
+        rest = np.setdiff1d(np.concatenate([rest, more]), first)
+    rest = rest[rng.permutation(len(rest))[: n - n_users]]
+    keys = np.concatenate([first, rest])
+    keys = keys[rng.permutation(n)]
     users, items = keys // n_items, keys % n_items
     stamps = 1_600_000_000 + np.arange(len(keys), dtype=np.int64)
     return users, items, stamps

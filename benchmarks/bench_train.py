@@ -1,4 +1,4 @@
-"""Training speed: recforge's FM, NFM, BPR-MF and SVD against plain PyTorch implementations of the
+"""Training speed: recforge's FM, NFM, BPR-MF, SVD and SASRec against plain PyTorch implementations of the
 same networks, in one process, same data, same hyperparameters, same device:
 
 - the lean loop, the strongest plain PyTorch a skilled engineer writes: batches sliced from
@@ -11,11 +11,13 @@ same networks, in one process, same data, same hyperparameters, same device:
   ``DataLoader(TensorDataset(...))`` and negatives rejected against the positives in a Python loop.
 
 Run: python benchmarks/bench_train.py [--epochs 2 --batch-sizes 64 256 1024 4096
-     --models FM NFM BPR-MF SVD --optimizers adam sparse_adam --device cpu]
+     --models FM NFM BPR-MF SVD SASRec --optimizers adam sparse_adam --device cpu]
 
 Task: ml-latest-small. FM/NFM/BPR-MF: leave-one-out, one uniform negative per positive (fresh each
 epoch); FM/NFM over user id + item id + genres with BCE, BPR-MF with BPR; SVD: 80/10/10 ratings,
-squared error, global mean start. Adam lr 0.005, dimension 64, NFM hidden layer 64 with dropout
+squared error, global mean start; SASRec: leave-one-out, one row per user (its last 50
+next-item targets), 2 blocks, 1 head, dropout 0.2, cross-entropy over all items, Adam lr 0.001
+(betas 0.9/0.98), batches of 32-512 users. Otherwise Adam lr 0.005, dimension 64, NFM hidden layer 64 with dropout
 0.2, no L2 on either side. Prints seconds per epoch (mean over epochs 2.., the first left out on every side), the ratios, the
 kernel time (libtorch's own self time of recforge's ops in one epoch, summed from torch.profiler:
 what remains when every call overhead is gone; the profiler adds a little per op, and recforge's
@@ -132,13 +134,22 @@ def per_epoch(t0: float, ends: list[float]) -> float:
     return (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - t0
 
 
-def lean_epochs(step: Callable[[torch.Tensor], None], n: int, batch: int, epochs: int, device: str) -> float:
-    """Seconds per epoch of the lean loop: one randperm per epoch, batches sliced from it."""
+def lean_epochs(
+    step: Callable[[torch.Tensor, torch.Tensor | None], None],
+    n: int,
+    batch: int,
+    epochs: int,
+    device: str,
+    draw: Callable[[], torch.Tensor] | None = None,
+) -> float:
+    """Seconds per epoch of the lean loop: per epoch the negatives from ``draw`` (if any) and one
+    randperm, then ``step(batch indices, negatives)`` over slices of it."""
     t0, ends = time.perf_counter(), []
     for _ in range(epochs):
+        neg = draw() if draw is not None else None
         perm = torch.randperm(n, device=device)
         for s0 in range(0, n, batch):
-            step(perm[s0 : s0 + batch])
+            step(perm[s0 : s0 + batch], neg)
         ends.append(time.perf_counter())
     return per_epoch(t0, ends)
 
@@ -173,15 +184,12 @@ def train_torch_fm(train, valid, ds, hidden, dropout, batch, epochs, device, spa
     if lean:
         u_t, p_t = torch.from_numpy(users).to(device), torch.from_numpy(pos).to(device)
         keys = u_t * n_items + p_t
-        t0, ends = time.perf_counter(), []
-        for _ in range(epochs):
-            neg = negatives(u_t, keys, n_items)
-            perm = torch.randperm(len(users), device=device)
-            for s0 in range(0, len(users), batch):
-                b = perm[s0 : s0 + batch]
-                step(u_t[b], p_t[b], neg[b])
-            ends.append(time.perf_counter())
-        seconds = per_epoch(t0, ends)
+
+        def lean_step(b: torch.Tensor, neg: torch.Tensor | None) -> None:
+            assert neg is not None
+            step(u_t[b], p_t[b], neg[b])
+
+        seconds = lean_epochs(lean_step, len(users), batch, epochs, device, lambda: negatives(u_t, keys, n_items))
     else:
         t0, ends = time.perf_counter(), []
         seen = set(zip(users.tolist(), pos.tolist()))
@@ -218,35 +226,24 @@ def train_torch_mf(train, valid, rating: bool, batch, epochs, device, sparse_ada
     mean = float(a["ratings"].mean()) if rating else None
     model = TorchMF(n_users, n_items, 64, sparse_adam, mean).to(device)
     opts = optimizers(model, sparse_adam)
-    if rating:
-        r_t = torch.from_numpy(a["ratings"]).to(device)
+    r_t = torch.from_numpy(a["ratings"]).to(device) if rating else None
+    keys = u_t * n_items + i_t
 
-        def step(b: torch.Tensor) -> None:
-            loss = ((model(u_t[b], i_t[b]) - r_t[b]) ** 2).mean()
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
+    def step(b: torch.Tensor, neg: torch.Tensor | None) -> None:
+        u, i = u_t[b], i_t[b]
+        if r_t is not None:
+            loss = ((model(u, i) - r_t[b]) ** 2).mean()
+        else:
+            assert neg is not None
+            loss = -torch.nn.functional.logsigmoid(model(u, i) - model(u, neg[b])).mean()
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        for o in opts:
+            o.step()
 
-        seconds = lean_epochs(step, len(u_t), batch, epochs, device)
-    else:
-        keys = u_t * n_items + i_t
-        t0, ends = time.perf_counter(), []
-        for _ in range(epochs):
-            neg = negatives(u_t, keys, n_items)
-            perm = torch.randperm(len(u_t), device=device)
-            for s0 in range(0, len(u_t), batch):
-                b = perm[s0 : s0 + batch]
-                u = u_t[b]
-                loss = -torch.nn.functional.logsigmoid(model(u, i_t[b]) - model(u, neg[b])).mean()
-                for o in opts:
-                    o.zero_grad()
-                loss.backward()
-                for o in opts:
-                    o.step()
-            ends.append(time.perf_counter())
-        seconds = per_epoch(t0, ends)
+    draw = None if rating else (lambda: negatives(u_t, keys, n_items))
+    seconds = lean_epochs(step, len(u_t), batch, epochs, device, draw)
     with torch.no_grad():
         if rating:
             v = valid.to_arrays()
@@ -260,6 +257,78 @@ def train_torch_mf(train, valid, rating: bool, batch, epochs, device, sparse_ada
         return seconds, metrics.full_ranking(score_all, valid, [train], ks=(10,), metrics=("ndcg",))["ndcg@10"]
 
 
+class TorchSASRec(nn.Module):
+    """recforge's SASRec layout in torch.nn: pre-LN causal blocks, padding (item 0) never attended
+    to, dropout on the embeddings, the attention weights and each block's outputs."""
+
+    def __init__(self, n_items: int, d: int, max_len: int, n_layers: int, heads: int, p: float) -> None:
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, d)
+        self.pos_emb = nn.Embedding(max_len, d)
+        for e in (self.item_emb, self.pos_emb):
+            nn.init.normal_(e.weight, std=0.02)
+        self.ln1 = nn.ModuleList([nn.LayerNorm(d) for _ in range(n_layers)])
+        self.ln2 = nn.ModuleList([nn.LayerNorm(d) for _ in range(n_layers)])
+        self.attn = nn.ModuleList([nn.MultiheadAttention(d, heads, dropout=p, batch_first=True) for _ in range(n_layers)])
+        self.ffn = nn.ModuleList([nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Dropout(p), nn.Linear(d, d)) for _ in range(n_layers)])
+        self.final_ln = nn.LayerNorm(d)
+        self.drop = nn.Dropout(p)
+        self.heads = heads
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        _, length = seq.shape
+        valid = (seq != 0).unsqueeze(-1)
+        x = self.drop(self.item_emb(seq) + self.pos_emb.weight[:length]) * valid
+        allowed = torch.tril(torch.ones(length, length, dtype=torch.bool, device=seq.device)) & (seq != 0).unsqueeze(1)
+        allowed |= torch.eye(length, dtype=torch.bool, device=seq.device)
+        blocked = (~allowed).repeat_interleave(self.heads, 0)
+        for ln1, ln2, attn, ffn in zip(self.ln1, self.ln2, self.attn, self.ffn):
+            q = ln1(x)
+            x = x + self.drop(attn(q, q, q, attn_mask=blocked, need_weights=False)[0])
+            x = (x + self.drop(ffn(ln2(x)))) * valid
+        return self.final_ln(x)
+
+
+def train_torch_sasrec(train, valid, batch, epochs, device, max_len=50) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The lean SASRec loop: one row per user (its last max_len next-item targets, left-padded),
+    rows sliced after one randperm, cross-entropy over all items at every target position."""
+    n_items = train.n_items
+    users = [u for u in range(train.n_users) if train.indptr[u + 1] - train.indptr[u] >= 2]
+    inp = np.zeros((len(users), max_len), np.int64)
+    tgt = np.zeros((len(users), max_len), np.int64)
+    for r, u in enumerate(users):
+        items = train.indices[train.indptr[u] : train.indptr[u + 1]][-(max_len + 1) :] + 1
+        inp[r, max_len - len(items) + 1 :], tgt[r, max_len - len(items) + 1 :] = items[:-1], items[1:]
+    inp_t, tgt_t = torch.from_numpy(inp).to(device), torch.from_numpy(tgt).to(device)
+    torch.manual_seed(0)
+    model = TorchSASRec(n_items, 64, max_len, 2, 1, 0.2).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.001, betas=(0.9, 0.98))
+    model.train()
+
+    def step(b: torch.Tensor, _: torch.Tensor | None) -> None:
+        t = tgt_t[b].reshape(-1)
+        at = t != 0
+        h = model(inp_t[b]).reshape(-1, 64)[at]
+        loss = nn.functional.cross_entropy(h @ model.item_emb.weight[1:].T, t[at] - 1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    seconds = lean_epochs(step, len(users), batch, epochs, device)
+    model.eval()
+
+    @torch.no_grad()
+    def score_all(us: np.ndarray) -> torch.Tensor:
+        seq = np.zeros((len(us), max_len), np.int64)
+        for r, u in enumerate(us):
+            items = train.indices[train.indptr[u] : train.indptr[u + 1]][-max_len:] + 1
+            if len(items):
+                seq[r, max_len - len(items) :] = items
+        return model(torch.from_numpy(seq).to(device))[:, -1] @ model.item_emb.weight[1:].T
+
+    return seconds, metrics.full_ranking(score_all, valid, [train], ks=(10,), metrics=("ndcg",))["ndcg@10"]
+
+
 def make_recforge(name: str, batch: int, epochs: int, device: str, optimizer: str) -> models.TorchModel:
     common: dict[str, Any] = {"epochs": epochs, "batch_size": batch, "lr": LR, "device": device, "optimizer": optimizer}
     if name == "FM":
@@ -268,6 +337,8 @@ def make_recforge(name: str, batch: int, epochs: int, device: str, optimizer: st
         return models.NFM(loss="bce", reg=0.0, dropout=0.2, **common)
     if name == "BPR-MF":
         return models.BPRMF(reg=0.0, **common)
+    if name == "SASRec":
+        return models.SASRec(**{**common, "lr": 0.001})
     return models.SVD(reg=0.0, **common)
 
 
@@ -297,7 +368,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024, 4096])
-    ap.add_argument("--models", nargs="+", default=["FM", "NFM", "BPR-MF", "SVD"], choices=["FM", "NFM", "BPR-MF", "SVD"])
+    ap.add_argument("--models", nargs="+", default=["FM", "NFM", "BPR-MF", "SVD", "SASRec"], choices=["FM", "NFM", "BPR-MF", "SVD", "SASRec"])
+    ap.add_argument("--seq-batch-sizes", type=int, nargs="+", default=[32, 128, 512], help="SASRec: users per batch")
     ap.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"], choices=["adam", "sparse_adam"])
     ap.add_argument("--no-dataloader", action="store_true", help="skip the DataLoader column")
     ap.add_argument("--device", default="cpu")
@@ -310,9 +382,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name in args.models:
         train, valid, _ = ratings if name == "SVD" else loo
-        for opt in args.optimizers:
+        for opt in args.optimizers if name != "SASRec" else ["adam"]:
             sparse = opt == "sparse_adam"
-            for b in args.batch_sizes:
+            for b in args.batch_sizes if name != "SASRec" else args.seq_batch_sizes:
                 ours, m_ours, kernel = train_recforge(name, train, valid, ds, b, args.epochs, args.device, opt)
                 ref: tuple[float, float] | None = None
                 if name in ("FM", "NFM"):
@@ -320,6 +392,8 @@ def main() -> None:
                     lean, m_lean = train_torch_fm(train, valid, ds, hidden, p, b, args.epochs, args.device, sparse_adam=sparse)
                     if not sparse and not args.no_dataloader:
                         ref = train_torch_fm(train, valid, ds, hidden, p, b, args.epochs, args.device, lean=False)
+                elif name == "SASRec":
+                    lean, m_lean = train_torch_sasrec(train, valid, b, args.epochs, args.device)
                 else:
                     lean, m_lean = train_torch_mf(train, valid, name == "SVD", b, args.epochs, args.device, sparse_adam=sparse)
                 metric = "RMSE" if name == "SVD" else "NDCG@10"

@@ -158,9 +158,14 @@ impl Factors {
         let sq = |t: &Tensor, idx: &Tensor| -> Result<Tensor> {
             Ok(t.f_index_select(0, idx)?.f_square()?.f_sum(Kind::Float)?)
         };
-        let mut total = sq(self.get("user_factors")?, users)?;
+        // Factor rows through the embedding lookup, so the penalty's gradient stays sparse (an
+        // index_select would make the whole table's gradient dense every step).
+        let sq_rows = |t: &Tensor, idx: &Tensor| -> Result<Tensor> {
+            Ok(super::lookup(t, idx)?.f_square()?.f_sum(Kind::Float)?)
+        };
+        let mut total = sq_rows(self.get("user_factors")?, users)?;
         for idx in items {
-            total = total.f_add(&sq(self.get("item_factors")?, idx)?)?;
+            total = total.f_add(&sq_rows(self.get("item_factors")?, idx)?)?;
             if self.config.biases {
                 total = total.f_add(&sq(&self.get("item_bias")?.f_unsqueeze(1)?, idx)?)?;
             }
@@ -169,5 +174,50 @@ impl Factors {
             total = total.f_add(&sq(&self.get("user_bias")?.f_unsqueeze(1)?, users)?)?;
         }
         Ok(total.f_div(&Tensor::from(users.size()[0] as f64))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The batch penalty reads factor rows through the embedding lookup: its gradient on the
+    /// factor tables is sparse (so a step never walks the whole table) and equals
+    /// `2 x row / batch` summed over the rows' uses.
+    #[test]
+    fn batch_l2_gradient_is_sparse_and_exact() {
+        let f = Factors::new(
+            FactorsConfig {
+                n_users: 5,
+                n_items: 7,
+                dim: 3,
+                biases: true,
+                init_std: 0.5,
+                seed: 2,
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let users = Tensor::from_slice(&[1i64, 1, 4]);
+        let items = Tensor::from_slice(&[0i64, 6, 6]);
+        let penalty = f.batch_l2(&users, &[&items]).unwrap();
+        let params: Vec<(String, Tensor)> = f.params();
+        let inputs: Vec<&Tensor> = params.iter().map(|(_, t)| t).collect();
+        let grads = Tensor::run_backward(&[penalty], &inputs, false, false);
+        for ((name, p), g) in params.iter().zip(&grads) {
+            let (rows, uses): (&[i64], &[f64]) = match name.as_str() {
+                "user_factors" => (&[1, 4], &[2.0, 1.0]),
+                "item_factors" => (&[0, 6], &[1.0, 2.0]),
+                _ => continue,
+            };
+            assert!(g.is_sparse(), "{name}: dense gradient");
+            let dense = g.to_dense(None, false);
+            let want = p.detach().zeros_like();
+            for (&r, &n) in rows.iter().zip(uses) {
+                want.get(r).copy_(&(p.detach().get(r) * (2.0 * n / 3.0)));
+            }
+            let diff = (&dense - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: {diff}");
+        }
     }
 }

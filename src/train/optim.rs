@@ -212,6 +212,19 @@ impl LrSchedule {
     }
 }
 
+/// The scalars of step `t` of Adam, AdamW or SparseAdam under `c`.
+fn adam_step(c: &OptimConfig, t: i32) -> fused::AdamStep {
+    fused::AdamStep {
+        lr: c.lr,
+        b1: c.betas.0,
+        b2: c.betas.1,
+        eps: c.eps,
+        weight_decay: c.weight_decay,
+        decoupled: c.kind == Kind::AdamW,
+        t,
+    }
+}
+
 /// SparseAdam's lazy update of the rows of `p` a batch used: on the fused CPU path `rows` are the
 /// distinct rows whose gradients were summed into the dense buffer `g`; otherwise `g` is a
 /// coalesced sparse gradient.
@@ -226,15 +239,7 @@ fn sparse_adam(
     let missing = || RecforgeError::config("optimizer state is missing a tensor");
     let mut m = state.get("exp_avg").ok_or_else(missing)?.shallow_clone();
     let mut v = state.get("exp_avg_sq").ok_or_else(missing)?.shallow_clone();
-    let s = fused::AdamStep {
-        lr: c.lr,
-        b1: c.betas.0,
-        b2: c.betas.1,
-        eps: c.eps,
-        weight_decay: c.weight_decay,
-        decoupled: false,
-        t,
-    };
+    let s = adam_step(c, t);
     let (idx, grad_rows) = match rows {
         Some(rows) => {
             let flat = [&*p, g, &m, &v].iter().all(|x| fused::is_flat_f32(x))
@@ -529,15 +534,7 @@ impl Optimizer {
                         && fused::is_flat_f32(&v)
                         && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3]
                     {
-                        let s = fused::AdamStep {
-                            lr: c.lr,
-                            b1: c.betas.0,
-                            b2: c.betas.1,
-                            eps: c.eps,
-                            weight_decay: c.weight_decay,
-                            decoupled: c.kind == Kind::AdamW,
-                            t,
-                        };
+                        let s = adam_step(&c, t);
                         // SAFETY: four distinct contiguous float32 CPU tensors of equal length
                         // (a gradient never shares a parameter's or a moment's storage), used by
                         // nothing else during the call.
