@@ -559,7 +559,27 @@ mod tests {
                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                    "eos_token_id": 59})
         };
-        CausalLm::from_config(config, 11, Device::Cpu, Kind::Float).unwrap()
+        let lm = CausalLm::from_config(config, 11, Device::Cpu, Kind::Float).unwrap();
+        // Weights redrawn from recforge's own generator: libtorch's is global, and tests running
+        // in parallel reseed it, so a weight drawn there can differ from run to run (one such
+        // model had a near tie in its greedy answers). Constant tensors (norm weights, zero
+        // biases) keep their values; the others become uniform with standard deviation 0.2 (ten times the initialiser's, so
+        // greedy choices are far from ties).
+        let mut rng = crate::rng::Rng::new(11, 0);
+        tch::no_grad(|| {
+            for (_, p) in lm.named_parameters() {
+                if p.std(true).double_value(&[]) == 0.0 {
+                    continue;
+                }
+                let half_width = 0.2 * 3f64.sqrt();
+                let values: Vec<f32> = (0..p.numel())
+                    .map(|_| ((rng.unit_f64() * 2.0 - 1.0) * half_width) as f32)
+                    .collect();
+                let mut p = p;
+                p.copy_(&Tensor::from_slice(&values).view(p.size().as_slice()));
+            }
+        });
+        lm
     }
 
     /// Greedy continuation of one prompt by full forward passes over the growing sequence.
