@@ -48,6 +48,8 @@ pub struct FmConfig {
 }
 
 const BN_EPS: f64 = 1e-5;
+/// Floats in one block of an NFM's first-layer output while scoring all items (8 MB).
+const SCORE_BLOCK: i64 = 2_000_000;
 const BN_MOMENTUM: f64 = 0.1;
 
 /// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`, on the model's
@@ -353,6 +355,11 @@ impl Fm {
 
     /// Scores of every user row against every item row -> `[B, I]` (no dropout).
     pub fn score_grid(&self, u: &Aggregates, i: &Aggregates) -> Result<Tensor> {
+        self.score_grid_in_blocks(u, i, SCORE_BLOCK)
+    }
+
+    /// `score_grid` with an NFM's first-layer output computed in blocks of about `block` floats.
+    fn score_grid_in_blocks(&self, u: &Aggregates, i: &Aggregates, block: i64) -> Result<Tensor> {
         let lin = u
             .lin
             .f_unsqueeze(1)?
@@ -402,21 +409,63 @@ impl Fm {
         let wt = w.f_transpose(0, 1)?; // [k, H]
         let hu = half(u)?.f_matmul(&wt)?.f_add(&bias)?; // [B, H]
         let hi = half(i)?.f_matmul(&wt)?; // [I, H]
-        let per_user = u.sum.f_unsqueeze(2)?.f_mul(&wt.f_unsqueeze(0)?)?; // [B, k, H]
-        let h = i
-            .sum
-            .f_unsqueeze(0)?
-            .f_matmul(&per_user)? // [B, I, H]
-            .f_add(&hu.f_unsqueeze(1)?)?
-            .f_add(&hi.f_unsqueeze(0)?)?;
-        Ok(lin.f_add(&self.mlp_tail(h)?)?)
+        let (b, k) = (u.sum.size()[0], wt.size()[0]);
+        let (n_items, h_dim) = (i.sum.size()[0], wt.size()[1]);
+        // Users in sub-batches of `ub`, laid out as one matrix product over the shared item sums:
+        // [I, k + 1] x [k + 1, ub * H], where user b's columns are diag(s_u) W^T over W bi_u +
+        // bias (the item side's extra column is 1), and W bi_i enters as addmm's input. Each
+        // [I, ub, H] block (about `block` floats) is written into one reused buffer, rectified in
+        // place and read once by the rest of the MLP. Scoring only: no autograd graph.
+        let ub = (block / (n_items * h_dim).max(1)).clamp(1, b.max(1));
+        tch::no_grad(|| -> Result<Tensor> {
+            let items_1 = Tensor::f_cat(
+                &[
+                    i.sum.shallow_clone(),
+                    Tensor::f_ones([n_items, 1], (i.sum.kind(), i.sum.device()))?,
+                ],
+                1,
+            )?;
+            let hi_rep = hi.f_repeat([1, ub])?; // [I, ub * H]
+            let buf = Tensor::f_empty([n_items * ub * h_dim], (hi.kind(), hi.device()))?;
+            let mut parts = Vec::new();
+            let mut start = 0;
+            while start < b {
+                let len = ub.min(b - start);
+                let per_user = u
+                    .sum
+                    .f_narrow(0, start, len)?
+                    .f_unsqueeze(2)?
+                    .f_mul(&wt.f_unsqueeze(0)?)? // [len, k, H]
+                    .f_permute([1, 0, 2])?
+                    .f_reshape([k, len * h_dim])?;
+                let p = Tensor::f_cat(
+                    &[
+                        per_user,
+                        hu.f_narrow(0, start, len)?.f_reshape([1, len * h_dim])?,
+                    ],
+                    0,
+                )?;
+                let out = buf
+                    .f_narrow(0, 0, n_items * len * h_dim)?
+                    .f_view([n_items, len * h_dim])?;
+                let h = hi_rep
+                    .f_narrow(1, 0, len * h_dim)?
+                    .f_addmm_out(&out, &items_1, &p)?
+                    .f_view([n_items, len, h_dim])?;
+                parts.push(self.mlp_tail(h)?.f_transpose(0, 1)?); // [len, I]
+                start += len;
+            }
+            Ok(lin.f_add(&Tensor::f_cat(&parts, 0)?)?)
+        })
     }
 
-    /// The MLP after its first linear layer, in evaluation mode: `h` is that layer's output.
+    /// The MLP after its first linear layer, in evaluation mode: `h` is that layer's output
+    /// (overwritten: rectified in place).
     fn mlp_tail(&self, mut h: Tensor) -> Result<Tensor> {
         let n_layers = self.config.hidden.len() + 1;
         for j in 1..n_layers {
-            h = self.batch_norm(h, j, false)?.f_relu()?;
+            h = self.batch_norm(h, j, false)?;
+            let _ = h.f_relu_()?;
             let w = self.get(&format!("mlp.{j}.weight"))?;
             let b = self.get(&format!("mlp.{j}.bias"))?;
             h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
@@ -442,8 +491,8 @@ impl Fm {
         Ok(())
     }
 
-    /// Scores of `users` (a `[B]` index tensor) against every item, `[B, n_items]`, in item chunks
-    /// so an NFM's `[B, chunk, hidden]` first-layer output stays near 32 MB.
+    /// Scores of `users` (a `[B]` index tensor) against every item, `[B, n_items]`; an NFM's
+    /// first-layer output is computed in blocks of about `SCORE_BLOCK` floats.
     pub fn score_all(
         &self,
         users: &FeatureRows,
@@ -452,10 +501,11 @@ impl Fm {
     ) -> Result<Tensor> {
         let ua = self.aggregate(users, u)?;
         let n_items = items.n_rows();
-        let b = u.size()[0].max(1);
+        // An NFM's first-layer block is [chunk, users, hidden] (see `score_grid`): all items in one
+        // chunk unless even one user's block would pass SCORE_BLOCK floats.
         let chunk = match self.config.hidden.first() {
             None => n_items,
-            Some(&h) => (8_000_000 / (b * h.max(1))).clamp(1, n_items.max(1)),
+            Some(&h) => (SCORE_BLOCK / h.max(1)).clamp(1, n_items.max(1)),
         };
         let mut parts = Vec::new();
         let mut start = 0;
@@ -978,6 +1028,62 @@ mod tests {
             .unwrap();
         let g = Vec::<f32>::try_from(grid.reshape([-1])).unwrap();
         assert!((g[1] - got[1]).abs() < 1e-5 && (g[2] - got[2]).abs() < 1e-5);
+    }
+
+    /// An NFM's grid (with batch norm, two hidden layers) equals pair-by-pair scoring, whether
+    /// its first layer runs in one block or one user at a time.
+    #[test]
+    fn nfm_grid_in_blocks_equals_pairs() {
+        let cfg = FmConfig {
+            n_features: 7,
+            dim: 3,
+            hidden: vec![4, 2],
+            dropout: 0.0,
+            init_std: 0.5,
+            seed: 3,
+            batch_norm: true,
+        };
+        let fm = Fm::new(cfg, Device::Cpu).unwrap();
+        let (_, users, items) = tiny(vec![4, 2]);
+        tch::no_grad(|| {
+            for name in [
+                "linear",
+                "bn.0.running_mean",
+                "bn.1.weight",
+                "bn.1.running_mean",
+            ] {
+                let _ = fm.get(name).unwrap().shallow_clone().f_normal_(0.5, 0.3);
+            }
+            let _ = fm
+                .get("bn.0.running_var")
+                .unwrap()
+                .shallow_clone()
+                .f_uniform_(0.5, 2.0);
+        });
+        let (u, i) = (
+            Tensor::from_slice(&[0i64, 1]),
+            Tensor::from_slice(&[0i64, 1, 2]),
+        );
+        let (ua, ia) = (
+            fm.aggregate(&users, &u).unwrap(),
+            fm.aggregate(&items, &i).unwrap(),
+        );
+        let pairs: Vec<f32> = (0..2i64)
+            .flat_map(|a| {
+                let ua = fm
+                    .aggregate(&users, &Tensor::from_slice(&[a, a, a]))
+                    .unwrap();
+                Vec::<f32>::try_from(fm.score_pairs(&ua, &ia, false).unwrap()).unwrap()
+            })
+            .collect();
+        for block in [1, 4, SCORE_BLOCK] {
+            let grid = fm.score_grid_in_blocks(&ua, &ia, block).unwrap();
+            assert_eq!(grid.size(), [2, 3]);
+            let g = Vec::<f32>::try_from(grid.reshape([-1])).unwrap();
+            for (a, b) in g.iter().zip(&pairs) {
+                assert!((a - b).abs() < 1e-5, "block {block}: {a} vs {b}");
+            }
+        }
     }
 
     /// The training path (joint feature rows, batched products) scores like the aggregate path,

@@ -1,0 +1,146 @@
+"""The sweep behind BPR-MF's defaults, and RecBole's BPR on the same split as the reference.
+
+Run: python benchmarks/sweep_bprmf.py [--recbole] [--json sweep.json]
+     (``--recbole`` needs `pip install recbole==1.2.1 colorlog colorama texttable thop tabulate tensorboard`)
+
+Protocol (the training-core issue's): the bundled ml-latest-small, one 80/10/10 random split per
+user (recforge.split.ratio, seed 0); full ranking over every item with the user's train items
+masked for validation and train + valid items masked for the test; NDCG@10. Every run validates
+each epoch, keeps the best weights and stops after ``--patience`` epochs without a gain (up to
+``--max-epochs``), as RecBole's trainer does (``stopping_step``).
+
+Stage 1: learning rate x batch size at reg 1e-4 (seed 0). Stage 2: the L2 weight at the best
+pair. Stage 3: the chosen setting, the previous defaults (30 epochs, batch 1024, lr 0.005, no
+early stopping) and RecBole's BPR with its own defaults (dim 64, Adam lr 1e-3, batch 2048, up to
+300 epochs, stopping_step 10), on seeds 0-2: test NDCG@10 mean and spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import recforge
+from recforge import datasets, metrics, models, split
+
+
+def run(s: Any, *, lr: float, batch: int, reg: float, seed: int, epochs: int, patience: int | None) -> dict[str, Any]:
+    t = time.perf_counter()
+    m = models.BPRMF(64, lr=lr, batch_size=batch, reg=reg, epochs=epochs, seed=seed, device="cpu")
+    m.fit(s.train, s.valid, patience=patience, progress=False)
+    test = metrics.full_ranking(m.score_all, s.test, exclude=[s.train, s.valid], ks=(10,), metrics=("ndcg",))
+    return {
+        "lr": lr, "batch": batch, "reg": reg, "seed": seed,
+        "epochs_run": len(m.history), "best_epoch": m.best_epoch,
+        "valid_ndcg@10": max(h.get("ndcg@10", float("nan")) for h in m.history),
+        "test_ndcg@10": float(test["ndcg@10"]), "seconds": time.perf_counter() - t,
+    }  # fmt: skip
+
+
+def recbole_bpr(s: Any, seed: int) -> dict[str, Any]:
+    # RecBole 1.2.1 predates NumPy 2: give it the aliases it reads (same types, old names).
+    for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if old not in np.__dict__:
+            setattr(np, old, new)
+    import logging
+
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.general_recommender.bpr import BPR
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    t = time.perf_counter()
+    # RecBole writes log folders into the working directory: run it inside the temporary one.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        folder = Path(tmp) / "mls"
+        folder.mkdir()
+        for part in ("train", "valid", "test"):
+            a = getattr(s, part).to_arrays()
+            rows = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(a["users"], a["items"])]
+            (folder / f"mls.{part}.inter").write_text("\n".join(rows) + "\n")
+        config = Config(model="BPR", dataset="mls", config_dict={
+            "data_path": tmp, "benchmark_filename": ["train", "valid", "test"],
+            "load_col": {"inter": ["user_id", "item_id"]}, "eval_args": {"mode": "full", "order": "RO", "group_by": "user"},
+            "metrics": ["NDCG"], "topk": [10], "valid_metric": "NDCG@10", "device": "cpu", "use_gpu": False,
+            "show_progress": False, "seed": seed, "state": "ERROR", "checkpoint_dir": tmp,
+        })  # fmt: skip
+        init_seed(config["seed"], config["reproducibility"])
+        logging.getLogger().setLevel(logging.ERROR)
+        ds = create_dataset(config)
+        train_data, valid_data, test_data = data_preparation(config, ds)
+        trainer = Trainer(config, BPR(config, train_data.dataset).to("cpu"))
+        best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    return {
+        "seed": seed, "epochs_run": len(trainer.train_loss_dict), "valid_ndcg@10": float(best_valid),
+        "test_ndcg@10": float(test["ndcg@10"]), "seconds": time.perf_counter() - t,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--max-epochs", type=int, default=300)
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--recbole", action="store_true")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    s = split.ratio(datasets.movielens_small().interactions, (0.8, 0.1, 0.1), seed=0)
+    out: dict[str, Any] = {}
+    kw = {"epochs": args.max_epochs, "patience": args.patience}
+
+    stage1 = []
+    for lr in (1e-3, 2e-3, 5e-3, 1e-2):
+        for batch in (256, 1024, 2048):
+            r = run(s, lr=lr, batch=batch, reg=1e-4, seed=0, **kw)
+            print(r, flush=True)
+            stage1.append(r)
+    best = max(stage1, key=lambda r: r["valid_ndcg@10"])
+    stage2 = [best] + [run(s, lr=best["lr"], batch=best["batch"], reg=reg, seed=0, **kw) for reg in (0.0, 1e-5, 1e-3)]
+    for r in stage2[1:]:
+        print(r, flush=True)
+    chosen = max(stage2, key=lambda r: r["valid_ndcg@10"])
+    out["stage1"], out["stage2"] = stage1, stage2
+
+    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "previous defaults": []}
+    for seed in (0, 1, 2):
+        finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
+        finals["previous defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
+        if args.recbole:
+            finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
+        print({k: v[-1] for k, v in finals.items()}, flush=True)
+    out["stage3"] = finals
+
+    print("\nStage 1: lr x batch (reg 1e-4, seed 0), best valid NDCG@10 (epoch of the best)")
+    print("| lr | " + " | ".join(f"batch {b}" for b in (256, 1024, 2048)) + " |")
+    print("|---:|---:|---:|---:|")
+    for lr in (1e-3, 2e-3, 5e-3, 1e-2):
+        cells = [r for r in stage1 if r["lr"] == lr]
+        print(f"| {lr:g} | " + " | ".join(f"{r['valid_ndcg@10']:.4f} ({r['best_epoch']})" for r in cells) + " |")
+    print(f"\nStage 2: reg at lr {best['lr']:g}, batch {best['batch']}")
+    print("| reg | valid NDCG@10 | best epoch |")
+    print("|---:|---:|---:|")
+    for r in sorted(stage2, key=lambda r: r["reg"]):
+        print(f"| {r['reg']:g} | {r['valid_ndcg@10']:.4f} | {r['best_epoch']} |")
+    print("\nStage 3: test NDCG@10 over seeds 0-2 (train + valid masked)")
+    print("| setting | test NDCG@10 mean | min - max | epochs run (mean) | seconds per run (mean) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in finals.items():
+        v = np.array([r["test_ndcg@10"] for r in rs])
+        ep = [r["epochs_run"] for r in rs if r["epochs_run"] is not None]
+        print(f"| {name} | {v.mean():.4f} | {v.min():.4f} - {v.max():.4f} | "
+              f"{np.mean(ep) if ep else float('nan'):.0f} | {np.mean([r['seconds'] for r in rs]):.1f} |")  # fmt: skip
+    print(f"\nchosen: lr {chosen['lr']:g}, batch {chosen['batch']}, reg {chosen['reg']:g}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
