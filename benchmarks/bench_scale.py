@@ -14,7 +14,7 @@ pairs are removed and more drawn the same way until exactly n distinct pairs rem
 draw keeps every user); rows are shuffled and timestamps increase along them. No split: each model trains on all of
 it, without validation.
 
-Models: recforge ``BPRMF`` (dim 64, Adam lr 0.005, reg 1e-4, its defaults) and ``FM(loss="bce",
+Models: recforge ``BPRMF`` (dim 64, Adam lr 0.005, reg 1e-4) and ``FM(loss="bce",
 lr=0.005, reg=0.0)`` over the user id and item id only, against the lean loop, the strongest plain
 PyTorch an engineer writes (as in benchmarks/bench_train.py): ``nn.Embedding`` tables (normal init,
 std 0.1), batches sliced from tensors after one ``torch.randperm`` per epoch, negatives from one

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -57,6 +58,9 @@ def recbole_bpr(s: Any, seed: int) -> dict[str, Any]:
     from recbole.trainer import Trainer
     from recbole.utils import init_seed
 
+    # Its best-model reload calls torch.load on the checkpoint it just wrote, which torch >= 2.6
+    # refuses under weights_only=True; the file is our own, so allow the full unpickler.
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     t = time.perf_counter()
     # RecBole writes log folders into the working directory: run it inside the temporary one.
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
@@ -91,11 +95,57 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--recbole", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--chosen", type=float, nargs=3, metavar=("LR", "BATCH", "REG"),
+                    help="skip stages 1-2 and run stage 3 with this setting")  # fmt: skip
+    ap.add_argument("--recbole-seeds", type=int, default=3, help="RecBole runs in stage 3 (seeds 0..n-1)")
     args = ap.parse_args()
     s = split.ratio(datasets.movielens_small().interactions, (0.8, 0.1, 0.1), seed=0)
     out: dict[str, Any] = {}
     kw = {"epochs": args.max_epochs, "patience": args.patience}
 
+    if args.chosen:
+        lr, batch, reg = args.chosen
+        stage1: list[dict[str, Any]] = []
+        stage2: list[dict[str, Any]] = []
+        best = chosen = {"lr": lr, "batch": int(batch), "reg": reg}
+    else:
+        stage1, stage2, best, chosen = sweep(s, kw)
+    out["stage1"], out["stage2"] = stage1, stage2
+
+    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "previous defaults": []}
+    for seed in (0, 1, 2):
+        finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
+        finals["previous defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
+        if args.recbole and seed < args.recbole_seeds:
+            finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
+        print({k: v[-1] for k, v in finals.items()}, flush=True)
+        out["stage3"] = finals
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+
+    if stage1:
+        print("\nStage 1: lr x batch (reg 1e-4, seed 0), best valid NDCG@10 (epoch of the best)")
+        print("| lr | " + " | ".join(f"batch {b}" for b in (256, 1024, 2048)) + " |")
+        print("|---:|---:|---:|---:|")
+        for lr in (1e-3, 2e-3, 5e-3, 1e-2):
+            cells = [r for r in stage1 if r["lr"] == lr]
+            print(f"| {lr:g} | " + " | ".join(f"{r['valid_ndcg@10']:.4f} ({r['best_epoch']})" for r in cells) + " |")
+        print(f"\nStage 2: reg at lr {best['lr']:g}, batch {best['batch']}")
+        print("| reg | valid NDCG@10 | best epoch |")
+        print("|---:|---:|---:|")
+        for r in sorted(stage2, key=lambda r: r["reg"]):
+            print(f"| {r['reg']:g} | {r['valid_ndcg@10']:.4f} | {r['best_epoch']} |")
+    print("\nStage 3: test NDCG@10 (train + valid masked)")
+    print("| setting | runs | test NDCG@10 mean | min - max | epochs run (mean) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in finals.items():
+        v = np.array([r["test_ndcg@10"] for r in rs])
+        print(f"| {name} | {len(rs)} | {v.mean():.4f} | {v.min():.4f} - {v.max():.4f} | {np.mean([r['epochs_run'] for r in rs]):.0f} |")
+    print(f"\nchosen: lr {chosen['lr']:g}, batch {chosen['batch']}, reg {chosen['reg']:g}")
+
+
+def sweep(s: Any, kw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Stages 1 and 2: the runs, the best (lr, batch) and the chosen setting."""
     stage1 = []
     for lr in (1e-3, 2e-3, 5e-3, 1e-2):
         for batch in (256, 1024, 2048):
@@ -107,39 +157,7 @@ def main() -> None:
     for r in stage2[1:]:
         print(r, flush=True)
     chosen = max(stage2, key=lambda r: r["valid_ndcg@10"])
-    out["stage1"], out["stage2"] = stage1, stage2
-
-    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "previous defaults": []}
-    for seed in (0, 1, 2):
-        finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
-        finals["previous defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
-        if args.recbole:
-            finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
-        print({k: v[-1] for k, v in finals.items()}, flush=True)
-    out["stage3"] = finals
-
-    print("\nStage 1: lr x batch (reg 1e-4, seed 0), best valid NDCG@10 (epoch of the best)")
-    print("| lr | " + " | ".join(f"batch {b}" for b in (256, 1024, 2048)) + " |")
-    print("|---:|---:|---:|---:|")
-    for lr in (1e-3, 2e-3, 5e-3, 1e-2):
-        cells = [r for r in stage1 if r["lr"] == lr]
-        print(f"| {lr:g} | " + " | ".join(f"{r['valid_ndcg@10']:.4f} ({r['best_epoch']})" for r in cells) + " |")
-    print(f"\nStage 2: reg at lr {best['lr']:g}, batch {best['batch']}")
-    print("| reg | valid NDCG@10 | best epoch |")
-    print("|---:|---:|---:|")
-    for r in sorted(stage2, key=lambda r: r["reg"]):
-        print(f"| {r['reg']:g} | {r['valid_ndcg@10']:.4f} | {r['best_epoch']} |")
-    print("\nStage 3: test NDCG@10 over seeds 0-2 (train + valid masked)")
-    print("| setting | test NDCG@10 mean | min - max | epochs run (mean) | seconds per run (mean) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, rs in finals.items():
-        v = np.array([r["test_ndcg@10"] for r in rs])
-        ep = [r["epochs_run"] for r in rs if r["epochs_run"] is not None]
-        print(f"| {name} | {v.mean():.4f} | {v.min():.4f} - {v.max():.4f} | "
-              f"{np.mean(ep) if ep else float('nan'):.0f} | {np.mean([r['seconds'] for r in rs]):.1f} |")  # fmt: skip
-    print(f"\nchosen: lr {chosen['lr']:g}, batch {chosen['batch']}, reg {chosen['reg']:g}")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+    return stage1, stage2, best, chosen
 
 
 if __name__ == "__main__":
