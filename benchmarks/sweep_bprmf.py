@@ -1,4 +1,4 @@
-"""The sweep behind BPR-MF's defaults, and RecBole's BPR on the same split as the reference.
+"""A sweep of BPR-MF's training settings, with RecBole's BPR on the same split as the reference.
 
 Run: python benchmarks/sweep_bprmf.py [--recbole] [--json sweep.json]
      (``--recbole`` needs `pip install recbole==1.2.1 colorlog colorama texttable thop tabulate tensorboard`)
@@ -6,11 +6,11 @@ Run: python benchmarks/sweep_bprmf.py [--recbole] [--json sweep.json]
 Protocol (the training-core issue's): the bundled ml-latest-small, one 80/10/10 random split per
 user (recforge.split.ratio, seed 0); full ranking over every item with the user's train items
 masked for validation and train + valid items masked for the test; NDCG@10. Every run validates
-each epoch, keeps the best weights and stops after ``--patience`` epochs without a gain (up to
-``--max-epochs``), as RecBole's trainer does (``stopping_step``).
+each epoch, keeps the best weights and stops once more than ``--patience`` epochs in a row bring
+no gain (up to ``--max-epochs``), as RecBole's trainer does (``stopping_step``).
 
 Stage 1: learning rate x batch size at reg 1e-4 (seed 0). Stage 2: the L2 weight at the best
-pair. Stage 3: the chosen setting, the previous defaults (30 epochs, batch 1024, lr 0.005, no
+pair. Stage 3: the chosen setting, recforge's defaults (30 epochs, batch 1024, lr 0.005, no
 early stopping) and RecBole's BPR with its own defaults (dim 64, Adam lr 1e-3, batch 2048, up to
 300 epochs, stopping_step 10), on seeds 0-2: test NDCG@10 mean and spread.
 """
@@ -112,10 +112,10 @@ def main() -> None:
         stage1, stage2, best, chosen = sweep(s, kw)
     out["stage1"], out["stage2"] = stage1, stage2
 
-    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "previous defaults": []}
+    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "recforge defaults": []}
     for seed in (0, 1, 2):
         finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
-        finals["previous defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
+        finals["recforge defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
         if args.recbole and seed < args.recbole_seeds:
             finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
         print({k: v[-1] for k, v in finals.items()}, flush=True)

@@ -88,7 +88,8 @@ impl EpochLog {
 pub struct FitOptions {
     /// Epochs (default: the spec's).
     pub epochs: Option<u64>,
-    /// Stop after this many epochs without a better validation value.
+    /// Stop once more than this many epochs in a row bring no better validation value (RecBole's
+    /// `stopping_step` rule); the best weights are restored either way.
     pub patience: Option<u64>,
     /// Write `last` (every epoch) and `best` checkpoints here.
     pub checkpoint_dir: Option<std::path::PathBuf>,

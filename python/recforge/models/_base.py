@@ -226,7 +226,8 @@ class TorchModel(Recommender):
         progress: bool = True,
     ) -> "TorchModel":
         """Train on ``train`` from a fresh initialisation; with ``valid``, evaluate each epoch (``self.monitor``), keep the best
-        weights and stop after ``patience`` epochs without improvement.
+        weights and stop once more than ``patience`` epochs in a row bring no improvement (RecBole's
+        ``stopping_step`` rule).
 
         ``callbacks`` are called as ``cb(epoch, logs)`` after each epoch (``logs`` holds the loss and
         validation metrics); an exception raised there (e.g. ``optuna.TrialPruned``) stops training
