@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import recforge
+from _recbole import numpy_aliases, write_atomic
 from recforge import datasets, metrics, models, split
 
 
@@ -56,19 +57,8 @@ def top_items(x: recforge.Interactions, n: int) -> recforge.Interactions:
     return recforge.Interactions.from_arrays(a["users"][m], new[a["items"][m]], n_users=x.n_users, n_items=len(keep))
 
 
-def write_atomic(folder: Path, name: str, parts: dict[str, recforge.Interactions]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for part, x in parts.items():
-        a = x.to_arrays()
-        lines = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(a["users"], a["items"])]
-        (folder / f"{name}.{part}.inter").write_text("\n".join(lines) + "\n")
-
-
 def recbole_eval(root: Path, name: str, epochs: int, eval_batch_size: int | None) -> tuple[Any, Any]:
-    # RecBole 1.2.1 predates NumPy 2: give it the aliases it reads (same types, old names).
-    for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
-        if old not in np.__dict__:
-            setattr(np, old, new)
+    numpy_aliases()
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.model.context_aware_recommender.nfm import NFM

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-import recforge
+from _recbole import numpy_aliases, write_atomic
 from recforge import datasets, metrics, models, split
 
 
@@ -46,10 +46,7 @@ def run(s: Any, *, lr: float, batch: int, reg: float, seed: int, epochs: int, pa
 
 
 def recbole_bpr(s: Any, seed: int) -> dict[str, Any]:
-    # RecBole 1.2.1 predates NumPy 2: give it the aliases it reads (same types, old names).
-    for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
-        if old not in np.__dict__:
-            setattr(np, old, new)
+    numpy_aliases()
     import logging
 
     from recbole.config import Config
@@ -64,12 +61,7 @@ def recbole_bpr(s: Any, seed: int) -> dict[str, Any]:
     t = time.perf_counter()
     # RecBole writes log folders into the working directory: run it inside the temporary one.
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        folder = Path(tmp) / "mls"
-        folder.mkdir()
-        for part in ("train", "valid", "test"):
-            a = getattr(s, part).to_arrays()
-            rows = ["user_id:token\titem_id:token"] + [f"u{u}\ti{i}" for u, i in zip(a["users"], a["items"])]
-            (folder / f"mls.{part}.inter").write_text("\n".join(rows) + "\n")
+        write_atomic(Path(tmp) / "mls", "mls", {part: getattr(s, part) for part in ("train", "valid", "test")})
         config = Config(model="BPR", dataset="mls", config_dict={
             "data_path": tmp, "benchmark_filename": ["train", "valid", "test"],
             "load_col": {"inter": ["user_id", "item_id"]}, "eval_args": {"mode": "full", "order": "RO", "group_by": "user"},
