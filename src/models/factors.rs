@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
+use super::Var;
 use crate::error::{RecforgeError, Result};
 
 /// Sizes and initialisation.
@@ -43,13 +44,27 @@ impl FactorsConfig {
     }
 }
 
-/// The parameters.
+/// User, item and global biases.
+#[derive(Debug)]
+struct Biases {
+    /// `user_bias` `[n_users]`.
+    user: Var,
+    /// `item_bias` `[n_items]`.
+    item: Var,
+    /// `global_bias` `[1]`.
+    global: Var,
+}
+
+/// The parameters, in one `nn::VarStore`: `user_factors`, `item_factors` (sparse gradients),
+/// and with `biases` `user_bias`, `item_bias`, `global_bias`.
 #[derive(Debug)]
 pub struct Factors {
     /// Configuration.
     pub config: FactorsConfig,
-    params: Vec<(String, Tensor)>,
-    device: Device,
+    vs: nn::VarStore,
+    user_factors: Var,
+    item_factors: Var,
+    biases: Option<Biases>,
 }
 
 impl Factors {
@@ -58,50 +73,83 @@ impl Factors {
         config.validate()?;
         tch::manual_seed(config.seed as i64);
         let opts = (Kind::Float, Device::Cpu);
-        let init = |n: i64| -> Result<Tensor> {
-            Ok(Tensor::f_randn([n, config.dim], opts)?
-                .f_mul(&Tensor::from(config.init_std))?
-                .f_to(device)?
-                .set_requires_grad(true))
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let init = |name: &str, n: i64| -> Result<Var> {
+            let t =
+                Tensor::f_randn([n, config.dim], opts)?.f_mul(&Tensor::from(config.init_std))?;
+            Var::param(&root, name, &t)
         };
-        let mut params = vec![
-            ("user_factors".to_string(), init(config.n_users)?),
-            ("item_factors".to_string(), init(config.n_items)?),
-        ];
-        if config.biases {
-            let zeros = |n: i64| -> Result<Tensor> {
-                Ok(Tensor::f_zeros([n], (Kind::Float, device))?.set_requires_grad(true))
-            };
-            params.push(("user_bias".into(), zeros(config.n_users)?));
-            params.push(("item_bias".into(), zeros(config.n_items)?));
-            params.push(("global_bias".into(), zeros(1)?));
-        }
+        let user_factors = init("user_factors", config.n_users)?;
+        let item_factors = init("item_factors", config.n_items)?;
+        let biases = if config.biases {
+            let zeros = |name: &str, n: i64| Var::param(&root, name, &Tensor::f_zeros([n], opts)?);
+            Some(Biases {
+                user: zeros("user_bias", config.n_users)?,
+                item: zeros("item_bias", config.n_items)?,
+                global: zeros("global_bias", 1)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             config,
-            params,
-            device,
+            vs,
+            user_factors,
+            item_factors,
+            biases,
         })
     }
 
     /// The device the parameters live on.
     pub fn device(&self) -> Device {
-        self.device
+        self.vs.device()
     }
 
-    /// Named parameters (shallow handles).
+    /// Named parameters (shallow handles): `user_factors`, `item_factors`, then (with biases)
+    /// `user_bias`, `item_bias`, `global_bias`.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        super::handles(&self.params)
+        let biases = self
+            .biases
+            .iter()
+            .flat_map(|b| [&b.user, &b.item, &b.global]);
+        super::named(
+            [&self.user_factors, &self.item_factors]
+                .into_iter()
+                .chain(biases),
+        )
     }
 
-    /// The parameter called `name`.
-    pub fn get(&self, name: &str) -> Result<&Tensor> {
-        super::find(&self.params, name)
+    /// User factors `[n_users, dim]`.
+    pub fn user_factors(&self) -> &Tensor {
+        &self.user_factors
+    }
+
+    /// Item factors `[n_items, dim]`.
+    pub fn item_factors(&self) -> &Tensor {
+        &self.item_factors
+    }
+
+    /// User biases `[n_users]` (`None` without biases).
+    pub fn user_bias(&self) -> Option<&Tensor> {
+        self.biases.as_ref().map(|b| &*b.user)
+    }
+
+    /// Item biases `[n_items]` (`None` without biases).
+    pub fn item_bias(&self) -> Option<&Tensor> {
+        self.biases.as_ref().map(|b| &*b.item)
+    }
+
+    /// The global bias `[1]` (`None` without biases).
+    pub fn global_bias(&self) -> Option<&Tensor> {
+        self.biases.as_ref().map(|b| &*b.global)
     }
 
     /// Copies parameter values from `tensors` (checkpoint or state dict); a missing or mis-shaped
     /// tensor is an error naming it.
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        super::load_named(&mut self.params, tensors, self.device)
+        let device = self.device();
+        super::load_named(&mut self.params(), tensors, device)
     }
 
     /// Checks that ids lie in range.
@@ -123,31 +171,28 @@ impl Factors {
 
     /// Scores of (user, item) pairs (index tensors on this device): `[B]`.
     pub fn predict(&self, users: &Tensor, items: &Tensor) -> Result<Tensor> {
-        let p = super::lookup(self.get("user_factors")?, users)?;
-        let q = super::lookup(self.get("item_factors")?, items)?;
+        let p = super::lookup(&self.user_factors, users)?;
+        let q = super::lookup(&self.item_factors, items)?;
         let mut s = p.f_mul(&q)?.f_sum_dim_intlist(1, false, Kind::Float)?;
-        if self.config.biases {
+        if let Some(b) = &self.biases {
             s = s
-                .f_add(&self.get("user_bias")?.f_index_select(0, users)?)?
-                .f_add(&self.get("item_bias")?.f_index_select(0, items)?)?
-                .f_add(self.get("global_bias")?)?;
+                .f_add(&b.user.f_index_select(0, users)?)?
+                .f_add(&b.item.f_index_select(0, items)?)?
+                .f_add(&b.global)?;
         }
         Ok(s)
     }
 
     /// Scores of every item for each user: `[B, n_items]`.
     pub fn score_all(&self, users: &Tensor) -> Result<Tensor> {
-        let p = super::lookup(self.get("user_factors")?, users)?;
-        let mut s = p.f_matmul(&self.get("item_factors")?.f_transpose(0, 1)?)?;
-        if self.config.biases {
-            let bu = self
-                .get("user_bias")?
-                .f_index_select(0, users)?
-                .f_unsqueeze(1)?;
+        let p = super::lookup(&self.user_factors, users)?;
+        let mut s = p.f_matmul(&self.item_factors.f_transpose(0, 1)?)?;
+        if let Some(b) = &self.biases {
+            let bu = b.user.f_index_select(0, users)?.f_unsqueeze(1)?;
             s = s
                 .f_add(&bu)?
-                .f_add(&self.get("item_bias")?.f_unsqueeze(0)?)?
-                .f_add(self.get("global_bias")?)?;
+                .f_add(&b.item.f_unsqueeze(0)?)?
+                .f_add(&b.global)?;
         }
         Ok(s)
     }
@@ -163,15 +208,15 @@ impl Factors {
         let sq_rows = |t: &Tensor, idx: &Tensor| -> Result<Tensor> {
             Ok(super::lookup(t, idx)?.f_square()?.f_sum(Kind::Float)?)
         };
-        let mut total = sq_rows(self.get("user_factors")?, users)?;
+        let mut total = sq_rows(&self.user_factors, users)?;
         for idx in items {
-            total = total.f_add(&sq_rows(self.get("item_factors")?, idx)?)?;
-            if self.config.biases {
-                total = total.f_add(&sq(&self.get("item_bias")?.f_unsqueeze(1)?, idx)?)?;
+            total = total.f_add(&sq_rows(&self.item_factors, idx)?)?;
+            if let Some(b) = &self.biases {
+                total = total.f_add(&sq(&b.item.f_unsqueeze(1)?, idx)?)?;
             }
         }
-        if self.config.biases {
-            total = total.f_add(&sq(&self.get("user_bias")?.f_unsqueeze(1)?, users)?)?;
+        if let Some(b) = &self.biases {
+            total = total.f_add(&sq(&b.user.f_unsqueeze(1)?, users)?)?;
         }
         Ok(total.f_div(&Tensor::from(users.size()[0] as f64))?)
     }
@@ -198,6 +243,7 @@ mod tests {
             Device::Cpu,
         )
         .unwrap();
+        super::super::assert_in_store(&f.vs, &f.params(), &[]);
         let users = Tensor::from_slice(&[1i64, 1, 4]);
         let items = Tensor::from_slice(&[0i64, 6, 6]);
         let penalty = f.batch_l2(&users, &[&items]).unwrap();

@@ -21,11 +21,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::train::model::{Model, Validation};
+
+use super::{Linear, Var};
 
 /// Sizes and options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,15 +135,33 @@ pub struct Aggregates {
     sq: Tensor,
 }
 
-/// An FM or NFM.
+/// Batch normalisation `bn.{j}`: trained scale and shift, running statistics (buffers).
+#[derive(Debug)]
+struct BatchNorm {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+}
+
+/// An FM or NFM. Its variables live in one `nn::VarStore`: `bias`, `linear`, `factors`, with
+/// an NFM's `bn.{j}.*` (batch norm) and `mlp.{j}.*` (its layers).
 #[derive(Debug)]
 pub struct Fm {
     /// Configuration.
     pub config: FmConfig,
-    params: Vec<(String, Tensor)>,
-    /// Batch-norm running statistics (not trained).
-    buffers: Vec<(String, Tensor)>,
-    device: Device,
+    vs: nn::VarStore,
+    /// Global bias `[1]`.
+    bias: Var,
+    /// Linear weights `[n_features]`.
+    linear: Var,
+    /// Factors `[n_features, dim]` (sparse gradients).
+    factors: Var,
+    /// Batch norm after the bi-interaction pooling and each hidden layer (empty without
+    /// `batch_norm`).
+    bn: Vec<BatchNorm>,
+    /// The NFM's layers, the last one to a scalar (empty for a plain FM).
+    mlp: Vec<Linear>,
     /// Kept between training batches: an id's position among a batch's distinct rows (-1 when
     /// absent), so deduplicating costs the batch's size, not the table's.
     slot: Mutex<Vec<i64>>,
@@ -164,35 +184,27 @@ impl Fm {
         }
         tch::manual_seed(config.seed as i64);
         let cpu = (Kind::Float, Device::Cpu);
-        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
-        let mut params = vec![
-            ("bias".to_string(), leaf(Tensor::f_zeros([1], cpu)?)?),
-            (
-                "linear".to_string(),
-                leaf(Tensor::f_zeros([config.n_features], cpu)?)?,
-            ),
-            (
-                "factors".to_string(),
-                leaf(
-                    Tensor::f_randn([config.n_features, config.dim], cpu)?
-                        .f_mul(&Tensor::from(config.init_std))?,
-                )?,
-            ),
-        ];
-        let mut buffers = Vec::new();
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let bias = Var::param(&root, "bias", &Tensor::f_zeros([1], cpu)?)?;
+        let linear = Var::param(&root, "linear", &Tensor::f_zeros([config.n_features], cpu)?)?;
+        let factors = Var::param(
+            &root,
+            "factors",
+            &Tensor::f_randn([config.n_features, config.dim], cpu)?
+                .f_mul(&Tensor::from(config.init_std))?,
+        )?;
+        let mut bn = Vec::new();
         if config.batch_norm && !config.hidden.is_empty() {
             let bn_sizes = std::iter::once(config.dim).chain(config.hidden.iter().copied());
             for (j, n) in bn_sizes.enumerate() {
-                params.push((format!("bn.{j}.weight"), leaf(Tensor::f_ones([n], cpu)?)?));
-                params.push((format!("bn.{j}.bias"), leaf(Tensor::f_zeros([n], cpu)?)?));
-                buffers.push((
-                    format!("bn.{j}.running_mean"),
-                    Tensor::f_zeros([n], cpu)?.f_to(device)?,
-                ));
-                buffers.push((
-                    format!("bn.{j}.running_var"),
-                    Tensor::f_ones([n], cpu)?.f_to(device)?,
-                ));
+                let p = root.sub("bn").sub(j);
+                bn.push(BatchNorm {
+                    weight: Var::param(&p, "weight", &Tensor::f_ones([n], cpu)?)?,
+                    bias: Var::param(&p, "bias", &Tensor::f_zeros([n], cpu)?)?,
+                    running_mean: Var::buffer(&p, "running_mean", Tensor::f_zeros([n], cpu)?)?,
+                    running_var: Var::buffer(&p, "running_var", Tensor::f_ones([n], cpu)?)?,
+                });
             }
         }
         let mut fan_in = config.dim;
@@ -206,6 +218,7 @@ impl Fm {
                 Some(1)
             })
             .collect();
+        let mut mlp = Vec::new();
         for (j, &out) in layers.iter().enumerate() {
             let bound = 1.0 / (fan_in as f64).sqrt();
             let u = |shape: &[i64]| -> Result<Tensor> {
@@ -213,54 +226,64 @@ impl Fm {
                     .f_mul(&Tensor::from(2.0 * bound))?
                     .f_sub(&Tensor::from(bound))?)
             };
-            params.push((format!("mlp.{j}.weight"), leaf(u(&[out, fan_in])?)?));
-            params.push((format!("mlp.{j}.bias"), leaf(u(&[out])?)?));
+            let weight = u(&[out, fan_in])?;
+            mlp.push(Linear::new(&root.sub("mlp").sub(j), &weight, &u(&[out])?)?);
             fan_in = out;
         }
         Ok(Self {
             config,
-            params,
-            buffers,
-            device,
+            vs,
+            bias,
+            linear,
+            factors,
+            bn,
+            mlp,
             slot: Mutex::new(Vec::new()),
         })
     }
 
     /// The device.
     pub fn device(&self) -> Device {
-        self.device
+        self.vs.device()
     }
 
-    /// Named parameters (shallow handles).
+    /// Named parameters (shallow handles): `bias`, `linear`, `factors`, every `bn.{j}.weight`
+    /// and `bn.{j}.bias`, every `mlp.{j}.weight` and `mlp.{j}.bias`.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        super::handles(&self.params)
+        let bn = self.bn.iter().flat_map(|b| [&b.weight, &b.bias]);
+        let mlp = self.mlp.iter().flat_map(Linear::vars);
+        super::named(
+            [&self.bias, &self.linear, &self.factors]
+                .into_iter()
+                .chain(bn)
+                .chain(mlp),
+        )
     }
 
     /// Named buffers: batch-norm running statistics (shallow handles).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        super::handles(&self.buffers)
-    }
-
-    fn get(&self, name: &str) -> Result<&Tensor> {
-        super::find(self.params.iter().chain(&self.buffers), name)
+        super::named(
+            self.bn
+                .iter()
+                .flat_map(|b| [&b.running_mean, &b.running_var]),
+        )
     }
 
     /// Copies parameter and buffer values by name (missing or mis-shaped tensors are errors).
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        super::load_named(&mut self.params, tensors, self.device)?;
-        super::load_named(&mut self.buffers, tensors, self.device)
+        let device = self.device();
+        super::load_named(&mut self.params(), tensors, device)?;
+        super::load_named(&mut self.buffers(), tensors, device)
     }
 
     /// Batch normalisation `j` over the last dimension: batch statistics (updating the running
     /// ones) when training, the running statistics otherwise; identity without `batch_norm`.
     fn batch_norm(&self, x: Tensor, j: usize, train: bool) -> Result<Tensor> {
-        if self.buffers.is_empty() {
+        let Some(bn) = self.bn.get(j) else {
             return Ok(x);
-        }
-        let w = self.get(&format!("bn.{j}.weight"))?;
-        let b = self.get(&format!("bn.{j}.bias"))?;
-        let mean = self.get(&format!("bn.{j}.running_mean"))?;
-        let var = self.get(&format!("bn.{j}.running_var"))?;
+        };
+        let (w, b): (&Tensor, &Tensor) = (&bn.weight, &bn.bias);
+        let (mean, var): (&Tensor, &Tensor) = (&bn.running_mean, &bn.running_var);
         if train {
             let shape = x.size();
             let flat = x.f_reshape([-1, shape[shape.len() - 1]])?;
@@ -292,16 +315,13 @@ impl Fm {
         let shape = idx.size();
         let flat = idx.f_reshape([-1])?;
         let lin = self
-            .get("linear")?
+            .linear
             .f_index_select(0, &flat)?
             .f_view([shape[0], shape[1]])?
             .f_mul(val)?
             .f_sum_dim_intlist(1, false, Kind::Float)?;
-        let v = super::lookup(self.get("factors")?, &flat)?.f_view([
-            shape[0],
-            shape[1],
-            self.config.dim,
-        ])?;
+        let v =
+            super::lookup(&self.factors, &flat)?.f_view([shape[0], shape[1], self.config.dim])?;
         Ok((lin, v))
     }
 
@@ -326,11 +346,9 @@ impl Fm {
         let p = self.config.dropout;
         let bi = self.batch_norm(bi.shallow_clone(), 0, train)?;
         let mut h = if train { super::dropout(&bi, p)? } else { bi };
-        let n_layers = self.config.hidden.len() + 1;
-        for j in 0..n_layers {
-            let w = self.get(&format!("mlp.{j}.weight"))?;
-            let b = self.get(&format!("mlp.{j}.bias"))?;
-            h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
+        let n_layers = self.mlp.len();
+        for (j, layer) in self.mlp.iter().enumerate() {
+            h = layer.forward(&h)?;
             if j + 1 < n_layers {
                 h = self.batch_norm(h, j + 1, train)?.f_relu()?;
                 if train {
@@ -349,7 +367,7 @@ impl Fm {
             .f_sub(&u.sq)?
             .f_sub(&i.sq)?
             .f_mul(&Tensor::from(0.5))?;
-        let lin = u.lin.f_add(&i.lin)?.f_add(self.get("bias")?)?;
+        let lin = u.lin.f_add(&i.lin)?.f_add(&self.bias)?;
         Ok(lin.f_add(&self.interaction(&bi, train)?)?)
     }
 
@@ -364,7 +382,7 @@ impl Fm {
             .lin
             .f_unsqueeze(1)?
             .f_add(&i.lin.f_unsqueeze(0)?)?
-            .f_add(self.get("bias")?)?;
+            .f_add(&self.bias)?;
         if self.config.hidden.is_empty() {
             // 0.5 * (|s_u|^2 - sum q_u) + 0.5 * (|s_i|^2 - sum q_i) + s_u . s_i
             let half = |a: &Aggregates| -> Result<Tensor> {
@@ -385,23 +403,25 @@ impl Fm {
         // evaluation-mode batch norm before it, an affine map, folded in) is linear in it, so
         // h1[b, i] = s_i (diag(s_u) W^T) + W bi_u + W bi_i + bias: one batched product per user
         // batch, with no [B, I, k] intermediate.
-        let w0 = self.get("mlp.0.weight")?; // [H, k]
-        let b0 = self.get("mlp.0.bias")?; // [H]
-        let (w, bias) = if self.buffers.is_empty() {
-            (w0.shallow_clone(), b0.shallow_clone())
-        } else {
-            let scale = self
-                .get("bn.0.running_var")?
-                .f_add(&Tensor::from(BN_EPS))?
-                .f_rsqrt()?
-                .f_mul(self.get("bn.0.weight")?)?;
-            let shift = self
-                .get("bn.0.bias")?
-                .f_sub(&self.get("bn.0.running_mean")?.f_mul(&scale)?)?;
-            (
-                w0.f_mul(&scale.f_unsqueeze(0)?)?,
-                b0.f_add(&w0.f_matmul(&shift)?)?,
-            )
+        let first = self
+            .mlp
+            .first()
+            .ok_or_else(|| RecforgeError::config("an NFM has at least one layer"))?;
+        let (w0, b0): (&Tensor, &Tensor) = (&first.weight, &first.bias); // [H, k], [H]
+        let (w, bias) = match self.bn.first() {
+            None => (w0.shallow_clone(), b0.shallow_clone()),
+            Some(bn) => {
+                let scale = bn
+                    .running_var
+                    .f_add(&Tensor::from(BN_EPS))?
+                    .f_rsqrt()?
+                    .f_mul(&bn.weight)?;
+                let shift = bn.bias.f_sub(&bn.running_mean.f_mul(&scale)?)?;
+                (
+                    w0.f_mul(&scale.f_unsqueeze(0)?)?,
+                    b0.f_add(&w0.f_matmul(&shift)?)?,
+                )
+            }
         };
         let half = |a: &Aggregates| -> Result<Tensor> {
             Ok(a.sum.f_square()?.f_sub(&a.sq)?.f_mul(&Tensor::from(0.5))?)
@@ -462,13 +482,10 @@ impl Fm {
     /// The MLP after its first linear layer, in evaluation mode: `h` is that layer's output
     /// (overwritten: rectified in place).
     fn mlp_tail(&self, mut h: Tensor) -> Result<Tensor> {
-        let n_layers = self.config.hidden.len() + 1;
-        for j in 1..n_layers {
+        for (j, layer) in self.mlp.iter().enumerate().skip(1) {
             h = self.batch_norm(h, j, false)?;
             let _ = h.f_relu_()?;
-            let w = self.get(&format!("mlp.{j}.weight"))?;
-            let b = self.get(&format!("mlp.{j}.bias"))?;
-            h = h.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?;
+            h = layer.forward(&h)?;
         }
         Ok(h.f_squeeze_dim(-1)?)
     }
@@ -511,7 +528,7 @@ impl Fm {
         let mut start = 0;
         while start < n_items {
             let len = chunk.min(n_items - start);
-            let ids = Tensor::f_arange_start(start, start + len, (Kind::Int64, self.device))?;
+            let ids = Tensor::f_arange_start(start, start + len, (Kind::Int64, self.device()))?;
             parts.push(self.score_grid(&ua, &self.aggregate(items, &ids)?)?);
             start += len;
         }
@@ -719,7 +736,7 @@ impl Fm {
             val.extend_from_slice(&rows.nz_val[a..z]);
             seg.extend(std::iter::repeat_n(r as i64, z - a));
         }
-        let dev = self.device;
+        let dev = self.device();
         let n_rows = distinct.len() as i64;
         let feat = Tensor::from_slice(&feat).f_to(dev)?;
         let val = Tensor::from_slice(&val).f_to(dev)?;
@@ -728,9 +745,9 @@ impl Fm {
         let val = val.f_unsqueeze(1)?;
         // Per feature [v x, (v x)^2, w x], summed per distinct row, then each example's user row
         // and item row gathered at once: one scatter and one gather, forward and backward.
-        let vx = super::lookup(self.get("factors")?, &feat)?.f_mul(&val)?;
+        let vx = super::lookup(&self.factors, &feat)?.f_mul(&val)?;
         let wx = self
-            .get("linear")?
+            .linear
             .f_index_select(0, &feat)?
             .f_unsqueeze(1)?
             .f_mul(&val)?;
@@ -748,7 +765,7 @@ impl Fm {
         let both = parts.f_sum_dim_intlist(0, false, Kind::Float)?;
         let sum = both.f_narrow(1, 0, k)?;
         let sq = both.f_narrow(1, k, k)?;
-        let lin = both.f_select(1, 2 * k)?.f_add(self.get("bias")?)?;
+        let lin = both.f_select(1, 2 * k)?.f_add(&self.bias)?;
         let bi = sum.f_square()?.f_sub(&sq)?.f_mul_scalar(0.5)?;
         let score = lin.f_add(&self.interaction(&bi, train)?)?;
         Ok(Joint { score, parts, k })
@@ -946,6 +963,18 @@ impl Model for FmModel {
 mod tests {
     use super::*;
 
+    impl Fm {
+        /// The parameter or buffer called `name` (tests read values by name).
+        fn get(&self, name: &str) -> Result<Tensor> {
+            self.params()
+                .into_iter()
+                .chain(self.buffers())
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+        }
+    }
+
     fn tiny(hidden: Vec<i64>) -> (Fm, FeatureRows, FeatureRows) {
         let cfg = FmConfig {
             n_features: 7,
@@ -1044,6 +1073,7 @@ mod tests {
             batch_norm: true,
         };
         let fm = Fm::new(cfg, Device::Cpu).unwrap();
+        super::super::assert_in_store(&fm.vs, &fm.params(), &fm.buffers());
         let (_, users, items) = tiny(vec![4, 2]);
         tch::no_grad(|| {
             for name in [
@@ -1084,6 +1114,26 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "block {block}: {a} vs {b}");
             }
         }
+        // Loading copies into the variables; a missing or mis-shaped tensor is an error naming it.
+        let mut fm = fm;
+        let mut state: HashMap<String, Tensor> = fm
+            .params()
+            .into_iter()
+            .chain(fm.buffers())
+            .map(|(n, t)| (n, t.detach().ones_like()))
+            .collect();
+        fm.load(&state).unwrap();
+        for (name, t) in fm.params().into_iter().chain(fm.buffers()) {
+            assert!(t.detach().equal(&t.ones_like()), "{name} was not loaded");
+        }
+        let zeros = Tensor::zeros([3], (Kind::Float, Device::Cpu));
+        let right = state.insert("mlp.1.bias".into(), zeros).unwrap();
+        let err = fm.load(&state).unwrap_err().to_string();
+        assert!(err.contains("mlp.1.bias"), "{err}");
+        state.insert("mlp.1.bias".into(), right);
+        state.remove("bn.0.running_mean");
+        let err = fm.load(&state).unwrap_err().to_string();
+        assert!(err.contains("bn.0.running_mean"), "{err}");
     }
 
     /// The training path (joint feature rows, batched products) scores like the aggregate path,

@@ -31,10 +31,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::sasrec::{history_rows, training_rows};
 use super::soft_token::{chunked_cross_entropy, BackboneMode};
+use super::{Linear, Var};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::text::causal_lm::{CausalLm, Training};
@@ -236,19 +237,34 @@ impl Local {
     }
 }
 
-/// The network: item side, rec LLM, adapter, head.
+/// The network: item side, rec LLM, adapter, head. The adapter, head and the optional
+/// separator, item biases, temperature and item token live in the network's own
+/// `nn::VarStore` (on the rec LLM's device); each LLM keeps its own store.
 pub struct Hierarchical {
     /// Configuration.
     pub config: HierarchicalConfig,
-    params: Vec<(String, Tensor)>,
+    vs: nn::VarStore,
+    /// `item_adapter`: item-LLM size -> rec-LLM size.
+    item_adapter: Linear,
+    /// `head`: the query projection.
+    head: Linear,
+    /// `sep_emb` `[H]` (with retrieval).
+    sep_emb: Option<Var>,
+    /// `item_bias` `[n_items]` (with `item_bias`).
+    item_bias: Option<Var>,
+    /// `log_temperature` `[]` (with `learn_temperature`).
+    log_temperature: Option<Var>,
+    /// `item_token` `[H_item]` (with `ItemPooling::ItemToken`).
+    item_token: Option<Var>,
     rec: CausalLm,
     item_llm: Option<CausalLm>,
     items: ItemInput,
-    device: Device,
 }
 
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?)
+/// The variable `v`, which the configuration says this model has (`name` in the error).
+fn needed<'a>(v: &'a Option<Var>, name: &str) -> Result<&'a Tensor> {
+    v.as_deref()
+        .ok_or_else(|| RecforgeError::config(format!("this model has no parameter {name}")))
 }
 
 fn normalize(x: &Tensor) -> Result<Tensor> {
@@ -351,32 +367,32 @@ impl Hierarchical {
         };
         tch::manual_seed(config.seed as i64);
         let cpu = (Kind::Float, Device::Cpu);
-        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
         let normal = |shape: &[i64]| -> Result<Tensor> {
-            leaf(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
+            Ok(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
         };
-        let zeros = |shape: &[i64]| -> Result<Tensor> { leaf(Tensor::f_zeros(shape, cpu)?) };
-        let mut params = vec![
-            ("item_adapter.weight".to_string(), normal(&[h, hi])?),
-            ("item_adapter.bias".to_string(), zeros(&[h])?),
-            ("head.weight".to_string(), normal(&[h, h])?),
-            ("head.bias".to_string(), zeros(&[h])?),
-        ];
-        if config.retrieve_k > 0 {
-            params.push(("sep_emb".to_string(), normal(&[h])?));
-        }
-        if config.item_bias {
-            params.push(("item_bias".to_string(), zeros(&[config.n_items])?));
-        }
-        if config.learn_temperature {
-            params.push((
-                "log_temperature".to_string(),
-                leaf(Tensor::from(config.temperature.ln() as f32))?,
-            ));
-        }
-        if config.item_pooling == ItemPooling::ItemToken {
-            params.push(("item_token".to_string(), normal(&[hi])?));
-        }
+        let zeros = |shape: &[i64]| -> Result<Tensor> { Ok(Tensor::f_zeros(shape, cpu)?) };
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let item_adapter =
+            Linear::new(&root.sub("item_adapter"), &normal(&[h, hi])?, &zeros(&[h])?)?;
+        let head = Linear::new(&root.sub("head"), &normal(&[h, h])?, &zeros(&[h])?)?;
+        let sep_emb = (config.retrieve_k > 0)
+            .then(|| Var::param(&root, "sep_emb", &normal(&[h])?))
+            .transpose()?;
+        let item_bias = config
+            .item_bias
+            .then(|| Var::param(&root, "item_bias", &zeros(&[config.n_items])?))
+            .transpose()?;
+        let log_temperature = config
+            .learn_temperature
+            .then(|| {
+                let t = Tensor::from(config.temperature.ln() as f32);
+                Var::param(&root, "log_temperature", &t)
+            })
+            .transpose()?;
+        let item_token = (config.item_pooling == ItemPooling::ItemToken)
+            .then(|| Var::param(&root, "item_token", &normal(&[hi])?))
+            .transpose()?;
         rec.set_trainable(config.rec_mode != BackboneMode::Frozen);
         let mut item_llm = item_llm;
         if let Some(llm) = item_llm.as_mut() {
@@ -384,16 +400,41 @@ impl Hierarchical {
         }
         Ok(Self {
             config,
-            params,
+            vs,
+            item_adapter,
+            head,
+            sep_emb,
+            item_bias,
+            log_temperature,
+            item_token,
             rec,
             item_llm,
             items,
-            device,
         })
     }
 
-    fn get(&self, name: &str) -> Result<&Tensor> {
-        super::find(&self.params, name)
+    /// The device of the network's variables and of both LLMs.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The adapter's, head's and optional variables' parameters (shallow handles), in this
+    /// order: `item_adapter.*`, `head.*`, `sep_emb`, `item_bias`, `log_temperature`,
+    /// `item_token`.
+    pub fn own_params(&self) -> Vec<(String, Tensor)> {
+        let optional = [
+            &self.sep_emb,
+            &self.item_bias,
+            &self.log_temperature,
+            &self.item_token,
+        ];
+        super::named(
+            self.item_adapter
+                .vars()
+                .into_iter()
+                .chain(self.head.vars())
+                .chain(optional.into_iter().flatten()),
+        )
     }
 
     /// The rec LLM.
@@ -475,22 +516,22 @@ impl Hierarchical {
                     ItemPooling::ItemToken => {
                         let (m, t, hi) = emb.size3()?;
                         let len = mask.f_sum_dim_intlist(1, true, Kind::Int64)?; // [m, 1]
-                        let pos = Tensor::f_arange(t + 1, (Kind::Int64, self.device))?;
+                        let pos = Tensor::f_arange(t + 1, (Kind::Int64, self.device()))?;
                         let onehot = pos.f_unsqueeze(0)?.f_eq_tensor(&len)?; // [m, t + 1]
                         let oh = onehot.f_to_kind(Kind::Float)?.f_unsqueeze(2)?;
                         let emb = Tensor::f_cat(
                             &[
                                 emb,
-                                Tensor::f_zeros([m, 1, hi], (Kind::Float, self.device))?,
+                                Tensor::f_zeros([m, 1, hi], (Kind::Float, self.device()))?,
                             ],
                             1,
                         )?;
-                        let token = self.get("item_token")?;
+                        let token = needed(&self.item_token, "item_token")?;
                         let emb = emb
                             .f_mul(&oh.f_neg()?.f_add_scalar(1.0)?)?
                             .f_add(&oh.f_mul(token)?)?;
                         let mask = Tensor::f_cat(
-                            &[mask, Tensor::f_zeros([m, 1], (Kind::Int64, self.device))?],
+                            &[mask, Tensor::f_zeros([m, 1], (Kind::Int64, self.device()))?],
                             1,
                         )?
                         .f_add(&onehot.f_to_kind(Kind::Int64)?)?;
@@ -504,13 +545,9 @@ impl Hierarchical {
 
     /// Item vectors (in the rec LLM's hidden size) of a sorted, de-duplicated id list.
     fn local(&self, ids: Vec<i64>) -> Result<Local> {
-        let idx = Tensor::from_slice(&ids).f_to(self.device)?;
+        let idx = Tensor::from_slice(&ids).f_to(self.device())?;
         let raw = self.item_llm_vectors(&idx)?;
-        let vectors = linear(
-            &raw,
-            self.get("item_adapter.weight")?,
-            self.get("item_adapter.bias")?,
-        )?;
+        let vectors = self.item_adapter.forward(&raw)?;
         Ok(Local {
             ids,
             vectors,
@@ -560,7 +597,7 @@ impl Hierarchical {
         let (b, _) = seq.size2()?;
         let n = self.config.n_items;
         tch::no_grad(|| -> Result<Tensor> {
-            let seq = seq.f_to(self.device)?;
+            let seq = seq.f_to(self.device())?;
             let present = seq.f_ne(0)?.f_to_kind(Kind::Float)?.f_unsqueeze(2)?;
             let rows = index
                 .f_index_select(0, &seq.f_sub_scalar(1)?.f_clamp_min(0)?.f_reshape([-1])?)?
@@ -579,11 +616,11 @@ impl Hierarchical {
                 }
             }
             if !r.is_empty() {
-                let r = Tensor::from_slice(&r).f_to(self.device)?;
-                let c = Tensor::from_slice(&c).f_to(self.device)?;
+                let r = Tensor::from_slice(&r).f_to(self.device())?;
+                let c = Tensor::from_slice(&c).f_to(self.device())?;
                 let _ = sims.f_index_put_(
                     &[Some(r), Some(c)],
-                    &Tensor::from(f32::NEG_INFINITY).f_to(self.device)?,
+                    &Tensor::from(f32::NEG_INFINITY).f_to(self.device())?,
                     false,
                 )?;
             }
@@ -600,7 +637,7 @@ impl Hierarchical {
                 Tensor::f_cat(
                     &[
                         out,
-                        Tensor::f_zeros([b, k - kk], (Kind::Int64, self.device))?,
+                        Tensor::f_zeros([b, k - kk], (Kind::Int64, self.device()))?,
                     ],
                     1,
                 )?
@@ -659,20 +696,20 @@ impl Hierarchical {
         let h = local.vectors.size()[1];
         let mut rows = vec![local.vectors.shallow_clone()];
         if extra > 0 {
-            rows.push(self.get("sep_emb")?.f_unsqueeze(0)?);
+            rows.push(needed(&self.sep_emb, "sep_emb")?.f_unsqueeze(0)?);
         } else {
-            rows.push(Tensor::f_zeros([1, h], (Kind::Float, self.device))?);
+            rows.push(Tensor::f_zeros([1, h], (Kind::Float, self.device()))?);
         }
-        rows.push(Tensor::f_zeros([1, h], (Kind::Float, self.device))?);
+        rows.push(Tensor::f_zeros([1, h], (Kind::Float, self.device()))?);
         let table = Tensor::f_cat(&rows, 0)?;
-        let idx = Tensor::from_slice(&idx).f_to(self.device)?;
+        let idx = Tensor::from_slice(&idx).f_to(self.device())?;
         let mut embeds = table.f_index_select(0, &idx)?.f_view([b, w, h])?;
         if train && self.config.dropout > 0.0 {
             embeds = super::dropout(&embeds, self.config.dropout)?;
         }
         let mask = Tensor::from_slice(&mask)
             .f_view([b, w])?
-            .f_to(self.device)?;
+            .f_to(self.device())?;
         let states = decoder::hidden_states(self.rec.net(), &embeds, &mask)?;
         Ok(states.f_narrow(1, extra, l)?)
     }
@@ -691,7 +728,7 @@ impl Hierarchical {
             UserPooling::Last => h,
             UserPooling::Mean => {
                 let m = seq
-                    .f_to(self.device)?
+                    .f_to(self.device())?
                     .f_ne(0)?
                     .f_to_kind(Kind::Float)?
                     .f_unsqueeze(2)?;
@@ -699,14 +736,14 @@ impl Hierarchical {
                 sum.f_div(&m.f_cumsum(1, Kind::Float)?.f_clamp_min(1.0)?)?
             }
         };
-        linear(&rep, self.get("head.weight")?, self.get("head.bias")?)
+        self.head.forward(&rep)
     }
 
     fn temperature(&self) -> Result<Tensor> {
         if self.config.learn_temperature {
-            Ok(self.get("log_temperature")?.f_exp()?)
+            Ok(needed(&self.log_temperature, "log_temperature")?.f_exp()?)
         } else {
-            Ok(Tensor::from(self.config.temperature as f32).f_to(self.device)?)
+            Ok(Tensor::from(self.config.temperature as f32).f_to(self.device())?)
         }
     }
 
@@ -721,7 +758,9 @@ impl Hierarchical {
 
     fn bias_of(&self, items: &Tensor) -> Result<Option<Tensor>> {
         if self.config.item_bias {
-            Ok(Some(self.get("item_bias")?.f_index_select(0, items)?))
+            Ok(Some(
+                needed(&self.item_bias, "item_bias")?.f_index_select(0, items)?,
+            ))
         } else {
             Ok(None)
         }
@@ -736,7 +775,7 @@ impl Hierarchical {
         let s = q.f_matmul(&v.f_transpose(0, 1)?)?;
         match self.bias_of(&Tensor::f_arange(
             self.config.n_items,
-            (Kind::Int64, self.device),
+            (Kind::Int64, self.device()),
         )?)? {
             Some(b) => Ok(s.f_add(&b)?),
             None => Ok(s),
@@ -754,7 +793,7 @@ impl Hierarchical {
         neg: Option<&Tensor>,
     ) -> Result<HierLossParts> {
         let cfg = &self.config;
-        let dev = self.device;
+        let dev = self.device();
         // Dropout inside the LLMs that train, where their configs have it; frozen ones are
         // evaluated as the fixed functions they are.
         let mut lms = Vec::new();
@@ -877,8 +916,7 @@ impl Hierarchical {
                 };
                 if let Some(b) = self.bias_of(&tv_t)? {
                     pos = pos.f_add(&b.f_unsqueeze(1)?)?;
-                    let bn = self
-                        .get("item_bias")?
+                    let bn = needed(&self.item_bias, "item_bias")?
                         .f_index_select(0, &neg_ids2d.f_reshape([-1])?)?;
                     negs = negs.f_add(&bn.f_view([n, kneg])?)?;
                 }
@@ -964,7 +1002,7 @@ impl HierarchicalModel {
 
 impl Model for HierarchicalModel {
     fn params(&self) -> Vec<(String, Tensor)> {
-        let mut out = super::handles(&self.net.params);
+        let mut out = self.net.own_params();
         if self.net.config.rec_mode != BackboneMode::Frozen {
             out.extend(self.net.rec_named());
         }
@@ -984,8 +1022,8 @@ impl Model for HierarchicalModel {
         out
     }
     fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let device = self.net.device;
-        super::load_named(&mut self.net.params, tensors, device)?;
+        let device = self.net.device();
+        super::load_named(&mut self.net.own_params(), tensors, device)?;
         let mut named = self.net.rec_named();
         named.extend(self.net.item_llm_named());
         if let ItemInput::Vectors(v) = &self.net.items {
@@ -994,7 +1032,7 @@ impl Model for HierarchicalModel {
         super::load_named(&mut named, tensors, device)
     }
     fn device(&self) -> Device {
-        self.net.device
+        self.net.device()
     }
     fn n_users(&self) -> Option<i64> {
         None
@@ -1061,6 +1099,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    impl Hierarchical {
+        /// The network variable called `name` (tests read values by name).
+        fn get(&self, name: &str) -> Result<Tensor> {
+            self.own_params()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+        }
+    }
+
     fn tiny(kind: &str, hidden: i64, seed: i64) -> CausalLm {
         let config = match kind {
             "gpt2" => json!({"model_type": "gpt2", "vocab_size": 40, "n_positions": 32,
@@ -1113,6 +1162,7 @@ mod tests {
             ItemInput::Vectors(vectors()),
         )
         .unwrap();
+        super::super::assert_in_store(&net.vs, &net.own_params(), &[]);
         // A non-zero bias, so the tests see it.
         tch::no_grad(|| {
             net.get("item_bias")
@@ -1132,12 +1182,7 @@ mod tests {
         let mask = Tensor::ones([1, items.len() as i64], (Kind::Int64, Device::Cpu));
         let h = decoder::hidden_states(net.rec.net(), &x, &mask).unwrap();
         let u = h.mean_dim([1i64].as_slice(), false, Kind::Float);
-        let q = linear(
-            &u,
-            net.get("head.weight").unwrap(),
-            net.get("head.bias").unwrap(),
-        )
-        .unwrap();
+        let q = u.matmul(&net.get("head.weight").unwrap().tr()) + net.get("head.bias").unwrap();
         q.matmul(&all.vectors.tr()) / net.config.temperature + net.get("item_bias").unwrap()
     }
 
@@ -1319,7 +1364,12 @@ mod tests {
                     .collect()
             };
             let before = snapshot(&model);
-            let own_before: Vec<Tensor> = model.net.params.iter().map(|(_, t)| t.copy()).collect();
+            let own_before: Vec<Tensor> = model
+                .net
+                .own_params()
+                .iter()
+                .map(|(_, t)| t.copy())
+                .collect();
             model.set_train(train.clone(), true).unwrap();
             assert_eq!(model.start_epoch(0, 0).unwrap(), 3);
             let params = model.params();
@@ -1346,7 +1396,7 @@ mod tests {
                 .zip(&after[rec_n..])
                 .all(|(a, b)| a.equal(b));
             assert_eq!(item_same, !item_moves, "{item_mode:?}");
-            for ((name, t), b) in model.net.params.iter().zip(&own_before) {
+            for ((name, t), b) in model.net.own_params().iter().zip(&own_before) {
                 if name != "item_bias" && name != "sep_emb" {
                     assert!(!t.equal(b), "{name} did not train");
                 }

@@ -116,7 +116,9 @@ impl Model for MfModel {
                 let r = rating_data(&train, dev)?;
                 if fresh {
                     // Start the global bias at the mean rating, as Funk SVD does.
-                    let g = self.factors.get("global_bias")?;
+                    let g = self.factors.global_bias().ok_or_else(|| {
+                        RecforgeError::config("this model has no parameter global_bias")
+                    })?;
                     let _ = tch::no_grad(|| g.shallow_clone().f_fill_(r.mean))?;
                 }
                 Data::Ratings(r)

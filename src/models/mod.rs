@@ -17,29 +17,132 @@ pub use sasrec::SasRecModel;
 pub use soft_token::SoftTokenModel;
 
 use std::collections::HashMap;
+use std::ops::Deref;
 
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
 
-/// Shallow handles of named tensors (what `params()` / `buffers()` of every model return).
-pub(crate) fn handles(named: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    named
-        .iter()
-        .map(|(n, t)| (n.clone(), t.shallow_clone()))
-        .collect()
+/// A variable of a model's [`nn::VarStore`] with its full name: the `nn::Path` it was created
+/// under and its own name, joined by dots (`bn.0.weight`), the name `params()` / `buffers()`
+/// report and checkpoints hold. Derefs to the tensor (a handle sharing the store's storage).
+#[derive(Debug)]
+pub(crate) struct Var {
+    name: String,
+    tensor: Tensor,
 }
 
-/// The tensor called `name` among `named`.
-pub(crate) fn find<'a>(
-    named: impl IntoIterator<Item = &'a (String, Tensor)>,
-    name: &str,
-) -> Result<&'a Tensor> {
-    named
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t)
-        .ok_or_else(|| RecforgeError::config(format!("this model has no parameter {name}")))
+impl Var {
+    /// A trainable variable `name` under `path`: a copy of `init` (values unchanged, float32,
+    /// on the store's device) that tracks gradients, registered in the store.
+    pub(crate) fn param(path: &nn::Path, name: &str, init: &Tensor) -> Result<Self> {
+        Self::check_new(path, name)?;
+        let tensor = path.f_var_copy(name, init)?;
+        Ok(Self {
+            name: path.path(name),
+            tensor,
+        })
+    }
+
+    /// A non-trainable variable (a buffer, e.g. batch-norm statistics) `name` under `path`:
+    /// `init` moved to the store's device, without gradient tracking, registered in the store.
+    pub(crate) fn buffer(path: &nn::Path, name: &str, init: Tensor) -> Result<Self> {
+        Self::check_new(path, name)?;
+        let tensor = path.add(name, init.f_to(path.device())?, false);
+        Ok(Self {
+            name: path.path(name),
+            tensor,
+        })
+    }
+
+    /// A second variable with the same name would be renamed by the store: an error instead.
+    fn check_new(path: &nn::Path, name: &str) -> Result<()> {
+        if path.get(name).is_some() {
+            return Err(RecforgeError::config(format!(
+                "variable {} is created twice",
+                path.path(name)
+            )));
+        }
+        Ok(())
+    }
+
+    /// `(name, shallow handle)`, as `params()` / `buffers()` return it.
+    pub(crate) fn named(&self) -> (String, Tensor) {
+        (self.name.clone(), self.tensor.shallow_clone())
+    }
+}
+
+impl Deref for Var {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.tensor
+    }
+}
+
+/// `(name, shallow handle)` of each variable, in the order given.
+pub(crate) fn named<'a>(vars: impl IntoIterator<Item = &'a Var>) -> Vec<(String, Tensor)> {
+    vars.into_iter().map(Var::named).collect()
+}
+
+/// A `torch.nn.Linear`: `y = x W^T + b`, weight `[out, in]`, bias `[out]`.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    /// Weight `[out, in]`.
+    pub(crate) weight: Var,
+    /// Bias `[out]`.
+    pub(crate) bias: Var,
+}
+
+impl Linear {
+    /// Variables `weight` and `bias` under `path`, copies of `weight` and `bias`.
+    pub(crate) fn new(path: &nn::Path, weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        Ok(Self {
+            weight: Var::param(path, "weight", weight)?,
+            bias: Var::param(path, "bias", bias)?,
+        })
+    }
+
+    /// `x W^T + b`.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.f_matmul(&self.weight.f_transpose(0, 1)?)?
+            .f_add(&self.bias)?)
+    }
+
+    /// Weight, then bias.
+    pub(crate) fn vars(&self) -> [&Var; 2] {
+        [&self.weight, &self.bias]
+    }
+}
+
+/// A `torch.nn.LayerNorm` over the last dimension (eps `1e-5`): scale `weight`, shift `bias`.
+#[derive(Debug)]
+pub(crate) struct LayerNorm {
+    /// Scale `[d]`.
+    pub(crate) weight: Var,
+    /// Shift `[d]`.
+    pub(crate) bias: Var,
+}
+
+impl LayerNorm {
+    /// Variables `weight` (ones) and `bias` (zeros) of size `d` under `path`.
+    pub(crate) fn new(path: &nn::Path, d: i64) -> Result<Self> {
+        let cpu = (Kind::Float, Device::Cpu);
+        Ok(Self {
+            weight: Var::param(path, "weight", &Tensor::f_ones([d], cpu)?)?,
+            bias: Var::param(path, "bias", &Tensor::f_zeros([d], cpu)?)?,
+        })
+    }
+
+    /// Normalised `x` (over its last dimension, of size `d`).
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let d = self.weight.size()[0];
+        Ok(x.f_layer_norm([d], Some(&*self.weight), Some(&*self.bias), 1e-5, false)?)
+    }
+
+    /// Weight, then bias.
+    pub(crate) fn vars(&self) -> [&Var; 2] {
+        [&self.weight, &self.bias]
+    }
 }
 
 /// Inverted dropout in training mode: each element is zeroed with probability `p`, the rest
@@ -86,8 +189,9 @@ pub(crate) fn lookup(table: &Tensor, idx: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// Copies values from `tensors` into the named parameters `params` (moved to `device` as float32);
-/// a missing or mis-shaped tensor is an error naming it.
+/// Copies values from `tensors` into the named parameters `params` (shallow handles of a model's
+/// variables; values moved to `device` as float32); a missing or mis-shaped tensor is an error
+/// naming it.
 pub(crate) fn load_named(
     params: &mut [(String, Tensor)],
     tensors: &HashMap<String, Tensor>,
@@ -108,6 +212,28 @@ pub(crate) fn load_named(
         tch::no_grad(|| p.f_copy_(&src))?;
     }
     Ok(())
+}
+
+/// Checks that `params` are exactly the trainable variables of `vs` and `buffers` its other
+/// ones, under the same names, sharing their storage.
+#[cfg(test)]
+pub(crate) fn assert_in_store(
+    vs: &nn::VarStore,
+    params: &[(String, Tensor)],
+    buffers: &[(String, Tensor)],
+) {
+    let vars = vs.variables();
+    assert_eq!(vars.len(), params.len() + buffers.len());
+    assert_eq!(vs.trainable_variables().len(), params.len());
+    let all = params.iter().map(|p| (p, true));
+    for ((name, t), trainable) in all.chain(buffers.iter().map(|b| (b, false))) {
+        let v = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is not in the store"));
+        assert_eq!(v.data_ptr(), t.data_ptr(), "{name}");
+        assert_eq!(t.requires_grad(), trainable, "{name}");
+        assert_eq!(t.device(), vs.device(), "{name}");
+    }
 }
 
 #[cfg(test)]

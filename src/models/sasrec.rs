@@ -21,8 +21,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
+use super::{LayerNorm, Linear, Var};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::train::model::{Model, Validation};
@@ -85,13 +86,52 @@ pub enum SeqLoss {
     Ce,
 }
 
-/// The network.
+/// One pre-LayerNorm self-attention block `blocks.{j}`.
+#[derive(Debug)]
+struct Block {
+    ln1: LayerNorm,
+    /// `attn.in_proj_weight` `[3d, d]` and `attn.in_proj_bias` (queries, keys, values).
+    in_proj: Linear,
+    /// `attn.out_proj`.
+    out_proj: Linear,
+    ln2: LayerNorm,
+    ffn0: Linear,
+    ffn1: Linear,
+}
+
+impl Block {
+    /// Its variables in `torch.nn` order.
+    fn vars(&self) -> impl Iterator<Item = &Var> {
+        [
+            &self.ln1.weight,
+            &self.ln1.bias,
+            &self.in_proj.weight,
+            &self.in_proj.bias,
+            &self.out_proj.weight,
+            &self.out_proj.bias,
+            &self.ln2.weight,
+            &self.ln2.bias,
+            &self.ffn0.weight,
+            &self.ffn0.bias,
+            &self.ffn1.weight,
+            &self.ffn1.bias,
+        ]
+        .into_iter()
+    }
+}
+
+/// The network. Its variables live in one `nn::VarStore`, under `torch.nn` names.
 #[derive(Debug)]
 pub struct SasRec {
     /// Configuration.
     pub config: SasRecConfig,
-    params: Vec<(String, Tensor)>,
-    device: Device,
+    vs: nn::VarStore,
+    /// `item_emb.weight` `[n_items + 1, d]` (row 0: padding; sparse gradients).
+    item_emb: Var,
+    /// `pos_emb.weight` `[max_len, d]`.
+    pos_emb: Var,
+    blocks: Vec<Block>,
+    final_ln: LayerNorm,
 }
 
 /// One epoch's training examples (CPU tensors, one row per user with at least two items):
@@ -172,10 +212,6 @@ pub fn training_rows(
     })
 }
 
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?)
-}
-
 impl SasRec {
     /// Fresh parameters from `config.seed`: embeddings and weights normal(0, init_std), biases 0,
     /// LayerNorm scales 1.
@@ -184,66 +220,76 @@ impl SasRec {
         tch::manual_seed(config.seed as i64);
         let cpu = (Kind::Float, Device::Cpu);
         let d = config.dim;
-        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
         let normal = |shape: &[i64]| -> Result<Tensor> {
-            leaf(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
+            Ok(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
         };
-        let zeros = |n: i64| -> Result<Tensor> { leaf(Tensor::f_zeros([n], cpu)?) };
-        let ones = |n: i64| -> Result<Tensor> { leaf(Tensor::f_ones([n], cpu)?) };
-        let mut params = vec![
-            (
-                "item_emb.weight".to_string(),
-                normal(&[config.n_items + 1, d])?,
-            ),
-            ("pos_emb.weight".to_string(), normal(&[config.max_len, d])?),
-        ];
+        let zeros = |n: i64| -> Result<Tensor> { Ok(Tensor::f_zeros([n], cpu)?) };
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let item_emb = Var::param(
+            &(&root / "item_emb"),
+            "weight",
+            &normal(&[config.n_items + 1, d])?,
+        )?;
+        let pos_emb = Var::param(
+            &root.sub("pos_emb"),
+            "weight",
+            &normal(&[config.max_len, d])?,
+        )?;
+        let mut blocks = Vec::new();
         for j in 0..config.n_layers {
-            let p = format!("blocks.{j}");
-            params.push((format!("{p}.ln1.weight"), ones(d)?));
-            params.push((format!("{p}.ln1.bias"), zeros(d)?));
-            params.push((format!("{p}.attn.in_proj_weight"), normal(&[3 * d, d])?));
-            params.push((format!("{p}.attn.in_proj_bias"), zeros(3 * d)?));
-            params.push((format!("{p}.attn.out_proj.weight"), normal(&[d, d])?));
-            params.push((format!("{p}.attn.out_proj.bias"), zeros(d)?));
-            params.push((format!("{p}.ln2.weight"), ones(d)?));
-            params.push((format!("{p}.ln2.bias"), zeros(d)?));
-            params.push((format!("{p}.ffn.0.weight"), normal(&[d, d])?));
-            params.push((format!("{p}.ffn.0.bias"), zeros(d)?));
-            params.push((format!("{p}.ffn.1.weight"), normal(&[d, d])?));
-            params.push((format!("{p}.ffn.1.bias"), zeros(d)?));
+            let p = root.sub("blocks").sub(j);
+            let attn = p.sub("attn");
+            let ln1 = LayerNorm::new(&p.sub("ln1"), d)?;
+            let in_proj = Linear {
+                weight: Var::param(&attn, "in_proj_weight", &normal(&[3 * d, d])?)?,
+                bias: Var::param(&attn, "in_proj_bias", &zeros(3 * d)?)?,
+            };
+            let out_proj = Linear::new(&attn.sub("out_proj"), &normal(&[d, d])?, &zeros(d)?)?;
+            let ln2 = LayerNorm::new(&p.sub("ln2"), d)?;
+            let ffn0 = Linear::new(&p.sub("ffn").sub(0), &normal(&[d, d])?, &zeros(d)?)?;
+            let ffn1 = Linear::new(&p.sub("ffn").sub(1), &normal(&[d, d])?, &zeros(d)?)?;
+            blocks.push(Block {
+                ln1,
+                in_proj,
+                out_proj,
+                ln2,
+                ffn0,
+                ffn1,
+            });
         }
-        params.push(("final_ln.weight".to_string(), ones(d)?));
-        params.push(("final_ln.bias".to_string(), zeros(d)?));
+        let final_ln = LayerNorm::new(&root.sub("final_ln"), d)?;
         Ok(Self {
             config,
-            params,
-            device,
+            vs,
+            item_emb,
+            pos_emb,
+            blocks,
+            final_ln,
         })
     }
 
     /// The device.
     pub fn device(&self) -> Device {
-        self.device
+        self.vs.device()
     }
 
-    /// Named parameters (shallow handles).
+    /// Named parameters (shallow handles): `item_emb.weight`, `pos_emb.weight`, each block's
+    /// `blocks.{j}.*`, `final_ln.*`.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        super::handles(&self.params)
-    }
-
-    fn get(&self, name: &str) -> Result<&Tensor> {
-        super::find(&self.params, name)
+        let blocks = self.blocks.iter().flat_map(Block::vars);
+        super::named(
+            [&self.item_emb, &self.pos_emb]
+                .into_iter()
+                .chain(blocks)
+                .chain(self.final_ln.vars()),
+        )
     }
 
     /// Copies parameter values by name (missing or mis-shaped tensors are errors).
     pub fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        super::load_named(&mut self.params, tensors, self.device)
-    }
-
-    fn layer_norm(&self, x: &Tensor, name: &str) -> Result<Tensor> {
-        let w = self.get(&format!("{name}.weight"))?;
-        let b = self.get(&format!("{name}.bias"))?;
-        Ok(x.f_layer_norm([self.config.dim], Some(w), Some(b), 1e-5, false)?)
+        let device = self.device();
+        super::load_named(&mut self.params(), tensors, device)
     }
 
     fn dropout(&self, x: Tensor, train: bool) -> Result<Tensor> {
@@ -267,27 +313,22 @@ impl SasRec {
         let dh = d / h;
         let valid = seq.f_ne(0)?; // [B, L]
         let vmask = valid.f_unsqueeze(-1)?.f_to_kind(Kind::Float)?;
-        let pos = self.get("pos_emb.weight")?.f_narrow(0, 0, l)?;
-        let emb = super::lookup(self.get("item_emb.weight")?, &seq.f_reshape([-1])?)?
-            .f_view([b, l, d])?;
+        let pos = self.pos_emb.f_narrow(0, 0, l)?;
+        let emb = super::lookup(&self.item_emb, &seq.f_reshape([-1])?)?.f_view([b, l, d])?;
         let mut x = self.dropout(emb.f_add(&pos)?, train)?.f_mul(&vmask)?;
         // Allowed attention: causal, not to padding, always to itself: [B, 1, L, L].
-        let causal = Tensor::f_ones([l, l], (Kind::Bool, self.device))?.f_tril(0)?;
-        let eye = Tensor::f_eye(l, (Kind::Bool, self.device))?;
+        let device = self.device();
+        let causal = Tensor::f_ones([l, l], (Kind::Bool, device))?.f_tril(0)?;
+        let eye = Tensor::f_eye(l, (Kind::Bool, device))?;
         let mask = causal
             .f_unsqueeze(0)?
             .f_logical_and(&valid.f_unsqueeze(1)?)?
             .f_logical_or(&eye.f_unsqueeze(0)?)?
             .f_unsqueeze(1)?;
         let p_attn = if train { self.config.dropout } else { 0.0 };
-        for j in 0..self.config.n_layers {
-            let p = format!("blocks.{j}");
-            let q_in = self.layer_norm(&x, &format!("{p}.ln1"))?;
-            let qkv = linear(
-                &q_in,
-                self.get(&format!("{p}.attn.in_proj_weight"))?,
-                self.get(&format!("{p}.attn.in_proj_bias"))?,
-            )?;
+        for block in &self.blocks {
+            let q_in = block.ln1.forward(&x)?;
+            let qkv = block.in_proj.forward(&q_in)?;
             let heads =
                 |t: &Tensor| -> Result<Tensor> { Ok(t.f_view([b, l, h, dh])?.f_transpose(1, 2)?) };
             let parts = qkv.f_split(d, -1)?;
@@ -303,42 +344,27 @@ impl SasRec {
             )?
             .f_transpose(1, 2)?
             .f_reshape([b, l, d])?;
-            let a = linear(
-                &a,
-                self.get(&format!("{p}.attn.out_proj.weight"))?,
-                self.get(&format!("{p}.attn.out_proj.bias"))?,
-            )?;
+            let a = block.out_proj.forward(&a)?;
             x = x.f_add(&self.dropout(a, train)?)?;
-            let f_in = self.layer_norm(&x, &format!("{p}.ln2"))?;
-            let f = linear(
-                &f_in,
-                self.get(&format!("{p}.ffn.0.weight"))?,
-                self.get(&format!("{p}.ffn.0.bias"))?,
-            )?
-            .f_relu()?;
-            let f = linear(
-                &self.dropout(f, train)?,
-                self.get(&format!("{p}.ffn.1.weight"))?,
-                self.get(&format!("{p}.ffn.1.bias"))?,
-            )?;
+            let f_in = block.ln2.forward(&x)?;
+            let f = block.ffn0.forward(&f_in)?.f_relu()?;
+            let f = block.ffn1.forward(&self.dropout(f, train)?)?;
             x = x.f_add(&self.dropout(f, train)?)?.f_mul(&vmask)?;
         }
-        self.layer_norm(&x, "final_ln")
+        self.final_ln.forward(&x)
     }
 
     /// Next-item scores over all items `[B, n_items]` from padded sequences `[B, L]`.
     pub fn score_sequences(&self, seq: &Tensor) -> Result<Tensor> {
         let h = self.forward(seq, false)?;
         let last = h.f_select(1, h.size()[1] - 1)?;
-        let items = self
-            .get("item_emb.weight")?
-            .f_narrow(0, 1, self.config.n_items)?;
+        let items = self.item_emb.f_narrow(0, 1, self.config.n_items)?;
         Ok(last.f_matmul(&items.f_transpose(0, 1)?)?)
     }
 
     /// Mean training loss of the examples `idx` (CPU int64) of `data`.
     pub fn loss(&self, data: &SeqBatches, idx: &Tensor, objective: SeqLoss) -> Result<Tensor> {
-        let dev = self.device;
+        let dev = self.device();
         let input = data.input.f_index_select(0, idx)?.f_to(dev)?;
         let target = data.target.f_index_select(0, idx)?.f_to(dev)?;
         let h = self.forward(&input, true)?;
@@ -351,7 +377,7 @@ impl SasRec {
             .f_squeeze_dim(1)?;
         let hv = h.f_reshape([-1, d])?.f_index_select(0, &at)?;
         let tv = target.f_reshape([-1])?.f_index_select(0, &at)?;
-        let emb = self.get("item_emb.weight")?;
+        let emb: &Tensor = &self.item_emb;
         match objective {
             SeqLoss::Ce => {
                 let logits =
@@ -525,6 +551,7 @@ mod tests {
             seed: 1,
         };
         let m = SasRec::new(cfg, Device::Cpu).unwrap();
+        super::super::assert_in_store(&m.vs, &m.params(), &[]);
         let a = Tensor::from_slice(&[0i64, 2, 3, 4]).view([1, 4]);
         let b = Tensor::from_slice(&[0i64, 2, 3, 6]).view([1, 4]);
         let c = Tensor::from_slice(&[5i64, 2, 3, 4]).view([1, 4]);

@@ -27,9 +27,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use super::sasrec::{history_rows, training_rows, SeqBatches};
+use super::{Linear, Var};
 use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::text::causal_lm::{CausalLm, Training};
@@ -297,17 +298,23 @@ pub struct LossParts {
     pub reg: Tensor,
 }
 
-/// The network: tables, projections and the language model.
+/// The network: tables and projections (in their own `nn::VarStore`, on the backbone's
+/// device) and the language model (which keeps its own store).
 pub struct SoftToken {
     /// Configuration.
     pub config: SoftTokenConfig,
-    params: Vec<(String, Tensor)>,
+    vs: nn::VarStore,
+    /// `user_emb.weight` `[n_users, d]`.
+    user_emb: Var,
+    /// `item_emb.weight` `[n_items, d]`.
+    item_emb: Var,
+    /// `proj_in_user`: `d -> H`.
+    proj_in_user: Linear,
+    /// `proj_in_item`: `d -> H`.
+    proj_in_item: Linear,
+    /// `proj_out`: `H -> d`.
+    proj_out: Linear,
     backbone: CausalLm,
-    device: Device,
-}
-
-fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(x.f_matmul(&w.f_transpose(0, 1)?)?.f_add(b)?)
 }
 
 impl SoftToken {
@@ -319,38 +326,62 @@ impl SoftToken {
         let hsize = backbone.net().hidden_size();
         tch::manual_seed(config.seed as i64);
         let cpu = (Kind::Float, Device::Cpu);
-        let leaf = |t: Tensor| -> Result<Tensor> { Ok(t.f_to(device)?.set_requires_grad(true)) };
         let normal = |shape: &[i64]| -> Result<Tensor> {
-            leaf(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
+            Ok(Tensor::f_randn(shape, cpu)?.f_mul(&Tensor::from(config.init_std))?)
         };
-        let zeros = |n: i64| -> Result<Tensor> { leaf(Tensor::f_zeros([n], cpu)?) };
+        let zeros = |n: i64| -> Result<Tensor> { Ok(Tensor::f_zeros([n], cpu)?) };
         let d = config.dim;
-        let params = vec![
-            ("user_emb.weight".to_string(), normal(&[config.n_users, d])?),
-            ("item_emb.weight".to_string(), normal(&[config.n_items, d])?),
-            ("proj_in_user.weight".to_string(), normal(&[hsize, d])?),
-            ("proj_in_user.bias".to_string(), zeros(hsize)?),
-            ("proj_in_item.weight".to_string(), normal(&[hsize, d])?),
-            ("proj_in_item.bias".to_string(), zeros(hsize)?),
-            ("proj_out.weight".to_string(), normal(&[d, hsize])?),
-            ("proj_out.bias".to_string(), zeros(d)?),
-        ];
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let table = |name: &str, n: i64| -> Result<Var> {
+            Var::param(&root.sub(name), "weight", &normal(&[n, d])?)
+        };
+        let user_emb = table("user_emb", config.n_users)?;
+        let item_emb = table("item_emb", config.n_items)?;
+        let proj_in_user = Linear::new(
+            &root.sub("proj_in_user"),
+            &normal(&[hsize, d])?,
+            &zeros(hsize)?,
+        )?;
+        let proj_in_item = Linear::new(
+            &root.sub("proj_in_item"),
+            &normal(&[hsize, d])?,
+            &zeros(hsize)?,
+        )?;
+        let proj_out = Linear::new(&root.sub("proj_out"), &normal(&[d, hsize])?, &zeros(d)?)?;
         backbone.set_trainable(config.mode != BackboneMode::Frozen);
         Ok(Self {
             config,
-            params,
+            vs,
+            user_emb,
+            item_emb,
+            proj_in_user,
+            proj_in_item,
+            proj_out,
             backbone,
-            device,
         })
+    }
+
+    /// The device of the tables, the projections and the backbone.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The tables' and projections' parameters (shallow handles): `user_emb.weight`,
+    /// `item_emb.weight`, `proj_in_user.*`, `proj_in_item.*`, `proj_out.*`.
+    pub fn own_params(&self) -> Vec<(String, Tensor)> {
+        super::named(
+            [&self.user_emb, &self.item_emb]
+                .into_iter()
+                .chain(self.proj_in_user.vars())
+                .chain(self.proj_in_item.vars())
+                .chain(self.proj_out.vars()),
+        )
     }
 
     /// The language model.
     pub fn backbone(&self) -> &CausalLm {
         &self.backbone
-    }
-
-    fn get(&self, name: &str) -> Result<&Tensor> {
-        super::find(&self.params, name)
     }
 
     fn backbone_named(&self) -> Vec<(String, Tensor)> {
@@ -373,22 +404,14 @@ impl SoftToken {
     pub fn forward_mode(&self, users: &Tensor, seq: &Tensor, train: bool) -> Result<Tensor> {
         let (b, l1) = seq.size2()?;
         let d = self.config.dim;
-        let u = self.get("user_emb.weight")?.f_index_select(0, users)?;
-        let xu = linear(
-            &u,
-            self.get("proj_in_user.weight")?,
-            self.get("proj_in_user.bias")?,
-        )?;
+        let u = self.user_emb.f_index_select(0, users)?;
+        let xu = self.proj_in_user.forward(&u)?;
         let items = seq.f_sub_scalar(1)?.f_clamp_min(0)?.f_reshape([-1])?;
         let e = self
-            .get("item_emb.weight")?
+            .item_emb
             .f_index_select(0, &items)?
             .f_view([b, l1, d])?;
-        let xi = linear(
-            &e,
-            self.get("proj_in_item.weight")?,
-            self.get("proj_in_item.bias")?,
-        )?;
+        let xi = self.proj_in_item.forward(&e)?;
         let full = Tensor::f_cat(&[xu.f_unsqueeze(1)?, xi], 1)?; // [B, L, H]
                                                                  // Move each row's user token to just before its first item: order = pads, user, items.
         let counts = Vec::<i64>::try_from(
@@ -407,19 +430,16 @@ impl SoftToken {
             mask.extend(std::iter::repeat_n(0i64, pads as usize));
             mask.extend(std::iter::repeat_n(1i64, (t + 1) as usize));
         }
-        let order = Tensor::from_slice(&order)
-            .f_view([b, l, 1])?
-            .f_to(self.device)?;
+        let device = self.device();
+        let order = Tensor::from_slice(&order).f_view([b, l, 1])?.f_to(device)?;
         let hsize = full.size()[2];
         let mut embeds = full.f_gather(1, &order.f_expand([b, l, hsize], false)?, false)?;
         if train && self.config.dropout > 0.0 {
             embeds = super::dropout(&embeds, self.config.dropout)?;
         }
-        let mask = Tensor::from_slice(&mask)
-            .f_view([b, l])?
-            .f_to(self.device)?;
+        let mask = Tensor::from_slice(&mask).f_view([b, l])?.f_to(device)?;
         let h = decoder::hidden_states(self.backbone.net(), &embeds, &mask)?;
-        linear(&h, self.get("proj_out.weight")?, self.get("proj_out.bias")?)
+        self.proj_out.forward(&h)
     }
 
     /// Next-item scores `[B, n_items]`: the state after each row's last item (or after the user
@@ -427,7 +447,7 @@ impl SoftToken {
     pub fn score_sequences(&self, users: &Tensor, seq: &Tensor) -> Result<Tensor> {
         let z = self.forward(users, seq)?;
         let last = z.f_select(1, z.size()[1] - 1)?;
-        Ok(last.f_matmul(&self.get("item_emb.weight")?.f_transpose(0, 1)?)?)
+        Ok(last.f_matmul(&self.item_emb.f_transpose(0, 1)?)?)
     }
 
     /// The four unweighted losses of training rows `rows` (users `[B]`, inputs and targets
@@ -441,7 +461,7 @@ impl SoftToken {
         target: &Tensor,
         neg: Option<&Tensor>,
     ) -> Result<LossParts> {
-        let dev = self.device;
+        let dev = self.device();
         let cfg = &self.config;
         let d = cfg.dim;
         // Dropout inside the backbone where its config has it, unless it is frozen (a fixed
@@ -461,7 +481,7 @@ impl SoftToken {
         let hv = z.f_index_select(0, &at)?;
         let tv = flat_t.f_index_select(0, &at)?.f_sub_scalar(1)?;
         let n = tv.size()[0];
-        let table = self.get("item_emb.weight")?;
+        let table: &Tensor = &self.item_emb;
         let zero = || Tensor::f_zeros([], (Kind::Float, dev));
         let ce = if cfg.ce_weight > 0.0 {
             chunked_cross_entropy(&hv, table, &tv, cfg.ce_chunk)?
@@ -470,7 +490,7 @@ impl SoftToken {
         };
         let row_of = at.f_div_scalar_mode(l1, "floor")?;
         let u = self
-            .get("user_emb.weight")?
+            .user_emb
             .f_index_select(0, &users.f_index_select(0, &row_of)?)?;
         let e_pos = table.f_index_select(0, &tv)?;
         let (bpr, user_bpr) = if (cfg.bpr_weight > 0.0 || cfg.user_bpr_weight > 0.0) && n > 0 {
@@ -575,7 +595,7 @@ fn rows_of(train: &Interactions, max_len: i64) -> Result<Rows> {
 
 impl Model for SoftTokenModel {
     fn params(&self) -> Vec<(String, Tensor)> {
-        let mut out = super::handles(&self.net.params);
+        let mut out = self.net.own_params();
         if self.net.config.mode != BackboneMode::Frozen {
             out.extend(self.net.backbone_named());
         }
@@ -589,13 +609,13 @@ impl Model for SoftTokenModel {
         }
     }
     fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let device = self.net.device;
-        super::load_named(&mut self.net.params, tensors, device)?;
+        let device = self.net.device();
+        super::load_named(&mut self.net.own_params(), tensors, device)?;
         let mut backbone = self.net.backbone_named();
         super::load_named(&mut backbone, tensors, device)
     }
     fn device(&self) -> Device {
-        self.net.device
+        self.net.device()
     }
     fn n_users(&self) -> Option<i64> {
         Some(self.net.config.n_users)
@@ -623,7 +643,7 @@ impl Model for SoftTokenModel {
             .rows
             .as_ref()
             .ok_or_else(|| RecforgeError::config("start an epoch first"))?;
-        let dev = self.net.device;
+        let dev = self.net.device();
         let users = rows.users.f_index_select(0, idx)?.f_to(dev)?;
         let input = rows.seq.input.f_index_select(0, idx)?.f_to(dev)?;
         let target = rows.seq.target.f_index_select(0, idx)?.f_to(dev)?;
@@ -645,8 +665,8 @@ impl Model for SoftTokenModel {
             )));
         }
         let seq =
-            history_rows(history, &ids, self.net.config.max_len - 1)?.f_to(self.net.device)?;
-        let users = users.f_to(self.net.device)?;
+            history_rows(history, &ids, self.net.config.max_len - 1)?.f_to(self.net.device())?;
+        let users = users.f_to(self.net.device())?;
         tch::no_grad(|| self.net.score_sequences(&users, &seq))
     }
     fn validation(&self) -> Validation {
@@ -658,6 +678,17 @@ impl Model for SoftTokenModel {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    impl SoftToken {
+        /// The table or projection variable called `name` (tests read values by name).
+        fn get(&self, name: &str) -> Result<Tensor> {
+            self.own_params()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+        }
+    }
 
     fn tiny_backbone(kind: &str) -> CausalLm {
         let config = match kind {
@@ -735,6 +766,7 @@ mod tests {
     #[test]
     fn losses_equal_their_formulas() {
         let net = SoftToken::new(config(BackboneMode::Full), tiny_backbone("llama")).unwrap();
+        super::super::assert_in_store(&net.vs, &net.own_params(), &[]);
         let users = Tensor::from_slice(&[1i64, 4]);
         // Row 0: items 2, 7, 3 (inputs 2, 7; targets 7, 3); row 1: items 0, 5.
         let input = Tensor::from_slice(&[0i64, 0, 0, 3, 8, 0, 0, 0, 0, 1]).view([2, 5]);

@@ -57,23 +57,20 @@ pub fn fold_in(model: &Factors, items: &[i64], ratings: &[f32], reg: f64) -> Res
     tch::no_grad(|| {
         let idx = Tensor::from_slice(items).f_to(dev)?;
         let q = model
-            .get("item_factors")?
+            .item_factors()
             .f_index_select(0, &idx)?
             .f_to_kind(Kind::Double)?;
         let mut y = Tensor::from_slice(ratings)
             .f_to(dev)?
             .f_to_kind(Kind::Double)?;
-        let biased = model.config.biases;
-        if biased {
-            let bi = model
-                .get("item_bias")?
-                .f_index_select(0, &idx)?
-                .f_to_kind(Kind::Double)?;
-            let mu = model.get("global_bias")?.f_to_kind(Kind::Double)?;
+        let biases = model.item_bias().zip(model.global_bias());
+        if let Some((item_bias, global_bias)) = biases {
+            let bi = item_bias.f_index_select(0, &idx)?.f_to_kind(Kind::Double)?;
+            let mu = global_bias.f_to_kind(Kind::Double)?;
             y = y.f_sub(&bi)?.f_sub(&mu)?;
         }
         let n = items.len() as i64;
-        let x = if biased {
+        let x = if biases.is_some() {
             Tensor::f_cat(&[q, Tensor::f_ones([n, 1], (Kind::Double, dev))?], 1)?
         } else {
             q
@@ -86,13 +83,10 @@ pub fn fold_in(model: &Factors, items: &[i64], ratings: &[f32], reg: f64) -> Res
         let w = Tensor::f_linalg_solve(&lhs, &rhs, true)?.f_squeeze_dim(1)?;
         let dim = model.config.dim;
         let p = w.f_narrow(0, 0, dim)?.f_to_kind(Kind::Float)?;
-        let mut scores = model.get("item_factors")?.f_matmul(&p)?;
-        if biased {
+        let mut scores = model.item_factors().f_matmul(&p)?;
+        if let Some((item_bias, global_bias)) = biases {
             let bu = w.f_narrow(0, dim, 1)?.f_to_kind(Kind::Float)?;
-            scores = scores
-                .f_add(model.get("item_bias")?)?
-                .f_add(model.get("global_bias")?)?
-                .f_add(&bu)?;
+            scores = scores.f_add(item_bias)?.f_add(global_bias)?.f_add(&bu)?;
         }
         Ok(scores)
     })
