@@ -10,9 +10,15 @@ each epoch, keeps the best weights and stops once more than ``--patience`` epoch
 no gain (up to ``--max-epochs``), as RecBole's trainer does (``stopping_step``).
 
 Stage 1: learning rate x batch size at reg 1e-4 (seed 0). Stage 2: the L2 weight at the best
-pair. Stage 3: the chosen setting, recforge's defaults (30 epochs, batch 1024, lr 0.005, no
-early stopping) and RecBole's BPR with its own defaults (dim 64, Adam lr 1e-3, batch 2048, up to
-300 epochs, stopping_step 10), on seeds 0-2: test NDCG@10 mean and spread.
+pair. Stage 3: the chosen setting, the earlier defaults (30 epochs, batch 1024, lr 0.005, reg
+1e-4, init std 0.1, no early stopping) and RecBole's BPR with its own defaults (dim 64, Adam lr
+1e-3, batch 2048, no L2, xavier-normal init, up to 300 epochs, stopping_step 10), on seeds 0-2:
+test NDCG@10 mean and spread.
+
+``--defaults`` (stage 4): RecBole's training settings with recforge's initialisation at std 0.1
+and at std 0.05 (``models.BPRMF()``'s defaults, which came out of this stage), against the earlier
+defaults, on seeds 0-2 and on both protocols: the random split above and leave-one-out by time
+(``split.leave_one_out``, the learning test's protocol, where popularity is the baseline).
 """
 
 from __future__ import annotations
@@ -29,12 +35,12 @@ from typing import Any
 import numpy as np
 
 from _recbole import numpy_aliases, write_atomic
-from recforge import datasets, metrics, models, split
+from recforge import Interactions, datasets, metrics, models, split
 
 
-def run(s: Any, *, lr: float, batch: int, reg: float, seed: int, epochs: int, patience: int | None) -> dict[str, Any]:
+def run(s: Any, *, lr: float, batch: int, reg: float, seed: int, epochs: int, patience: int | None, init_std: float = 0.1) -> dict[str, Any]:
     t = time.perf_counter()
-    m = models.BPRMF(64, lr=lr, batch_size=batch, reg=reg, epochs=epochs, seed=seed, device="cpu")
+    m = models.BPRMF(64, lr=lr, batch_size=batch, reg=reg, epochs=epochs, init_std=init_std, seed=seed, device="cpu")
     m.fit(s.train, s.valid, patience=patience, progress=False)
     test = metrics.full_ranking(m.score_all, s.test, exclude=[s.train, s.valid], ks=(10,), metrics=("ndcg",))
     return {
@@ -90,8 +96,12 @@ def main() -> None:
     ap.add_argument("--chosen", type=float, nargs=3, metavar=("LR", "BATCH", "REG"),
                     help="skip stages 1-2 and run stage 3 with this setting")  # fmt: skip
     ap.add_argument("--recbole-seeds", type=int, default=3, help="RecBole runs in stage 3 (seeds 0..n-1)")
+    ap.add_argument("--defaults", action="store_true", help="run stage 4 only (the initialisation, both protocols)")
     args = ap.parse_args()
     s = split.ratio(datasets.movielens_small().interactions, (0.8, 0.1, 0.1), seed=0)
+    if args.defaults:
+        defaults_stage(s, args.json)
+        return
     out: dict[str, Any] = {}
     kw = {"epochs": args.max_epochs, "patience": args.patience}
 
@@ -104,10 +114,10 @@ def main() -> None:
         stage1, stage2, best, chosen = sweep(s, kw)
     out["stage1"], out["stage2"] = stage1, stage2
 
-    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "recforge defaults": []}
+    finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "earlier defaults": []}
     for seed in (0, 1, 2):
         finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
-        finals["recforge defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
+        finals["earlier defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
         if args.recbole and seed < args.recbole_seeds:
             finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
         print({k: v[-1] for k, v in finals.items()}, flush=True)
@@ -150,6 +160,37 @@ def sweep(s: Any, kw: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[s
         print(r, flush=True)
     chosen = max(stage2, key=lambda r: r["valid_ndcg@10"])
     return stage1, stage2, best, chosen
+
+
+def defaults_stage(s: Any, json_path: Path | None) -> None:
+    """Stage 4: test NDCG@10 of three settings on seeds 0-2, on the random split and leave-one-out."""
+    inter = datasets.movielens_small().interactions
+    protocols = {"random 80/10/10": s, "leave-one-out": split.leave_one_out(inter)}
+    recbole_like = {"lr": 1e-3, "batch": 2048, "reg": 0.0, "epochs": 300, "patience": 10}
+    settings: dict[str, dict[str, Any]] = {
+        "RecBole's settings, init std 0.1": {**recbole_like, "init_std": 0.1},
+        "RecBole's settings, init std 0.05 (the new defaults)": {**recbole_like, "init_std": 0.05},
+        "earlier defaults (lr 0.005, batch 1024, reg 1e-4, 30 epochs)": {"lr": 5e-3, "batch": 1024, "reg": 1e-4, "epochs": 30, "patience": None, "init_std": 0.1},
+    }  # fmt: skip
+    out: dict[str, Any] = {}
+    for pname, p in protocols.items():
+        seen = Interactions.concat([p.train, p.valid])
+        pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, p.test, [seen], ks=(10,), metrics=("ndcg",))
+        out[pname] = {"popularity": float(pop["ndcg@10"])}
+        for name, kw in settings.items():
+            out[pname][name] = [run(p, seed=seed, **kw) for seed in (0, 1, 2)]
+            print(pname, name, [r["test_ndcg@10"] for r in out[pname][name]], flush=True)
+            if json_path:
+                json_path.write_text(json.dumps(out, indent=1))
+    print("\nStage 4: test NDCG@10, seeds 0 / 1 / 2 (epochs run)")
+    print("| protocol | setting | seed 0 | seed 1 | seed 2 | mean |")
+    print("|---|---|---:|---:|---:|---:|")
+    for pname, rows in out.items():
+        for name in settings:
+            rs = rows[name]
+            cells = " | ".join(f"{r['test_ndcg@10']:.4f} ({r['epochs_run']})" for r in rs)
+            print(f"| {pname} | {name} | {cells} | {np.mean([r['test_ndcg@10'] for r in rs]):.4f} |")
+        print(f"| {pname} | popularity | | | | {rows['popularity']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from ..errors import ConfigError, DataError
 
 log = logging.getLogger("recforge")
 
+#: Early stopping's default: stop once more than this many epochs in a row bring no validation
+#: gain (RecBole's default ``stopping_step``).
+DEFAULT_PATIENCE = 10
+
 Callback = Callable[[int, dict[str, float]], Any]
 
 #: A learning-rate schedule: ``None`` (constant), a name (``"linear"``, ``"cosine"``, ``"step"``,
@@ -222,12 +226,13 @@ class TorchModel(Recommender):
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
-        patience: int | None = None,
+        patience: int | None = DEFAULT_PATIENCE,
         progress: bool = True,
     ) -> "TorchModel":
         """Train on ``train`` from a fresh initialisation; with ``valid``, evaluate each epoch (``self.monitor``), keep the best
         weights and stop once more than ``patience`` epochs in a row bring no improvement (RecBole's
-        ``stopping_step`` rule).
+        ``stopping_step`` rule; default 10, as RecBole's; ``patience=None`` trains every epoch).
+        Without ``valid`` every epoch is trained.
 
         ``callbacks`` are called as ``cb(epoch, logs)`` after each epoch (``logs`` holds the loss and
         validation metrics); an exception raised there (e.g. ``optuna.TrialPruned``) stops training

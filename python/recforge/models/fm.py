@@ -9,7 +9,7 @@ import numpy as np
 
 from .._native import Interactions
 from ..errors import ConfigError, DataError
-from ._base import Callback, LrSchedule, TorchModel
+from ._base import DEFAULT_PATIENCE, Callback, LrSchedule, TorchModel
 
 #: Per-entity side features: for each user (or item) a list of feature ids, or a mapping
 #: ``{feature id: value}``; feature ids are 0-based within that side.
@@ -117,7 +117,7 @@ class FM(TorchModel):
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
-        patience: int | None = None,
+        patience: int | None = DEFAULT_PATIENCE,
         progress: bool = True,
     ) -> "FM":
         """Train as :meth:`TorchModel.fit`, over the user / item ids plus the given side features."""

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._native import Interactions
 from ..errors import ConfigError, DataError
-from ._base import LrSchedule, TorchModel
+from ._base import DEFAULT_PATIENCE, LrSchedule, TorchModel
 from .soft_token import _backbone_arg
 
 #: The default recommendation LLM: a small Llama-architecture transformer, randomly initialised
@@ -314,8 +314,9 @@ class HierarchicalRec(TorchModel):
         if isinstance(train, Interactions) and train.n_items != self.n_item_texts:
             raise DataError(f"HierarchicalRec has {self.n_item_texts} item texts but train has {train.n_items} items")
         kwargs.setdefault("callbacks", ())
-        for k in ("epochs", "checkpoint_dir", "patience"):
+        for k in ("epochs", "checkpoint_dir"):
             kwargs.setdefault(k, None)
+        kwargs.setdefault("patience", DEFAULT_PATIENCE)
         kwargs.setdefault("resume", False)
         kwargs.setdefault("progress", True)
         self._fit(train, valid, features=None, items=self._item_side(), **kwargs)
