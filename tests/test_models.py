@@ -45,7 +45,7 @@ def numpy_bias_baseline(train: Interactions, test: Interactions, reg_u: float = 
 
 def test_svd_beats_the_global_mean_and_bias_baselines(ratings_split) -> None:  # type: ignore[no-untyped-def]
     train, valid, test = ratings_split
-    model = models.SVD().fit(train, valid, progress=False)
+    model = models.SVD().fit(train, valid, patience=None, progress=False)  # every epoch
     ours = rmse(model, test)
     mean_rmse = float(np.sqrt(np.mean((test.to_arrays()["ratings"] - train.to_arrays()["ratings"].mean()) ** 2)))
     bias_rmse = numpy_bias_baseline(train, test)
@@ -54,6 +54,19 @@ def test_svd_beats_the_global_mean_and_bias_baselines(ratings_split) -> None:  #
     assert model.best_epoch is not None and len(model.history) == model.epochs
     assert min(h["rmse"] for h in model.history) == model.history[model.best_epoch]["rmse"]
     assert rmse(model, valid) == pytest.approx(model.history[model.best_epoch]["rmse"], abs=1e-5)
+
+
+def test_fit_stops_early_by_default(ratings_split) -> None:  # type: ignore[no-untyped-def]
+    """With a validation set, fit stops once more than 10 epochs in a row bring no gain (RecBole's
+    stopping_step rule), on the same path as a run with patience=None up to there."""
+    train, valid, _ = ratings_split
+    full = models.SVD().fit(train, valid, patience=None, progress=False)
+    early = models.SVD().fit(train, valid, progress=False)
+    assert len(full.history) == full.epochs
+    assert full.best_epoch + 11 < full.epochs  # so that the default stops this run early
+    assert len(early.history) == full.best_epoch + 12 and early.best_epoch == full.best_epoch
+    assert early.history == full.history[: len(early.history)]
+    assert rmse(early, valid) == pytest.approx(rmse(full, valid), abs=1e-6)
 
 
 def test_bprmf_beats_popularity_on_leave_one_out(loo) -> None:  # type: ignore[no-untyped-def]
