@@ -163,7 +163,7 @@ def train_recforge(model: str, train: Any, epochs: int, batch: int, opt_name: st
     from recforge import models
 
     if model == "BPR-MF":
-        m: Any = models.BPRMF(epochs=epochs, batch_size=batch, optimizer=opt_name, lr=0.005, reg=1e-4)
+        m: Any = models.BPRMF(epochs=epochs, batch_size=batch, optimizer=opt_name, lr=0.005, reg=1e-4, init_std=0.1)
     else:
         m = models.FM(loss="bce", epochs=epochs, batch_size=batch, lr=0.005, reg=0.0, optimizer=opt_name)
     m.fit(train, progress=False)

@@ -336,7 +336,7 @@ def make_recforge(name: str, batch: int, epochs: int, device: str, optimizer: st
     if name == "NFM":
         return models.NFM(loss="bce", reg=0.0, dropout=0.2, **common)
     if name == "BPR-MF":
-        return models.BPRMF(reg=0.0, **common)
+        return models.BPRMF(reg=0.0, init_std=0.1, **common)  # the lean loop's init
     if name == "SASRec":
         return models.SASRec(**{**common, "lr": 0.001})
     return models.SVD(reg=0.0, **common)
