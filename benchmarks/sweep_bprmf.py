@@ -38,6 +38,10 @@ from _recbole import numpy_aliases, write_atomic
 from recforge import Interactions, datasets, metrics, models, split
 
 
+#: recforge's BPR-MF settings before this sweep (the "earlier defaults" of stages 3 and 4).
+EARLIER_DEFAULTS: dict[str, Any] = {"lr": 5e-3, "batch": 1024, "reg": 1e-4, "epochs": 30, "patience": None, "init_std": 0.1}
+
+
 def run(s: Any, *, lr: float, batch: int, reg: float, seed: int, epochs: int, patience: int | None, init_std: float = 0.1) -> dict[str, Any]:
     t = time.perf_counter()
     m = models.BPRMF(64, lr=lr, batch_size=batch, reg=reg, epochs=epochs, init_std=init_std, seed=seed, device="cpu")
@@ -117,7 +121,7 @@ def main() -> None:
     finals: dict[str, list[dict[str, Any]]] = {"chosen": [], "earlier defaults": []}
     for seed in (0, 1, 2):
         finals["chosen"].append(run(s, lr=chosen["lr"], batch=chosen["batch"], reg=chosen["reg"], seed=seed, **kw))
-        finals["earlier defaults"].append(run(s, lr=5e-3, batch=1024, reg=1e-4, seed=seed, epochs=30, patience=None))
+        finals["earlier defaults"].append(run(s, seed=seed, **EARLIER_DEFAULTS))
         if args.recbole and seed < args.recbole_seeds:
             finals.setdefault("RecBole BPR defaults", []).append(recbole_bpr(s, seed))
         print({k: v[-1] for k, v in finals.items()}, flush=True)
@@ -170,7 +174,7 @@ def defaults_stage(s: Any, json_path: Path | None) -> None:
     settings: dict[str, dict[str, Any]] = {
         "RecBole's settings, init std 0.1": {**recbole_like, "init_std": 0.1},
         "RecBole's settings, init std 0.05 (the new defaults)": {**recbole_like, "init_std": 0.05},
-        "earlier defaults (lr 0.005, batch 1024, reg 1e-4, 30 epochs)": {"lr": 5e-3, "batch": 1024, "reg": 1e-4, "epochs": 30, "patience": None, "init_std": 0.1},
+        "earlier defaults (lr 0.005, batch 1024, reg 1e-4, 30 epochs)": EARLIER_DEFAULTS,
     }  # fmt: skip
     out: dict[str, Any] = {}
     for pname, p in protocols.items():

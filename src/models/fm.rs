@@ -966,12 +966,7 @@ mod tests {
     impl Fm {
         /// The parameter or buffer called `name` (tests read values by name).
         fn get(&self, name: &str) -> Result<Tensor> {
-            self.params()
-                .into_iter()
-                .chain(self.buffers())
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+            crate::models::by_name(self.params().into_iter().chain(self.buffers()), name)
         }
     }
 

@@ -1102,11 +1102,7 @@ mod tests {
     impl Hierarchical {
         /// The network variable called `name` (tests read values by name).
         fn get(&self, name: &str) -> Result<Tensor> {
-            self.own_params()
-                .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+            crate::models::by_name(self.own_params(), name)
         }
     }
 

@@ -214,6 +214,19 @@ pub(crate) fn load_named(
     Ok(())
 }
 
+/// The tensor called `name` among `named` (tests read values by name).
+#[cfg(test)]
+pub(crate) fn by_name(
+    named: impl IntoIterator<Item = (String, Tensor)>,
+    name: &str,
+) -> Result<Tensor> {
+    named
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+}
+
 /// Checks that `params` are exactly the trainable variables of `vs` and `buffers` its other
 /// ones, under the same names, sharing their storage.
 #[cfg(test)]

@@ -682,11 +682,7 @@ mod tests {
     impl SoftToken {
         /// The table or projection variable called `name` (tests read values by name).
         fn get(&self, name: &str) -> Result<Tensor> {
-            self.own_params()
-                .into_iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t)
-                .ok_or_else(|| RecforgeError::config(format!("no variable {name}")))
+            crate::models::by_name(self.own_params(), name)
         }
     }
 
