@@ -1058,59 +1058,79 @@ mod tests {
     /// its first layer runs in one block or one user at a time.
     #[test]
     fn nfm_grid_in_blocks_equals_pairs() {
-        let cfg = FmConfig {
-            n_features: 7,
-            dim: 3,
-            hidden: vec![4, 2],
-            dropout: 0.0,
-            init_std: 0.5,
-            seed: 3,
-            batch_norm: true,
-        };
-        let fm = Fm::new(cfg, Device::Cpu).unwrap();
-        super::super::assert_in_store(&fm.vs, &fm.params(), &fm.buffers());
-        let (_, users, items) = tiny(vec![4, 2]);
-        tch::no_grad(|| {
-            for name in [
-                "linear",
-                "bn.0.running_mean",
-                "bn.1.weight",
-                "bn.1.running_mean",
-            ] {
-                let _ = fm.get(name).unwrap().shallow_clone().f_normal_(0.5, 0.3);
+        // Two hidden layers with batch norm (the one checked for loading below), one with and
+        // without it, three with it: every batch norm randomised, so each fold is exercised.
+        let mut fm_bn2 = None;
+        for (hidden, batch_norm) in [
+            (vec![5], false),
+            (vec![5], true),
+            (vec![4, 3, 2], true),
+            (vec![4, 2], true),
+        ] {
+            let cfg = FmConfig {
+                n_features: 7,
+                dim: 3,
+                hidden: hidden.clone(),
+                dropout: 0.0,
+                init_std: 0.5,
+                seed: 3,
+                batch_norm,
+            };
+            let fm = Fm::new(cfg, Device::Cpu).unwrap();
+            super::super::assert_in_store(&fm.vs, &fm.params(), &fm.buffers());
+            let (_, users, items) = tiny(hidden.clone());
+            tch::no_grad(|| {
+                let _ = fm
+                    .get("linear")
+                    .unwrap()
+                    .shallow_clone()
+                    .f_normal_(0.5, 0.3);
+                for j in 0..if batch_norm { hidden.len() + 1 } else { 0 } {
+                    for (what, lo, hi) in [
+                        ("weight", 0.5, 1.5),
+                        ("bias", -0.5, 0.5),
+                        ("running_mean", -0.5, 0.5),
+                        ("running_var", 0.5, 2.0),
+                    ] {
+                        let _ = fm
+                            .get(&format!("bn.{j}.{what}"))
+                            .unwrap()
+                            .shallow_clone()
+                            .f_uniform_(lo, hi);
+                    }
+                }
+            });
+            let (u, i) = (
+                Tensor::from_slice(&[0i64, 1]),
+                Tensor::from_slice(&[0i64, 1, 2]),
+            );
+            let (ua, ia) = (
+                fm.aggregate(&users, &u).unwrap(),
+                fm.aggregate(&items, &i).unwrap(),
+            );
+            let pairs: Vec<f32> = (0..2i64)
+                .flat_map(|a| {
+                    let ua = fm
+                        .aggregate(&users, &Tensor::from_slice(&[a, a, a]))
+                        .unwrap();
+                    Vec::<f32>::try_from(fm.score_pairs(&ua, &ia, false).unwrap()).unwrap()
+                })
+                .collect();
+            for block in [1, 4, SCORE_BLOCK] {
+                let grid = fm.score_grid_in_blocks(&ua, &ia, block).unwrap();
+                assert_eq!(grid.size(), [2, 3]);
+                let g = Vec::<f32>::try_from(grid.reshape([-1])).unwrap();
+                for (a, b) in g.iter().zip(&pairs) {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "hidden {hidden:?}, bn {batch_norm}, block {block}: {a} vs {b}"
+                    );
+                }
             }
-            let _ = fm
-                .get("bn.0.running_var")
-                .unwrap()
-                .shallow_clone()
-                .f_uniform_(0.5, 2.0);
-        });
-        let (u, i) = (
-            Tensor::from_slice(&[0i64, 1]),
-            Tensor::from_slice(&[0i64, 1, 2]),
-        );
-        let (ua, ia) = (
-            fm.aggregate(&users, &u).unwrap(),
-            fm.aggregate(&items, &i).unwrap(),
-        );
-        let pairs: Vec<f32> = (0..2i64)
-            .flat_map(|a| {
-                let ua = fm
-                    .aggregate(&users, &Tensor::from_slice(&[a, a, a]))
-                    .unwrap();
-                Vec::<f32>::try_from(fm.score_pairs(&ua, &ia, false).unwrap()).unwrap()
-            })
-            .collect();
-        for block in [1, 4, SCORE_BLOCK] {
-            let grid = fm.score_grid_in_blocks(&ua, &ia, block).unwrap();
-            assert_eq!(grid.size(), [2, 3]);
-            let g = Vec::<f32>::try_from(grid.reshape([-1])).unwrap();
-            for (a, b) in g.iter().zip(&pairs) {
-                assert!((a - b).abs() < 1e-5, "block {block}: {a} vs {b}");
-            }
+            fm_bn2 = Some(fm);
         }
         // Loading copies into the variables; a missing or mis-shaped tensor is an error naming it.
-        let mut fm = fm;
+        let mut fm = fm_bn2.unwrap();
         let mut state: HashMap<String, Tensor> = fm
             .params()
             .into_iter()

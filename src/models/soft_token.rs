@@ -190,19 +190,38 @@ impl SoftTokenConfig {
     }
 }
 
+/// The exponentials of pass 1 are kept for pass 2 while all of them fit in this many bytes:
+/// pass 2 then needs neither a matmul nor an `exp` of its own. Above it, pass 2 recomputes
+/// them chunk by chunk, so peak memory stays `N x chunk` whatever the item count.
+pub const CE_KEEP_BYTES: i64 = 256 << 20;
+
 /// Mean cross-entropy of `h @ table.T` (`[N, d]` x `[I, d]`) against `target` (`[N]`, 0-based),
-/// computed `chunk` items at a time: peak memory is `N x chunk`, not `N x I`.
+/// computed `chunk` items at a time: peak memory is `N x chunk` (or at most
+/// [`CE_KEEP_BYTES`]), not `N x I`.
 ///
 /// The value is `mean(logsumexp_j(h . t_j) - h . t_target)`. Its gradient is assembled without
-/// keeping any `N x chunk` block for the backward pass: a first pass finds each row's
-/// log-sum-exp (online, chunk by chunk), a second computes the softmax-weighted sums
-/// `dL/dh = P T / N` and `dL/dT = P^T h / N` chunk by chunk, and the loss carries them as
-/// `(h * G_h).sum() + (T * G_T).sum()` minus its own value (zero in value, exact in gradient).
+/// autograd keeping any `N x chunk` block: a first pass finds each row's log-sum-exp (online,
+/// chunk by chunk: `E_c = exp(L_c - m_c)` with `m_c` the running row maximum), a second computes
+/// the softmax-weighted sums `dL/dh = P T / N` and `dL/dT = P^T h / N` chunk by chunk, with
+/// `P_c = diag(exp(m_c - lse)) E_c` (the row scale applied to the `[N, d]` factors, not to the
+/// block), and the loss carries them as `(h * G_h).sum() + (T * G_T).sum()` minus its own value
+/// (zero in value, exact in gradient).
 pub fn chunked_cross_entropy(
     h: &Tensor,
     table: &Tensor,
     target: &Tensor,
     chunk: i64,
+) -> Result<Tensor> {
+    chunked_cross_entropy_within(h, table, target, chunk, CE_KEEP_BYTES)
+}
+
+/// [`chunked_cross_entropy`], keeping pass 1's blocks only when they fit in `keep_bytes`.
+fn chunked_cross_entropy_within(
+    h: &Tensor,
+    table: &Tensor,
+    target: &Tensor,
+    chunk: i64,
+    keep_bytes: i64,
 ) -> Result<Tensor> {
     let (n, d) = h.size2()?;
     let (items, d2) = table.size2()?;
@@ -222,25 +241,31 @@ pub fn chunked_cross_entropy(
         .step_by(chunk as usize)
         .map(|a| (a, chunk.min(items - a)))
         .collect();
+    let keep = n.saturating_mul(items).saturating_mul(4) <= keep_bytes;
     let (lse, gh, gt) = tch::no_grad(|| -> Result<(Tensor, Tensor, Tensor)> {
+        // A fresh float block of logits (the matmul's own output, or its float copy), so the
+        // shift and the exponential can run in place.
         let logits_of = |a: i64, len: i64| -> Result<Tensor> {
-            Ok(hd.f_matmul(&td.f_narrow(0, a, len)?.f_transpose(0, 1)?)?)
+            Ok(hd
+                .f_matmul(&td.f_narrow(0, a, len)?.f_transpose(0, 1)?)?
+                .f_to_kind(Kind::Float)?)
         };
         // Pass 1: running max and scaled sum per row.
         let mut m = Tensor::f_full([n], f64::NEG_INFINITY, (Kind::Float, h.device()))?;
         let mut s = Tensor::f_zeros([n], (Kind::Float, h.device()))?;
-        let mut kept: Option<Tensor> = None;
+        let mut kept: Vec<(Tensor, Tensor)> = Vec::new();
         for &(a, len) in &chunks {
-            let logits = logits_of(a, len)?.f_to_kind(Kind::Float)?;
-            let cm = logits.f_amax([1i64].as_slice(), false)?;
+            let mut e = logits_of(a, len)?;
+            let cm = e.f_amax([1i64].as_slice(), false)?;
             let new_m = m.f_maximum(&cm)?;
-            let shifted = logits.f_sub(&new_m.f_unsqueeze(1)?)?.f_exp()?;
+            let _ = e.f_sub_(&new_m.f_unsqueeze(1)?)?;
+            let _ = e.f_exp_()?;
             s = s
                 .f_mul(&m.f_sub(&new_m)?.f_exp()?)?
-                .f_add(&shifted.f_sum_dim_intlist(1, false, Kind::Float)?)?;
+                .f_add(&e.f_sum_dim_intlist(1, false, Kind::Float)?)?;
             m = new_m;
-            if chunks.len() == 1 {
-                kept = Some(logits);
+            if keep {
+                kept.push((e, m.shallow_clone()));
             }
         }
         let lse = m.f_add(&s.f_log()?)?;
@@ -248,16 +273,26 @@ pub fn chunked_cross_entropy(
         let mut gh = Tensor::f_zeros([n, d], (Kind::Float, h.device()))?;
         let gt = Tensor::f_zeros([items, d], (Kind::Float, h.device()))?;
         let hf = hd.f_to_kind(Kind::Float)?;
-        for &(a, len) in &chunks {
-            let logits = match &kept {
-                Some(l) => l.shallow_clone(),
-                None => logits_of(a, len)?.f_to_kind(Kind::Float)?,
-            };
-            let p = logits.f_sub(&lse.f_unsqueeze(1)?)?.f_exp()?;
+        for (c, &(a, len)) in chunks.iter().enumerate() {
             let tc = td.f_narrow(0, a, len)?.f_to_kind(Kind::Float)?;
-            gh = gh.f_add(&p.f_matmul(&tc)?)?;
-            gt.f_narrow(0, a, len)?
-                .f_copy_(&p.f_transpose(0, 1)?.f_matmul(&hf)?)?;
+            let (ph, pt) = match kept.get(c) {
+                // P_c = diag(scale) E_c: P_c T_c = scale * (E_c T_c), P_c^T h = E_c^T (scale * h).
+                Some((e, mc)) => {
+                    let scale = mc.f_sub(&lse)?.f_exp()?.f_unsqueeze(1)?;
+                    (
+                        e.f_matmul(&tc)?.f_mul(&scale)?,
+                        e.f_transpose(0, 1)?.f_matmul(&hf.f_mul(&scale)?)?,
+                    )
+                }
+                None => {
+                    let mut p = logits_of(a, len)?;
+                    let _ = p.f_sub_(&lse.f_unsqueeze(1)?)?;
+                    let _ = p.f_exp_()?;
+                    (p.f_matmul(&tc)?, p.f_transpose(0, 1)?.f_matmul(&hf)?)
+                }
+            };
+            gh = gh.f_add(&ph)?;
+            gt.f_narrow(0, a, len)?.f_copy_(&pt)?;
         }
         let inv = 1.0 / n as f64;
         Ok((lse, gh.f_mul_scalar(inv)?, gt.f_mul_scalar(inv)?))
@@ -734,28 +769,34 @@ mod tests {
         let target = Tensor::from_slice(&[0i64, 3, 12, 5, 5, 9, 1]);
         let plain = h.matmul(&t.tr()).cross_entropy_for_logits(&target);
         let want = grads(&plain, &[&h, &t]);
-        for chunk in [1, 4, 13, 100] {
-            let got = chunked_cross_entropy(&h, &t, &target, chunk).unwrap();
+        // keep_bytes 0: pass 2 recomputes every block; 1 << 20: it reuses pass 1's.
+        for (chunk, keep_bytes) in [1, 4, 13, 100].iter().flat_map(|&c| [(c, 0), (c, 1 << 20)]) {
+            let got = chunked_cross_entropy_within(&h, &t, &target, chunk, keep_bytes).unwrap();
             assert!(
                 (got.double_value(&[]) - plain.double_value(&[])).abs() < 1e-5,
-                "chunk {chunk}"
+                "chunk {chunk}, keep {keep_bytes}"
             );
             let g = grads(&got, &[&h, &t]);
             for (a, b) in g.iter().zip(&want) {
                 let diff = (a - b).abs().max().double_value(&[]);
-                assert!(diff < 1e-5, "chunk {chunk}: gradient differs by {diff}");
+                assert!(
+                    diff < 1e-5,
+                    "chunk {chunk}, keep {keep_bytes}: gradient differs by {diff}"
+                );
             }
         }
         // Only the table trains: its gradient still matches.
         let hd = h.detach();
         let plain = hd.matmul(&t.tr()).cross_entropy_for_logits(&target);
         let want = grads(&plain, &[&t]);
-        let got = chunked_cross_entropy(&hd, &t, &target, 3).unwrap();
-        let diff = (&grads(&got, &[&t])[0] - &want[0])
-            .abs()
-            .max()
-            .double_value(&[]);
-        assert!(diff < 1e-5);
+        for keep_bytes in [0, 1 << 20] {
+            let got = chunked_cross_entropy_within(&hd, &t, &target, 3, keep_bytes).unwrap();
+            let diff = (&grads(&got, &[&t])[0] - &want[0])
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-5, "keep {keep_bytes}");
+        }
     }
 
     /// Each loss equals its formula computed directly from the network's projected states.
