@@ -179,7 +179,8 @@ class HierarchicalRec(TorchModel):
     Training: InfoNCE over ``n_negatives`` uniformly drawn negatives (``negatives="shared"``: one
     pool per batch; ``"per_position"``), negatives equal to the positive or whose item-LLM vectors
     have cosine >= ``dedup_threshold`` with it masked; or ``loss="softmax"`` over all items
-    (computed in chunks of ``ce_chunk`` items).
+    (computed in chunks of ``ce_chunk`` items, as SoftTokenRec's cross-entropy: at most 256 MiB
+    of blocks kept between its two passes, whatever the item count).
 
     RAG (``retrieve_k > 0``): the ``retrieve_k`` items whose item-LLM vectors are most similar
     (cosine) to the mean of the sequence's, the user's history excluded, enter the rec LLM

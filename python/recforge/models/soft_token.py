@@ -42,7 +42,9 @@ class SoftTokenRec(TorchModel):
     without an output vocabulary. The output after item ``t`` predicts item ``t + 1``.
 
     Losses, weighted and each switchable: all-item cross-entropy (``ce_weight``; computed in
-    chunks of ``ce_chunk`` items, so memory does not grow with ``batch x length x items``),
+    chunks of ``ce_chunk`` items; the chunks' exponentials are kept between its two passes
+    while they fit in 256 MiB, else recomputed, so memory does not grow with
+    ``batch x length x items`` beyond that),
     context-item BPR (``bpr_weight``: the projected state against the positive and
     ``n_negatives`` uniformly drawn items; a negative equal to the positive is skipped),
     user-item BPR (``user_bpr_weight``: the user's table row against the same items) and L2 on
