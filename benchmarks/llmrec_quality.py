@@ -60,7 +60,7 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
     if name == "HierarchicalRec-SmolLM2":
         return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
                                       loss="softmax", max_len=20, epochs=epochs or 3, batch_size=16, lr=0.01,
-                                      seed=seed, device="cpu", progress=False), True  # fmt: skip
+                                      user_pooling="last", seed=seed, device="cpu", progress=False), True  # fmt: skip
     if name == "Popularity":
         return models.Popularity(), False
     if name == "BPR-MF":

@@ -83,6 +83,30 @@ def test_notebook_is_committed_executed(path: Path) -> None:
         assert not errors, f"{path.name} cell {i + 1} holds an error output: {errors[0].ename}: {errors[0].evalue}"
 
 
+def _colab_install_lines() -> list[str]:
+    """The install commands of the README's "Install in Colab" cell, uncommented (the optional
+    model wheels left out: each notebook names the ones it uses)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Install in Colab", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    lines = [line.removeprefix("# ").strip() for line in block.splitlines()]
+    return [x for x in lines if x.startswith(("%pip install", "!curl", "import os;")) and "--no-deps" not in x]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_with_the_install_cell(path: Path) -> None:
+    """The first code cell carries the README's Colab install commands, commented out, so that
+    Colab users uncomment one route and a run where recforge is installed does nothing extra."""
+    want = _colab_install_lines()
+    assert len(want) >= 4, f"the README's Colab cell lost its install commands: {want}"
+    _, first = _code_cells(nbformat.read(path, as_version=4))[0]
+    lines = first.source.splitlines()
+    commented = [line.removeprefix("# ").strip() for line in lines if line.startswith("# ")]
+    missing = [x for x in want if x not in commented]
+    assert not missing, f"{path.name}'s first code cell lacks the README's install commands {missing}"
+    live = [x for x in lines if x.lstrip().startswith(("%pip", "!pip", "!curl"))]
+    assert not live, f"{path.name} installs on every run: {live}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path: Path, jupyter: Path, tmp_path: Path) -> None:
