@@ -271,7 +271,7 @@ fn chunked_cross_entropy_within(
         let lse = m.f_add(&s.f_log()?)?;
         // Pass 2: gradients of the log-sum-exp term.
         let mut gh = Tensor::f_zeros([n, d], (Kind::Float, h.device()))?;
-        let gt = Tensor::f_zeros([items, d], (Kind::Float, h.device()))?;
+        let gt = Tensor::f_empty([items, d], (Kind::Float, h.device()))?; // every chunk writes its rows
         let hf = hd.f_to_kind(Kind::Float)?;
         for (c, &(a, len)) in chunks.iter().enumerate() {
             let tc = td.f_narrow(0, a, len)?.f_to_kind(Kind::Float)?;
