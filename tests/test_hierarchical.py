@@ -199,10 +199,11 @@ def test_frozen_rec_llm_is_bit_identical(loo, tmp_path: Path) -> None:  # type: 
     assert m.config()["param_groups"] == [{"prefix": "rec_llm.", "lr": 0.02, "weight_decay": None}]
 
 
-def test_save_load_and_exact_resume(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("user_norm", ["none", "batch"])
+def test_save_load_and_exact_resume(loo, tmp_path: Path, user_norm: str) -> None:  # type: ignore[no-untyped-def]
     train, valid, _ = loo
     kw: dict[str, Any] = dict(item_vectors=random_vectors(train.n_items), rec_backbone=tiny_config("gpt2"), max_len=10,
-                              retrieve_k=2, epochs=3, batch_size=128, lr=0.01, device="cpu")  # fmt: skip
+                              retrieve_k=2, epochs=3, batch_size=128, lr=0.01, user_norm=user_norm, device="cpu")  # fmt: skip
     straight = models.HierarchicalRec(**kw).fit(train, valid, progress=False)
     again = models.HierarchicalRec(**kw).fit(train, valid, progress=False)
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in again.history]
@@ -215,6 +216,13 @@ def test_save_load_and_exact_resume(loo, tmp_path: Path) -> None:  # type: ignor
     assert torch.allclose(loaded.score_all(users), straight.score_all(users), atol=1e-6)
     for k, v in straight.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+    # Batch norm's running statistics moved in training and travel with the weights.
+    stats = {k: v for k, v in straight.state_dict().items() if k.startswith("user_norm.running_")}
+    assert len(stats) == (2 if user_norm == "batch" else 0)
+    if stats:
+        assert stats["user_norm.running_mean"].abs().max() > 0
+        assert torch.allclose(resumed.state_dict()["user_norm.running_var"], stats["user_norm.running_var"], rtol=1e-4)
+        assert loaded.config()["user_norm"] == "batch"
     assert loaded.n_item_texts == train.n_items
     loaded.fit(train, epochs=1, progress=False)  # a loaded model trains again from its item side
 
@@ -236,6 +244,8 @@ def test_bad_input(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
         models.HierarchicalRec(item_vectors=v, item_mode="half")
     with pytest.raises(ConfigError, match="loss"):
         models.HierarchicalRec(item_vectors=v, loss="hinge")
+    with pytest.raises(ConfigError, match="user_norm"):
+        models.HierarchicalRec(item_vectors=v, user_norm="layer")
     with pytest.raises(ConfigError, match="retrieve_k"):
         models.HierarchicalRec(item_vectors=v, retrieve_k=-1)
     with pytest.raises(ConfigError, match="temperature"):

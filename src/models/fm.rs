@@ -27,7 +27,7 @@ use crate::data::Interactions;
 use crate::error::{RecforgeError, Result};
 use crate::train::model::{Model, Validation};
 
-use super::{Linear, Var};
+use super::{BatchNorm, Linear, Var, BN_EPS};
 
 /// Sizes and options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,10 +49,8 @@ pub struct FmConfig {
     pub batch_norm: bool,
 }
 
-const BN_EPS: f64 = 1e-5;
 /// Floats in one block of an NFM's first-layer output while scoring all items (8 MB).
 const SCORE_BLOCK: i64 = 2_000_000;
-const BN_MOMENTUM: f64 = 0.1;
 
 /// Padded feature rows of users or items: `idx` and `val` are `[n_rows, width]`, on the model's
 /// device (saved with the weights, used to score), with a host copy without the padding (what
@@ -135,15 +133,6 @@ pub struct Aggregates {
     sq: Tensor,
 }
 
-/// Batch normalisation `bn.{j}`: trained scale and shift, running statistics (buffers).
-#[derive(Debug)]
-struct BatchNorm {
-    weight: Var,
-    bias: Var,
-    running_mean: Var,
-    running_var: Var,
-}
-
 /// An FM or NFM. Its variables live in one `nn::VarStore`: `bias`, `linear`, `factors`, with
 /// an NFM's `bn.{j}.*` (batch norm) and `mlp.{j}.*` (its layers).
 #[derive(Debug)]
@@ -198,13 +187,7 @@ impl Fm {
         if config.batch_norm && !config.hidden.is_empty() {
             let bn_sizes = std::iter::once(config.dim).chain(config.hidden.iter().copied());
             for (j, n) in bn_sizes.enumerate() {
-                let p = root.sub("bn").sub(j);
-                bn.push(BatchNorm {
-                    weight: Var::param(&p, "weight", &Tensor::f_ones([n], cpu)?)?,
-                    bias: Var::param(&p, "bias", &Tensor::f_zeros([n], cpu)?)?,
-                    running_mean: Var::buffer(&p, "running_mean", Tensor::f_zeros([n], cpu)?)?,
-                    running_var: Var::buffer(&p, "running_var", Tensor::f_ones([n], cpu)?)?,
-                });
+                bn.push(BatchNorm::new(&root.sub("bn").sub(j), n)?);
             }
         }
         let mut fan_in = config.dim;
@@ -250,7 +233,7 @@ impl Fm {
     /// Named parameters (shallow handles): `bias`, `linear`, `factors`, every `bn.{j}.weight`
     /// and `bn.{j}.bias`, every `mlp.{j}.weight` and `mlp.{j}.bias`.
     pub fn params(&self) -> Vec<(String, Tensor)> {
-        let bn = self.bn.iter().flat_map(|b| [&b.weight, &b.bias]);
+        let bn = self.bn.iter().flat_map(BatchNorm::params);
         let mlp = self.mlp.iter().flat_map(Linear::vars);
         super::named(
             [&self.bias, &self.linear, &self.factors]
@@ -262,11 +245,7 @@ impl Fm {
 
     /// Named buffers: batch-norm running statistics (shallow handles).
     pub fn buffers(&self) -> Vec<(String, Tensor)> {
-        super::named(
-            self.bn
-                .iter()
-                .flat_map(|b| [&b.running_mean, &b.running_var]),
-        )
+        super::named(self.bn.iter().flat_map(BatchNorm::buffers))
     }
 
     /// Copies parameter and buffer values by name (missing or mis-shaped tensors are errors).
@@ -282,31 +261,12 @@ impl Fm {
         let Some(bn) = self.bn.get(j) else {
             return Ok(x);
         };
-        let (w, b): (&Tensor, &Tensor) = (&bn.weight, &bn.bias);
-        let (mean, var): (&Tensor, &Tensor) = (&bn.running_mean, &bn.running_var);
         if train {
             let shape = x.size();
             let flat = x.f_reshape([-1, shape[shape.len() - 1]])?;
-            if flat.size()[0] < 2 {
-                return Err(RecforgeError::config(
-                    "batch norm needs at least 2 examples per batch",
-                ));
-            }
-            let y = Tensor::f_batch_norm(
-                &flat,
-                Some(w),
-                Some(b),
-                Some(mean),
-                Some(var),
-                true,
-                BN_MOMENTUM,
-                BN_EPS,
-                false,
-            )?;
-            return Ok(y.f_reshape(shape)?);
+            return Ok(bn.train_rows(&flat)?.f_reshape(shape)?);
         }
-        let scale = var.f_add(&Tensor::from(BN_EPS))?.f_rsqrt()?.f_mul(w)?;
-        Ok(x.f_sub(mean)?.f_mul(&scale)?.f_add(b)?)
+        bn.eval(&x)
     }
 
     /// The linear term `sum_f w_f x_f` `[N]` and the factors `[N, L, k]` of padded feature rows

@@ -7,6 +7,7 @@
 //! v_j   = W_a e_j + b_a                     item vector in the rec LLM's hidden size (item_adapter)
 //! h     = rec_llm([r_1..r_K, SEP, v_i1 .. v_iT])          (inputs_embeds, left-padded)
 //! u_t   = mean(h_1 .. h_t) (or h_t)         over the item positions only
+//! u_t  <- BN(u_t)                           with `user_norm = batch` (batch normalisation)
 //! q_t   = W_h u_t + b_h                     (head)
 //! s(j)  = q_t . v_j / tau + b_j             (or cos(q_t, v_j) / tau + b_j)
 //! ```
@@ -72,6 +73,20 @@ pub enum UserPooling {
     Last,
 }
 
+/// Normalisation of the user representation before the head.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserNorm {
+    /// None (S4).
+    #[default]
+    None,
+    /// Batch normalisation over the real positions of a batch (running statistics in
+    /// evaluation): removes the large constant components a pretrained LLM's final states carry
+    /// (SmolLM2's dimension 199 is about 50 for every input, the rest about 0.6), which
+    /// otherwise act on the head as a learning rate many times the others.
+    Batch,
+}
+
 /// Training objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +126,8 @@ pub struct HierarchicalConfig {
     pub max_len: i64,
     /// User representation.
     pub user_pooling: UserPooling,
+    /// Normalisation of the user representation.
+    pub user_norm: UserNorm,
     /// Whether the item LLM trains.
     pub item_mode: ItemMode,
     /// Item-LLM pooling (for an item LLM inside the model).
@@ -248,6 +265,8 @@ pub struct Hierarchical {
     item_adapter: Linear,
     /// `head`: the query projection.
     head: Linear,
+    /// `user_norm.*` (with `UserNorm::Batch`).
+    user_norm: Option<super::BatchNorm>,
     /// `sep_emb` `[H]` (with retrieval).
     sep_emb: Option<Var>,
     /// `item_bias` `[n_items]` (with `item_bias`).
@@ -376,6 +395,9 @@ impl Hierarchical {
         let item_adapter =
             Linear::new(&root.sub("item_adapter"), &normal(&[h, hi])?, &zeros(&[h])?)?;
         let head = Linear::new(&root.sub("head"), &normal(&[h, h])?, &zeros(&[h])?)?;
+        let user_norm = (config.user_norm == UserNorm::Batch)
+            .then(|| super::BatchNorm::new(&root.sub("user_norm"), h))
+            .transpose()?;
         let sep_emb = (config.retrieve_k > 0)
             .then(|| Var::param(&root, "sep_emb", &normal(&[h])?))
             .transpose()?;
@@ -403,6 +425,7 @@ impl Hierarchical {
             vs,
             item_adapter,
             head,
+            user_norm,
             sep_emb,
             item_bias,
             log_temperature,
@@ -420,7 +443,7 @@ impl Hierarchical {
 
     /// The adapter's, head's and optional variables' parameters (shallow handles), in this
     /// order: `item_adapter.*`, `head.*`, `sep_emb`, `item_bias`, `log_temperature`,
-    /// `item_token`.
+    /// `item_token`, `user_norm.weight`, `user_norm.bias`.
     pub fn own_params(&self) -> Vec<(String, Tensor)> {
         let optional = [
             &self.sep_emb,
@@ -433,8 +456,15 @@ impl Hierarchical {
                 .vars()
                 .into_iter()
                 .chain(self.head.vars())
-                .chain(optional.into_iter().flatten()),
+                .chain(optional.into_iter().flatten())
+                .chain(self.user_norm.iter().flat_map(super::BatchNorm::params)),
         )
+    }
+
+    /// The network's own buffers: `user_norm.running_mean` and `user_norm.running_var` (with
+    /// `UserNorm::Batch`).
+    pub fn own_buffers(&self) -> Vec<(String, Tensor)> {
+        super::named(self.user_norm.iter().flat_map(super::BatchNorm::buffers))
     }
 
     /// The rec LLM.
@@ -736,6 +766,24 @@ impl Hierarchical {
                 sum.f_div(&m.f_cumsum(1, Kind::Float)?.f_clamp_min(1.0)?)?
             }
         };
+        let rep = match &self.user_norm {
+            None => rep,
+            Some(bn) if train => {
+                // Statistics of the real positions only; padding rows pass through (unused).
+                let hsize = rep.size()[2];
+                let flat = rep.f_reshape([-1, hsize])?;
+                let real: Vec<i64> = cpu_i64(seq)?
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &i)| i > 0)
+                    .map(|(k, _)| k as i64)
+                    .collect();
+                let real = Tensor::from_slice(&real).f_to(self.device())?;
+                let normed = bn.train_rows(&flat.f_index_select(0, &real)?)?;
+                flat.f_index_copy(0, &real, &normed)?.f_view_as(&rep)?
+            }
+            Some(bn) => bn.eval(&rep)?,
+        };
         self.head.forward(&rep)
     }
 
@@ -1013,6 +1061,7 @@ impl Model for HierarchicalModel {
     }
     fn buffers(&self) -> Vec<(String, Tensor)> {
         let mut out = self.net.item_buffers();
+        out.extend(self.net.own_buffers());
         if self.net.config.rec_mode == BackboneMode::Frozen {
             out.extend(self.net.rec_named());
         }
@@ -1024,6 +1073,7 @@ impl Model for HierarchicalModel {
     fn load(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
         let device = self.net.device();
         super::load_named(&mut self.net.own_params(), tensors, device)?;
+        super::load_named(&mut self.net.own_buffers(), tensors, device)?;
         let mut named = self.net.rec_named();
         named.extend(self.net.item_llm_named());
         if let ItemInput::Vectors(v) = &self.net.items {
@@ -1122,6 +1172,7 @@ mod tests {
             n_items: 12,
             max_len: 5,
             user_pooling: UserPooling::Mean,
+            user_norm: UserNorm::None,
             item_mode: ItemMode::Frozen,
             item_pooling: ItemPooling::Mean,
             rec_mode: BackboneMode::Full,
@@ -1158,7 +1209,7 @@ mod tests {
             ItemInput::Vectors(vectors()),
         )
         .unwrap();
-        super::super::assert_in_store(&net.vs, &net.own_params(), &[]);
+        super::super::assert_in_store(&net.vs, &net.own_params(), &net.own_buffers());
         // A non-zero bias, so the tests see it.
         tch::no_grad(|| {
             net.get("item_bias")
@@ -1410,5 +1461,56 @@ mod tests {
                 ItemInput::Tokens { .. }
             ));
         }
+    }
+
+    /// `user_norm = batch`: in training the user representation is normalised by the
+    /// statistics of the batch's real positions (padding excluded) and the running statistics
+    /// follow them as torch's do; in evaluation the running statistics normalise.
+    #[test]
+    fn batch_user_norm_uses_the_real_positions() {
+        let mut cfg = config();
+        cfg.user_pooling = UserPooling::Last;
+        cfg.user_norm = UserNorm::Batch;
+        let net = net(cfg);
+        assert_eq!(
+            net.own_buffers()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>(),
+            ["user_norm.running_mean", "user_norm.running_var"]
+        );
+        let seq = Tensor::from_slice(&[0i64, 0, 3, 7, 1, 2, 5, 11]).view([2, 4]);
+        let all = net.all_items().unwrap();
+        let head = |x: &Tensor| {
+            x.matmul(&net.get("head.weight").unwrap().tr()) + net.get("head.bias").unwrap()
+        };
+        let states = net
+            .rec_states(&seq, None, &all, false)
+            .unwrap()
+            .reshape([-1, 16]);
+        let real = Tensor::from_slice(&[2i64, 3, 4, 5, 6, 7]);
+        let x = states.index_select(0, &real);
+        let mean = x.mean_dim([0i64].as_slice(), false, Kind::Float);
+        let var = x.var_dim([0i64].as_slice(), false, false);
+        let expect = head(&((&x - &mean) / (&var + 1e-5).sqrt()));
+        let got = tch::no_grad(|| net.queries(&seq, None, &all, true).unwrap())
+            .reshape([-1, 16])
+            .index_select(0, &real);
+        assert!(got.allclose(&expect, 1e-4, 1e-5, false), "training mode");
+        // Running statistics: momentum 0.1 from (0, 1), the unbiased variance.
+        let rm = net.own_buffers()[0].1.shallow_clone();
+        let rv = net.own_buffers()[1].1.shallow_clone();
+        assert!(rm.allclose(&(&mean * 0.1), 1e-5, 1e-6, false));
+        let unbiased = x.var_dim([0i64].as_slice(), true, false);
+        assert!(rv.allclose(&(unbiased * 0.1 + 0.9), 1e-5, 1e-6, false));
+        // Evaluation: the running statistics, which it leaves alone.
+        let before = rm.copy();
+        let eval = tch::no_grad(|| net.queries(&seq, None, &all, false).unwrap()).reshape([-1, 16]);
+        let expect = head(&((&states - &rm) / (&rv + 1e-5).sqrt()));
+        assert!(eval.allclose(&expect, 1e-4, 1e-5, false), "evaluation mode");
+        assert!(rm.equal(&before));
+        // A batch with one real position cannot be normalised: an error, not a NaN.
+        let one = Tensor::from_slice(&[0i64, 0, 0, 7]).view([1, 4]);
+        assert!(net.queries(&one, None, &all, true).is_err());
     }
 }

@@ -145,6 +145,77 @@ impl LayerNorm {
     }
 }
 
+/// `torch.nn.BatchNorm1d` defaults: eps and the running statistics' momentum.
+pub(crate) const BN_EPS: f64 = 1e-5;
+pub(crate) const BN_MOMENTUM: f64 = 0.1;
+
+/// A `torch.nn.BatchNorm1d` over the last dimension: trained scale `weight` (ones) and shift
+/// `bias` (zeros), running statistics `running_mean` (zeros) and `running_var` (ones) as
+/// buffers, updated as torch does (momentum 0.1, the unbiased batch variance).
+#[derive(Debug)]
+pub(crate) struct BatchNorm {
+    pub(crate) weight: Var,
+    pub(crate) bias: Var,
+    pub(crate) running_mean: Var,
+    pub(crate) running_var: Var,
+}
+
+impl BatchNorm {
+    /// The four variables of size `n` under `path`.
+    pub(crate) fn new(path: &nn::Path, n: i64) -> Result<Self> {
+        let cpu = (Kind::Float, Device::Cpu);
+        Ok(Self {
+            weight: Var::param(path, "weight", &Tensor::f_ones([n], cpu)?)?,
+            bias: Var::param(path, "bias", &Tensor::f_zeros([n], cpu)?)?,
+            running_mean: Var::buffer(path, "running_mean", Tensor::f_zeros([n], cpu)?)?,
+            running_var: Var::buffer(path, "running_var", Tensor::f_ones([n], cpu)?)?,
+        })
+    }
+
+    /// Training mode on rows `x` `[N, n]`: normalised by the rows' own statistics, which the
+    /// running ones follow. Needs `N >= 2`.
+    pub(crate) fn train_rows(&self, x: &Tensor) -> Result<Tensor> {
+        if x.size()[0] < 2 {
+            return Err(RecforgeError::config(
+                "batch norm needs at least 2 examples per batch",
+            ));
+        }
+        Ok(Tensor::f_batch_norm(
+            x,
+            Some(&*self.weight),
+            Some(&*self.bias),
+            Some(&*self.running_mean),
+            Some(&*self.running_var),
+            true,
+            BN_MOMENTUM,
+            BN_EPS,
+            false,
+        )?)
+    }
+
+    /// Evaluation mode (any shape `[..., n]`): normalised by the running statistics.
+    pub(crate) fn eval(&self, x: &Tensor) -> Result<Tensor> {
+        let scale = self
+            .running_var
+            .f_add(&Tensor::from(BN_EPS))?
+            .f_rsqrt()?
+            .f_mul(&self.weight)?;
+        Ok(x.f_sub(&self.running_mean)?
+            .f_mul(&scale)?
+            .f_add(&self.bias)?)
+    }
+
+    /// Scale, then shift (trained).
+    pub(crate) fn params(&self) -> [&Var; 2] {
+        [&self.weight, &self.bias]
+    }
+
+    /// Running mean, then running variance (buffers).
+    pub(crate) fn buffers(&self) -> [&Var; 2] {
+        [&self.running_mean, &self.running_var]
+    }
+}
+
 /// Inverted dropout in training mode: each element is zeroed with probability `p`, the rest
 /// scaled by `1 / (1 - p)`. On the CPU the mask is drawn by recforge's generator (xoshiro256++)
 /// seeded from one draw of libtorch's generator, which the epoch loop reseeds, so runs and

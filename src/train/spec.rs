@@ -18,7 +18,7 @@ use crate::error::{RecforgeError, Result};
 use crate::models::fm::{FmConfig, FmLoss};
 use crate::models::hierarchical::{
     HierLoss, HierarchicalConfig, HierarchicalModel, ItemInput, ItemMode, ItemPooling,
-    NegativePool, Similarity, UserPooling,
+    NegativePool, Similarity, UserNorm, UserPooling,
 };
 use crate::models::mf::{MfModel, MfObjective};
 use crate::models::sasrec::{SasRecConfig, SeqLoss};
@@ -358,6 +358,9 @@ pub struct HierarchicalSpec {
     pub item_pooling: ItemPooling,
     /// `mean` or `last`.
     pub user_pooling: UserPooling,
+    /// `none` or `batch` (absent in specs saved before it existed: `none`).
+    #[serde(default)]
+    pub user_norm: UserNorm,
     /// Longest item sequence.
     pub max_len: i64,
     /// `infonce` or `softmax`.
@@ -588,6 +591,7 @@ impl Spec {
             n_items,
             max_len: s.max_len,
             user_pooling: s.user_pooling,
+            user_norm: s.user_norm,
             item_mode: s.item_mode,
             item_pooling: s.item_pooling,
             rec_mode: s.rec_mode,

@@ -198,6 +198,11 @@ class HierarchicalRec(TorchModel):
         item_pooling: ``"mean"`` or ``"item_token"`` (a decoder inside the model).
         item_max_tokens: truncation of the item texts (32).
         user_pooling: ``"mean"`` (S4) or ``"last"``.
+        user_norm: ``"none"`` (S4) or ``"batch"``: batch normalisation of the user representation
+            before the head (statistics of a batch's real positions in training, running ones
+            in evaluation). A pretrained rec LLM's final states carry large constant components
+            (SmolLM2-135M's dimension 199 is about 50 for every input, the others about 0.6),
+            which otherwise dominate the head's updates; use it with a frozen pretrained rec LLM.
         rec_mode: ``"full"``, ``"frozen"`` or ``"random"`` (as SoftTokenRec's ``backbone_mode``).
         rec_lr, item_llm_lr: learning rates of the rec LLM and item LLM (default ``lr``).
         item_vectors: precomputed ``[n_items, dim]`` item vectors instead of an item LLM.
@@ -214,6 +219,7 @@ class HierarchicalRec(TorchModel):
         item_pooling: str = "mean",
         item_max_tokens: int = 32,
         user_pooling: str = "mean",
+        user_norm: str = "none",
         max_len: int = 50,
         loss: str = "infonce",
         n_negatives: int = 256,
@@ -249,7 +255,7 @@ class HierarchicalRec(TorchModel):
         values: dict[str, Any] = {
             "rec_backbone": _backbone_arg(DEFAULT_REC_BACKBONE if rec_backbone is None else rec_backbone),
             "rec_mode": rec_mode, "item_llm": None, "item_mode": item_mode, "item_pooling": item_pooling,
-            "user_pooling": user_pooling, "max_len": max_len, "loss": loss, "n_negatives": n_negatives,
+            "user_pooling": user_pooling, "user_norm": user_norm, "max_len": max_len, "loss": loss, "n_negatives": n_negatives,
             "negatives": negatives, "similarity": similarity, "temperature": temperature,
             "learn_temperature": learn_temperature, "dedup_threshold": dedup_threshold, "item_bias": item_bias,
             "retrieve_k": retrieve_k, "ce_chunk": ce_chunk, "item_batch": item_batch, "dropout": dropout,
