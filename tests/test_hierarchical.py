@@ -227,6 +227,20 @@ def test_save_load_and_exact_resume(loo, tmp_path: Path, user_norm: str) -> None
     loaded.fit(train, epochs=1, progress=False)  # a loaded model trains again from its item side
 
 
+def test_bias_lr_is_the_item_biases_own_rate(loo) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = loo
+    kw: dict[str, Any] = dict(item_vectors=random_vectors(train.n_items), max_len=5, epochs=1, batch_size=128,
+                              lr=1e-6, device="cpu", progress=False)  # fmt: skip
+    slow = models.HierarchicalRec(**kw).fit(train, progress=False)
+    fast = models.HierarchicalRec(bias_lr=0.05, **kw).fit(train, progress=False)
+    assert fast.config()["param_groups"] == [{"prefix": "item_bias", "lr": 0.05, "weight_decay": None}]
+    moved = [m.state_dict()["item_bias"].abs().max().item() for m in (slow, fast)]
+    assert moved[1] > 1000 * moved[0] > 0, moved
+    # Everything else kept the base rate: the head moved as little as without bias_lr.
+    head = [(m.state_dict()["head.weight"] - slow.state_dict()["head.weight"]).abs().max().item() for m in (slow, fast)]
+    assert head[1] < 1e-3, head
+
+
 def test_bad_input(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     train, _, _ = loo
     v = random_vectors(train.n_items)

@@ -82,8 +82,8 @@ pub enum UserNorm {
     None,
     /// Batch normalisation over the real positions of a batch (running statistics in
     /// evaluation): removes the large constant components a pretrained LLM's final states carry
-    /// (SmolLM2's dimension 199 is about 50 for every input, the rest about 0.6), which
-    /// otherwise act on the head as a learning rate many times the others.
+    /// (SmolLM2's dimension 199 is about 50 for every input, the rest about 0.6), which act on
+    /// the head as a learning rate many times the others'.
     Batch,
 }
 
