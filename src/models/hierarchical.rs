@@ -772,13 +772,12 @@ impl Hierarchical {
                 // Statistics of the real positions only; padding rows pass through (unused).
                 let hsize = rep.size()[2];
                 let flat = rep.f_reshape([-1, hsize])?;
-                let real: Vec<i64> = cpu_i64(seq)?
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &i)| i > 0)
-                    .map(|(k, _)| k as i64)
-                    .collect();
-                let real = Tensor::from_slice(&real).f_to(self.device())?;
+                let real = seq
+                    .f_to(self.device())?
+                    .f_reshape([-1])?
+                    .f_gt(0)?
+                    .f_nonzero()?
+                    .f_squeeze_dim(1)?;
                 let normed = bn.train_rows(&flat.f_index_select(0, &real)?)?;
                 flat.f_index_copy(0, &real, &normed)?.f_view_as(&rep)?
             }
