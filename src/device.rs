@@ -35,6 +35,52 @@ pub fn resolve(name: &str) -> Result<Device> {
     }
 }
 
+/// Whether the environment already tunes glibc's allocator (then it is left alone).
+fn malloc_tuned_by_env() -> bool {
+    std::env::vars_os().any(|(k, v)| {
+        let k = k.to_string_lossy();
+        k.starts_with("MALLOC_")
+            || (k == "GLIBC_TUNABLES" && v.to_string_lossy().contains("malloc"))
+    })
+}
+
+/// Keeps freed CPU memory in the process for reuse instead of returning it to the kernel.
+///
+/// glibc serves large blocks (above a threshold that starts at 128 KiB) with their own `mmap`
+/// and unmaps them when freed, and trims the heap's free top; libtorch allocates each step's
+/// activations anew, so every step of an inference loop page-faults its tensors in again (a
+/// kernel zeroing of each 4 KiB page). Measured on SmolLM2-135M generation, 2 cores: about 15%
+/// of the time, the `silu` of a prefill taking 8x its arithmetic. Raising the mmap threshold to
+/// 32 MiB (glibc's maximum) and the trim threshold to 1 GiB lets freed blocks be reused, which
+/// is what PyTorch's CPU performance guide gets from jemalloc or tcmalloc. The cost: up to 1 GiB
+/// of freed memory stays with the process. Process-wide and done once; skipped where `MALLOC_*`
+/// or a `glibc.malloc` tunable is set (the user's choice wins) and outside Linux/glibc.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if malloc_tuned_by_env() {
+                return;
+            }
+            extern "C" {
+                fn mallopt(
+                    param: std::os::raw::c_int,
+                    value: std::os::raw::c_int,
+                ) -> std::os::raw::c_int;
+            }
+            const M_TRIM_THRESHOLD: std::os::raw::c_int = -1;
+            const M_MMAP_THRESHOLD: std::os::raw::c_int = -3;
+            // SAFETY: mallopt only sets two numeric parameters of glibc's allocator, which it
+            // reads under its own lock; no memory is touched.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 1 << 30);
+            }
+        });
+    }
+}
+
 fn bad_name(name: &str) -> RecforgeError {
     RecforgeError::config(format!(
         "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {name:?}"

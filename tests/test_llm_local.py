@@ -373,8 +373,13 @@ def test_greedy_answers_equal_transformers_alone_and_in_a_continuous_batch(smoll
     # Three rows at a time: rows finish at different steps and are replaced from the queue.
     batched = LocalClient(smollm2_hf_dir, device="cpu", max_batch=3, max_tokens=n)
     got_batch = batched.chat_batch([ask(p) for p in SMOL_CHATS], progress=False)
+    # The chats share the template's system turn (a prefix run and stored once by default):
+    # without that the answers are the same.
+    whole = LocalClient(smollm2_hf_dir, device="cpu", max_batch=3, max_tokens=n, prefix_cache=False)
+    got_whole = whole.chat_batch([ask(p) for p in SMOL_CHATS], progress=False)
     assert got_alone.texts == want
     assert got_batch.texts == want
+    assert got_whole.texts == want
     assert "Paris" in (got_alone.texts[0] or "")
 
 

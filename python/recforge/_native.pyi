@@ -253,6 +253,7 @@ class _LocalLlm:
         seed: int = 0,
         stop: Sequence[str] | None = None,
         cache: str | None = None,
+        prefix_cache: bool = True,
     ) -> _LocalLlm: ...
     def chat_batch(
         self,

@@ -398,6 +398,18 @@ class LocalClient(_CacheInfo):
             this and the request, so an answer does not depend on what shares its batch.
         stop: strings that end an answer (not included in it).
         cache: path of a JSON-lines response cache (same format as :class:`Client`'s).
+        prefix_cache: run the prompt prefix that a batch's requests share (the chat template's
+            system turn, a prompt family's instructions and few-shot examples) once, keep its
+            keys and values once for the whole batch, and let every row attend to them (True),
+            instead of running and storing it once per request. The answers are those of the
+            full prompts up to float rounding; ``False`` is there to measure it.
+
+    On Linux (glibc) creating a ``LocalClient`` raises the C allocator's mmap threshold to 32 MiB
+    and its trim threshold to 1 GiB for the process, so that the activation memory libtorch frees
+    after each decoding step is reused instead of being page-faulted in again (about 15% of the
+    time of a generation otherwise); up to 1 GiB of freed memory then stays with the process.
+    Setting any ``MALLOC_*`` variable or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES`` leaves
+    the allocator as you set it.
 
     ``response_format`` is enforced token by token: ``{"type": "json_object"}``,
     ``{"type": "json_schema", "json_schema": {"schema": ...}}`` (objects with required keys,
@@ -428,6 +440,7 @@ class LocalClient(_CacheInfo):
         seed: int = 0,
         stop: Sequence[str] | None = None,
         cache: str | Path | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         path = Path(model)
         if not path.exists():
@@ -443,7 +456,7 @@ class LocalClient(_CacheInfo):
         self._native = _native._LocalLlm(
             str(path), None if tokenizer is None else str(tokenizer), device, dtype, int(max_batch),
             int(max_tokens), float(top_p), int(top_k), int(seed), None if stop is None else list(stop),
-            None if cache is None else str(cache),
+            None if cache is None else str(cache), bool(prefix_cache),
         )  # fmt: skip
         self._pending: list[tuple[Any, Any]] = []
 

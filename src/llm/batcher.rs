@@ -8,6 +8,16 @@
 //! the left (the attention mask hides the padding; positions come from each row's own count of
 //! real tokens, as in [`crate::text::decoder`]). Columns that no row uses any more are trimmed.
 //!
+//! A prompt prefix that every queued request shares (the chat template's system turn and a
+//! prompt family's few-shot examples: most of an S1/S3/S5 prompt) is run once, in a batch of
+//! one, and its keys and values are copied into each prefill group's cache, so a group runs only
+//! its rows' own suffixes (llama.cpp's and vLLM's prompt caching do the same). The prefix's keys
+//! and values are stored once, not per row: each layer attends to them with the whole batch's
+//! queries at once and merges that with the rows' own attention through the log-sum-exps
+//! ([`crate::text::layers::attend_with_prefix`]), so a decoding step reads them once for the
+//! batch. Rows' positions continue after the prefix, so the answers are those of the full
+//! prompts (up to float rounding).
+//!
 //! Each row picks its tokens with its own random generator, seeded from the request, and logits
 //! are read on the CPU in float32: a request's answer does not depend on which requests share its
 //! batch (up to the float rounding of a padded batch, which only matters at exact ties) nor on the
@@ -19,7 +29,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{RecforgeError, Result};
 use crate::rng::Rng;
-use crate::text::decoder::{CacheSlot, Decoder, KvCache, Sampling};
+use crate::text::decoder::{CacheSlot, Decoder, KvCache, Sampling, CACHE_SPARE};
 use crate::text::layers::positions_from_mask;
 
 /// A grammar that a row's tokens must follow (see [`super::constrain`]).
@@ -94,6 +104,65 @@ pub struct Model<'a> {
     pub max_batch: usize,
     /// The device the network runs on.
     pub device: tch::Device,
+    /// Run the prompt prefix every request shares once (see the module's documentation).
+    pub prefix_cache: bool,
+}
+
+/// The shortest shared prefix (tokens) worth a pass of its own.
+const MIN_SHARED_PREFIX: usize = 16;
+
+/// Keys and values, per layer, of the prompt prefix every queued request starts with
+/// (`[1, kv_heads, len, head_dim]`).
+struct Prefix {
+    len: usize,
+    kv: Vec<Option<(Tensor, Tensor)>>,
+}
+
+/// The longest prefix all `rows` share, leaving each row at least one token of its own (its
+/// last position gives its first logits); `None` under [`MIN_SHARED_PREFIX`] or for one row.
+fn shared_prefix_len(rows: &VecDeque<Row>) -> Option<usize> {
+    let first = &rows.front()?.req.prompt;
+    if rows.len() < 2 {
+        return None;
+    }
+    let mut len = first.len() - 1;
+    for row in rows.iter().skip(1) {
+        let p = &row.req.prompt;
+        let common = first.iter().zip(p).take_while(|(a, b)| a == b).count();
+        len = len.min(common).min(p.len() - 1);
+        if len < MIN_SHARED_PREFIX {
+            return None;
+        }
+    }
+    (len >= MIN_SHARED_PREFIX).then_some(len)
+}
+
+/// Runs the shared prefix of the queued requests once.
+fn shared_prefix(m: &Model, rows: &VecDeque<Row>) -> Result<Option<Prefix>> {
+    let Some(len) = shared_prefix_len(rows).filter(|_| m.prefix_cache) else {
+        return Ok(None);
+    };
+    let prompt = &rows[0].req.prompt[..len];
+    let ids = Tensor::from_slice(prompt)
+        .view([1, len as i64])
+        .to_device(m.device);
+    let mask = Tensor::ones([1, len as i64], (Kind::Int64, m.device));
+    let positions = positions_from_mask(&mask);
+    let mut cache: KvCache = (0..m.net.num_layers()).map(|_| None).collect();
+    // Only the cache is kept: the prefix's hidden states are not needed.
+    let _hidden = m
+        .net
+        .forward(&m.net.embed(&ids), &mask, &positions, Some(&mut cache))?;
+    let kv = cache
+        .into_iter()
+        .map(|s| {
+            s.map(|s| {
+                let (k, v) = s.filled();
+                (k.contiguous(), v.contiguous())
+            })
+        })
+        .collect();
+    Ok(Some(Prefix { len, kv }))
 }
 
 struct Row {
@@ -137,6 +206,34 @@ fn cat_rows(a: Tensor, b: Tensor, time_from_end: usize) -> Tensor {
     )
 }
 
+/// The rows of `a` then those of `b`, each left-padded with zeros to the longer one's length, in
+/// buffers with room for the tokens decoded next (so the next step appends without a copy).
+fn merge_slots(a: &CacheSlot, b: &CacheSlot) -> CacheSlot {
+    let t = a.len.max(b.len);
+    let stack = |x: &Tensor, y: &Tensor| {
+        let (nx, ny) = (x.size()[0], y.size()[0]);
+        let mut size = x.size();
+        size[0] = nx + ny;
+        size[2] = t + CACHE_SPARE;
+        // Zeros: the padding columns are read (and masked), so they must be finite.
+        let buf = Tensor::zeros(&size[..], (x.kind(), x.device()));
+        buf.narrow(0, 0, nx).narrow(2, t - a.len, a.len).copy_(x);
+        buf.narrow(0, nx, ny).narrow(2, t - b.len, b.len).copy_(y);
+        buf
+    };
+    let ((ka, va), (kb, vb)) = (a.filled(), b.filled());
+    CacheSlot {
+        k: stack(&ka, &kb),
+        v: stack(&va, &vb),
+        len: t,
+        // Every row of one `generate` call shares the same prefix (or none).
+        shared: a
+            .shared
+            .as_ref()
+            .map(|(k, v)| (k.shallow_clone(), v.shallow_clone())),
+    }
+}
+
 impl Batch {
     fn len(&self) -> usize {
         self.rows.len()
@@ -156,8 +253,7 @@ impl Batch {
         self.rows.extend(rows);
         for (slot, new) in self.cache.iter_mut().zip(cache) {
             if let (Some(old), Some(new)) = (slot.take(), new) {
-                let ((k, v), (nk, nv)) = (old.filled(), new.filled());
-                *slot = Some(CacheSlot::full(cat_rows(k, nk, 1), cat_rows(v, nv, 1)));
+                *slot = Some(merge_slots(&old, &new));
             }
         }
         let old = std::mem::replace(&mut self.mask, Tensor::new());
@@ -191,11 +287,19 @@ impl Batch {
         self.mask = self.mask.narrow(1, first, width);
         for slot in self.cache.iter_mut() {
             if let Some(s) = slot.take() {
-                let (k, v) = s.filled();
-                *slot = Some(CacheSlot::full(
-                    k.index_select(0, &idx).narrow(2, first, width),
-                    v.index_select(0, &idx).narrow(2, first, width),
-                ));
+                // The whole buffer from `first` on, spare room included, so the next step
+                // appends in place instead of copying the cache again.
+                let keep = |x: &Tensor| {
+                    let cap = x.size()[2];
+                    x.narrow(2, first, cap - first).index_select(0, &idx)
+                };
+                *slot = Some(CacheSlot {
+                    k: keep(&s.k),
+                    v: keep(&s.v),
+                    len: s.len - first,
+                    shared: s.shared,
+                });
+                debug_assert_eq!(s.len - first, width);
             }
         }
     }
@@ -291,22 +395,34 @@ fn pick(logits: &mut [f32], allowed: Option<&[u32]>, sampling: Sampling, rng: &m
 }
 
 /// Prefills `rows` as one left-padded group: their cache, mask `[n, T]` and last logits `[n, V]`.
-fn prefill(m: &Model, rows: &[Row]) -> Result<(KvCache, Tensor, Tensor)> {
-    let t = rows.iter().map(|r| r.req.prompt.len()).max().unwrap_or(0) as i64;
+/// With a shared `prefix`, only the tokens after it run; the cache and mask start with it.
+fn prefill(m: &Model, rows: &[Row], prefix: Option<&Prefix>) -> Result<(KvCache, Tensor, Tensor)> {
+    let skip = prefix.map_or(0, |p| p.len);
+    fn own(row: &Row, skip: usize) -> &[i64] {
+        &row.req.prompt[skip..]
+    }
+    let t = rows.iter().map(|r| own(r, skip).len()).max().unwrap_or(0) as i64;
     let n = rows.len() as i64;
     let mut ids = vec![0i64; (n * t) as usize];
     let mut mask = vec![0i64; (n * t) as usize];
     for (r, row) in rows.iter().enumerate() {
-        let off = (r as i64 * t) as usize + (t as usize - row.req.prompt.len());
-        ids[off..off + row.req.prompt.len()].copy_from_slice(&row.req.prompt);
-        mask[off..off + row.req.prompt.len()]
-            .iter_mut()
-            .for_each(|x| *x = 1);
+        let p = own(row, skip);
+        let off = (r as i64 * t) as usize + (t as usize - p.len());
+        ids[off..off + p.len()].copy_from_slice(p);
+        mask[off..off + p.len()].iter_mut().for_each(|x| *x = 1);
     }
     let ids = Tensor::from_slice(&ids).view([n, t]).to_device(m.device);
     let mask = Tensor::from_slice(&mask).view([n, t]).to_device(m.device);
-    let positions = positions_from_mask(&mask);
     let mut cache: KvCache = (0..m.net.num_layers()).map(|_| None).collect();
+    let mut positions = positions_from_mask(&mask);
+    if let Some(p) = prefix {
+        // The rows attend to the prefix's keys, stored once, before their own; the mask covers
+        // only their own positions, which start after the prefix.
+        for (slot, kv) in cache.iter_mut().zip(&p.kv) {
+            *slot = kv.as_ref().map(|(k, v)| CacheSlot::after_shared(k, v, n));
+        }
+        positions += skip as i64;
+    }
     let hidden = m
         .net
         .forward(&m.net.embed(&ids), &mask, &positions, Some(&mut cache))?;
@@ -408,6 +524,7 @@ pub fn generate(
         }
     }
     let _guard = tch::no_grad_guard();
+    let prefix = shared_prefix(m, &queue)?;
     let mut batch = Batch {
         rows: vec![],
         cache: (0..m.net.num_layers()).map(|_| None).collect(),
@@ -421,7 +538,7 @@ pub fn generate(
         if !queue.is_empty() && (batch.len() == 0 || free >= refill_at.min(queue.len())) {
             let take = free.min(queue.len());
             let rows: Vec<Row> = queue.drain(..take).collect();
-            let (cache, mask, logits) = prefill(m, &rows)?;
+            let (cache, mask, logits) = prefill(m, &rows, prefix.as_ref())?;
             batch.merge(rows, cache, mask, logits);
         }
         if batch.len() == 0 {
@@ -656,6 +773,7 @@ mod tests {
             decode: &decode,
             max_batch,
             device: Device::Cpu,
+            prefix_cache: true,
         };
         let n = reqs.len();
         let mut out: Vec<Option<Generated>> = vec![None; n];
@@ -710,6 +828,92 @@ mod tests {
         }
     }
 
+    /// Prompts that share a 20-token prefix (one of them is the prefix plus one token), then
+    /// differ in length and content.
+    fn prefixed_prompts() -> Vec<Vec<i64>> {
+        let head: Vec<i64> = (0..20).map(|t| (t * 11 + 3) % 59).collect();
+        prompts()
+            .into_iter()
+            .enumerate()
+            .map(|(i, tail)| {
+                let mut p = head.clone();
+                p.extend(if i == 0 { &tail[..1] } else { &tail[..] });
+                p
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_shared_prefix_is_the_longest_that_leaves_each_row_a_token() {
+        let rows = |ps: &[Vec<i64>]| -> VecDeque<Row> {
+            requests(ps, &vec![4; ps.len()], Sampling::Greedy)
+                .into_iter()
+                .enumerate()
+                .map(|(index, req)| Row {
+                    index,
+                    req,
+                    out: vec![],
+                    counts: HashMap::new(),
+                    rng: Rng::new(0, 0),
+                    position: 0,
+                })
+                .collect()
+        };
+        let ps = prefixed_prompts();
+        // Prompt 0 is the 20 shared tokens plus one: all 20 are shared.
+        assert_eq!(shared_prefix_len(&rows(&ps)), Some(20));
+        // A prompt that is exactly the shared part keeps its last token for itself.
+        let mut short = ps.clone();
+        short[0].truncate(20);
+        assert_eq!(shared_prefix_len(&rows(&short)), Some(19));
+        // A lone request, or a prefix under MIN_SHARED_PREFIX, runs whole.
+        assert_eq!(shared_prefix_len(&rows(&ps[..1])), None);
+        let mut diverge = ps.clone();
+        diverge[3][MIN_SHARED_PREFIX - 1] = 58 - diverge[3][MIN_SHARED_PREFIX - 1];
+        assert_eq!(shared_prefix_len(&rows(&diverge)), None);
+        diverge[3][MIN_SHARED_PREFIX - 1] = ps[3][MIN_SHARED_PREFIX - 1];
+        diverge[3][MIN_SHARED_PREFIX] = 58 - diverge[3][MIN_SHARED_PREFIX];
+        assert_eq!(shared_prefix_len(&rows(&diverge)), Some(MIN_SHARED_PREFIX));
+    }
+
+    #[test]
+    fn a_shared_prefix_run_once_gives_each_request_its_own_greedy_answer() {
+        for kind in ["gpt2", "llama"] {
+            let lm = tiny(kind);
+            let ps = prefixed_prompts();
+            let max: Vec<usize> = (0..ps.len()).map(|i| 3 + (i * 5) % 13).collect();
+            for max_batch in [1, 2, 3, 16] {
+                for prefix_cache in [true, false] {
+                    let decode = |ids: &[i64]| -> Result<String> { Ok(format!("{ids:?}")) };
+                    let m = Model {
+                        net: lm.net(),
+                        eos: &lm.eos,
+                        decode: &decode,
+                        max_batch,
+                        device: Device::Cpu,
+                        prefix_cache,
+                    };
+                    let mut out: Vec<Option<Generated>> = vec![None; ps.len()];
+                    generate(
+                        &m,
+                        requests(&ps, &max, Sampling::Greedy),
+                        &mut |i, g| out[i] = Some(g.unwrap()),
+                        &mut |_, _| false,
+                    )
+                    .unwrap();
+                    for (i, g) in out.iter().enumerate() {
+                        let want = slow_greedy(&lm, &ps[i], max[i], 59);
+                        assert_eq!(
+                            g.as_ref().unwrap().tokens,
+                            want,
+                            "{kind} batch {max_batch} prefix cache {prefix_cache} request {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn sampled_answers_do_not_depend_on_the_batch() {
         let lm = tiny("llama");
@@ -749,6 +953,7 @@ mod tests {
             decode: &decode,
             max_batch: 4,
             device: Device::Cpu,
+            prefix_cache: true,
         };
         let mut out: Vec<Option<std::result::Result<Generated, String>>> =
             vec![None, None, None, None];
@@ -775,6 +980,7 @@ mod tests {
             decode: &decode,
             max_batch: 2,
             device: Device::Cpu,
+            prefix_cache: true,
         };
         let mut finished = 0;
         let mut steps = 0;
@@ -860,6 +1066,7 @@ mod tests {
             decode: &decode,
             max_batch: 2,
             device: Device::Cpu,
+            prefix_cache: true,
         };
         let mut out: Vec<Option<std::result::Result<Generated, String>>> = vec![None, None];
         generate(&m, reqs, &mut |i, g| out[i] = Some(g), &mut |_, _| false).unwrap();

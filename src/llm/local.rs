@@ -39,6 +39,8 @@ pub struct LocalConfig {
     pub stop: Vec<String>,
     /// JSON-lines response cache.
     pub cache: Option<PathBuf>,
+    /// Run the prompt prefix a batch's requests share once ([`super::batcher`]).
+    pub prefix_cache: bool,
 }
 
 impl Default for LocalConfig {
@@ -51,6 +53,7 @@ impl Default for LocalConfig {
             seed: 0,
             stop: vec![],
             cache: None,
+            prefix_cache: true,
         }
     }
 }
@@ -98,6 +101,7 @@ impl LocalLlm {
         if config.max_batch == 0 {
             return Err(RecforgeError::config("max_batch must be >= 1"));
         }
+        crate::device::reuse_freed_memory();
         let is_gguf = path.is_file();
         let lm = if is_gguf {
             CausalLm::from_gguf(path, device, kind)?
@@ -359,6 +363,7 @@ impl LocalLlm {
             decode: &decode,
             max_batch: self.config.max_batch,
             device: self.lm.device(),
+            prefix_cache: self.config.prefix_cache,
         };
         let prompt_lens: Vec<usize> = gens.iter().map(|g| g.prompt.len()).collect();
         let mut cache_error = None;

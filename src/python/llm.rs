@@ -278,7 +278,7 @@ impl PyLocalLlm {
 #[pymethods]
 impl PyLocalLlm {
     #[new]
-    #[pyo3(signature = (path, tokenizer=None, device="auto", dtype="auto", max_batch=32, max_tokens=512, top_p=1.0, top_k=0, seed=0, stop=None, cache=None))]
+    #[pyo3(signature = (path, tokenizer=None, device="auto", dtype="auto", max_batch=32, max_tokens=512, top_p=1.0, top_k=0, seed=0, stop=None, cache=None, prefix_cache=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -293,6 +293,7 @@ impl PyLocalLlm {
         seed: u64,
         stop: Option<Vec<String>>,
         cache: Option<PathBuf>,
+        prefix_cache: bool,
     ) -> PyResult<Self> {
         let dev = crate::device::resolve(device)?;
         let kind = match dtype {
@@ -314,6 +315,7 @@ impl PyLocalLlm {
             seed,
             stop: stop.unwrap_or_default(),
             cache,
+            prefix_cache,
         };
         let llm = without_gil(py, move || {
             LocalLlm::load(&path, tokenizer.as_deref(), dev, kind, config)

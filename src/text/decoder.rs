@@ -7,7 +7,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::layers::positions_from_mask;
+use super::layers::{attend_dropout, attend_with_prefix, positions_from_mask};
 use crate::error::{RecforgeError, Result};
 use crate::rng::Rng;
 
@@ -22,13 +22,37 @@ pub struct CacheSlot {
     pub v: Tensor,
     /// Filled positions.
     pub len: i64,
+    /// Keys and values `[1, kv_heads, P, head_dim]` that every row attends to before its own
+    /// (a prompt prefix the rows share, stored once): the key mask and `k`, `v` cover only the
+    /// rows' own positions, which come after these.
+    pub shared: Option<(Tensor, Tensor)>,
 }
 
 impl CacheSlot {
     /// A slot holding exactly `k` and `v` (`[B, kv_heads, T, head_dim]`), with no spare room.
     pub fn full(k: Tensor, v: Tensor) -> Self {
         let len = k.size()[2];
-        Self { k, v, len }
+        Self {
+            k,
+            v,
+            len,
+            shared: None,
+        }
+    }
+
+    /// A slot of `rows` rows with no keys of their own yet, after the shared `k`, `v`
+    /// (`[1, kv_heads, P, head_dim]`).
+    pub fn after_shared(k: &Tensor, v: &Tensor, rows: i64) -> Self {
+        let mut size = k.size();
+        size[0] = rows;
+        size[2] = 0;
+        let empty = |x: &Tensor| Tensor::empty(&size[..], (x.kind(), x.device()));
+        Self {
+            k: empty(k),
+            v: empty(v),
+            len: 0,
+            shared: Some((k.shallow_clone(), v.shallow_clone())),
+        }
     }
 
     /// The filled keys and values.
@@ -41,12 +65,14 @@ impl CacheSlot {
 pub type KvCache = Vec<Option<CacheSlot>>;
 
 /// Room kept after a prefill for the tokens decoded next.
-const CACHE_SPARE: i64 = 64;
+pub(crate) const CACHE_SPARE: i64 = 64;
 
+/// A `cap`-long buffer holding the first `len` positions of `x`. The rest is left uninitialised:
+/// only the filled positions are ever read.
 fn with_room(x: &Tensor, len: i64, cap: i64) -> Tensor {
     let mut size = x.size();
     size[2] = cap;
-    let buf = Tensor::zeros(&size[..], (x.kind(), x.device()));
+    let buf = Tensor::empty(&size[..], (x.kind(), x.device()));
     buf.narrow(2, 0, len).copy_(&x.narrow(2, 0, len));
     buf
 }
@@ -65,9 +91,11 @@ pub fn extend_cache(
             k: with_room(&k, t, t + CACHE_SPARE),
             v: with_room(&v, t, t + CACHE_SPARE),
             len: t,
+            shared: None,
         },
         Some(mut s) => {
             let cap = s.k.size()[2];
+            // (A slot made by `after_shared` has no room: the first append allocates it.)
             if s.len + t > cap {
                 let cap = (2 * cap).max(s.len + t + CACHE_SPARE);
                 s.k = with_room(&s.k, s.len, cap);
@@ -82,6 +110,31 @@ pub fn extend_cache(
     let out = s.filled();
     *slot = Some(s);
     out
+}
+
+/// Self-attention of a decoder layer with its cache slot: appends this step's keys and values
+/// (`[B, kv_heads, Tq, head_dim]`) to the slot and attends `q` `[B, heads, Tq, head_dim]` over
+/// them under `mask` (boolean `[B, 1, Tq, T]` over the rows' own positions), after the slot's
+/// shared prefix when it has one ([`super::layers::attend_with_prefix`]).
+pub fn attend_cached(
+    slot: Option<&mut Option<CacheSlot>>,
+    q: &Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: &Tensor,
+    scale: Option<f64>,
+    dropout: f64,
+) -> Result<Tensor> {
+    let shared = slot
+        .as_deref()
+        .and_then(Option::as_ref)
+        .and_then(|s| s.shared.as_ref())
+        .map(|(k, v)| (k.shallow_clone(), v.shallow_clone()));
+    let (k, v) = extend_cache(slot, k, v);
+    match shared {
+        None => Ok(attend_dropout(q, &k, &v, Some(mask), scale, dropout)),
+        Some((ks, vs)) => attend_with_prefix(q, (&ks, &vs), &k, &v, mask, scale),
+    }
 }
 
 /// A causal language model usable as a backbone.

@@ -7,12 +7,12 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::config::{checked_product, checked_sum, HfConfig};
-use super::decoder::{extend_cache, Decoder, KvCache};
+use super::decoder::{attend_cached, Decoder, KvCache};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layers::{
-    attend_dropout, causal_mask, dropout_if, layer_norm, layer_vec, lm_logits, merge_heads, param,
-    split_heads, Activation, Embedding, LayerNorm,
+    causal_mask, dropout_if, layer_norm, layer_vec, lm_logits, merge_heads, param, split_heads,
+    Activation, Embedding, LayerNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -264,7 +264,6 @@ impl Decoder for Gpt2 {
             let q = split_heads(q, heads, hd)?;
             let k = split_heads(k, heads, hd)?;
             let v = split_heads(v, heads, hd)?;
-            let (k, v) = extend_cache(cache.as_deref_mut().and_then(|c| c.get_mut(i)), k, v);
             let mut scale = if c.scale_attn_weights {
                 1.0 / (hd as f64).sqrt()
             } else {
@@ -273,14 +272,8 @@ impl Decoder for Gpt2 {
             if c.scale_attn_by_inverse_layer_idx {
                 scale /= (i + 1) as f64;
             }
-            let a = merge_heads(&attend_dropout(
-                &q,
-                &k,
-                &v,
-                Some(&mask),
-                Some(scale),
-                attn_p,
-            ))?;
+            let slot = cache.as_deref_mut().and_then(|c| c.get_mut(i));
+            let a = merge_heads(&attend_cached(slot, &q, k, v, &mask, Some(scale), attn_p)?)?;
             x = &x + dropout_if(b.attn_proj.forward(&a), c.resid_pdrop, train)?;
             let f = c.activation.apply(&b.c_fc.forward(&b.ln_2.forward(&x)));
             x = &x + dropout_if(b.mlp_proj.forward(&f), c.resid_pdrop, train)?;

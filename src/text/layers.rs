@@ -236,6 +236,120 @@ pub fn attend_dropout(
     Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, scale, gqa)
 }
 
+/// Softmax attention of `q` `[N, H, Tq, D]` over `k`, `v` `[N, H, Tk, D]` with an additive
+/// `bias` and its log-sum-exp `[N, H, Tq]` (float32): libtorch's flash kernel on the CPU,
+/// float32 arithmetic elsewhere.
+fn attend_part(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    if q.device() == tch::Device::Cpu {
+        let (o, lse) = Tensor::f_internal_scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, false, bias, scale,
+        )?;
+        return Ok((o, lse.to_kind(Kind::Float)));
+    }
+    attend_part_math(q, k, v, bias, scale)
+}
+
+fn attend_part_math(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let f = Kind::Float;
+    let mut s = q.to_kind(f).f_matmul(&k.to_kind(f).transpose(-2, -1))? * scale;
+    if let Some(b) = bias {
+        s += b.to_kind(f);
+    }
+    let lse = s.f_logsumexp([-1], false)?;
+    let o = (s - lse.unsqueeze(-1)).exp().f_matmul(&v.to_kind(f))?;
+    Ok((o.to_kind(q.kind()), lse))
+}
+
+/// Attention of `q` `[B, H, Tq, D]` over keys every row shares (`ks`, `vs` `[1, Hkv, P, D]`,
+/// visible to every query) followed by each row's own keys (`k`, `v` `[B, Hkv, T, D]`, boolean
+/// "may attend" `mask` `[B, 1, Tq, T]`), as one softmax over both: each part runs alone (the
+/// shared one with the whole batch's queries as one query list, so its keys are read once for
+/// the batch instead of once per row) and the two are merged through their log-sum-exps (the
+/// cascade attention of shared-prefix inference engines). Inference only (no dropout).
+pub fn attend_with_prefix(
+    q: &Tensor,
+    (ks, vs): (&Tensor, &Tensor),
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: Option<f64>,
+) -> Result<Tensor> {
+    prefix_then_own(q, (ks, vs), k, v, mask, scale, attend_part)
+}
+
+type AttendPart = fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, f64) -> Result<(Tensor, Tensor)>;
+
+fn prefix_then_own(
+    q: &Tensor,
+    (ks, vs): (&Tensor, &Tensor),
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale: Option<f64>,
+    attend_part: AttendPart,
+) -> Result<Tensor> {
+    let (b, h, tq, d) = q.size4()?;
+    let hkv = k.size()[1];
+    if hkv == 0 || h % hkv != 0 || ks.size()[1] != hkv {
+        return Err(RecforgeError::data(format!(
+            "attention heads do not group: queries {:?}, keys {:?}, shared keys {:?}",
+            q.size(),
+            k.size(),
+            ks.size()
+        )));
+    }
+    let g = h / hkv;
+    let kind = q.kind();
+    // Shared part: queries grouped by key head, the batch folded into the query list.
+    let qs = q
+        .reshape([b, hkv, g, tq, d])
+        .permute([1, 0, 2, 3, 4])
+        .reshape([1, hkv, b * g * tq, d]);
+    let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let (o1, lse1) = attend_part(&qs, ks, vs, None, scale)?;
+    let unfold = |x: &Tensor, last: &[i64]| -> Result<Tensor> {
+        let mut shape = vec![hkv, b, g, tq];
+        shape.extend_from_slice(last);
+        let mut out = vec![b, h, tq];
+        out.extend_from_slice(last);
+        let mut perm = vec![1, 0, 2, 3];
+        perm.extend((4..4 + last.len() as i64).collect::<Vec<_>>());
+        Ok(x.f_reshape(&shape[..])?
+            .f_permute(&perm[..])?
+            .f_reshape(&out[..])?)
+    };
+    let (o1, lse1) = (unfold(&o1, &[d])?, unfold(&lse1, &[])?);
+    // Own part: the queries of a key head's group stacked along the query axis, the mask
+    // repeated for each of them, as an additive bias.
+    let t = k.size()[1 + 1];
+    let qo = q.reshape([b, hkv, g * tq, d]);
+    let bias = Tensor::zeros([b, 1, tq, t], (kind, q.device()))
+        .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
+        .unsqueeze(2)
+        .expand([b, 1, g, tq, t], false)
+        .reshape([b, 1, g * tq, t]);
+    let (o2, lse2) = attend_part(&qo, k, v, Some(&bias), scale)?;
+    let (o2, lse2) = (o2.reshape([b, h, tq, d]), lse2.reshape([b, h, tq]));
+    // softmax over both parts = each part's softmax weighted by its share of the total mass.
+    let m = lse1.maximum(&lse2);
+    let (w1, w2) = ((&lse1 - &m).exp(), (&lse2 - &m).exp());
+    let total = &w1 + &w2;
+    let (w1, w2) = ((w1 / &total).unsqueeze(-1), (w2 / &total).unsqueeze(-1));
+    Ok((o1.to_kind(Kind::Float) * w1 + o2.to_kind(Kind::Float) * w2).to_kind(kind))
+}
+
 /// Dropout `p` on `x` when `on` (training mode), else `x` itself.
 pub fn dropout_if(x: Tensor, p: f64, on: bool) -> Result<Tensor> {
     if on && p > 0.0 {
@@ -276,6 +390,47 @@ pub fn positions_from_mask(mask: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attention_after_a_shared_prefix_equals_attention_over_the_concatenated_keys() {
+        let f = (Kind::Float, tch::Device::Cpu);
+        let (b, h, hkv, p, t, d) = (3, 6, 2, 5, 4, 8);
+        for tq in [1, 3] {
+            let q = Tensor::randn([b, h, tq, d], f);
+            let (ks, vs) = (
+                Tensor::randn([1, hkv, p, d], f),
+                Tensor::randn([1, hkv, p, d], f),
+            );
+            let (k, v) = (
+                Tensor::randn([b, hkv, t, d], f),
+                Tensor::randn([b, hkv, t, d], f),
+            );
+            // Left padding of 1, 0 and 2 among the rows' own keys.
+            let key_mask =
+                Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1]).view([b, t]);
+            let mask = causal_mask(&key_mask, tq);
+            let kc = Tensor::cat(&[ks.expand([b, -1, -1, -1], false), k.shallow_clone()], 2);
+            let vc = Tensor::cat(&[vs.expand([b, -1, -1, -1], false), v.shallow_clone()], 2);
+            let mc = Tensor::cat(
+                &[
+                    Tensor::ones([b, 1, tq, p], (Kind::Bool, f.1)),
+                    mask.shallow_clone(),
+                ],
+                3,
+            );
+            for scale in [None, Some(0.3)] {
+                let want = attend(&q, &kc, &vc, Some(&mc), scale);
+                for (name, part) in [
+                    ("flash", attend_part as AttendPart),
+                    ("math", attend_part_math),
+                ] {
+                    let got = prefix_then_own(&q, (&ks, &vs), &k, &v, &mask, scale, part).unwrap();
+                    let err = (&got - &want).abs().max().double_value(&[]);
+                    assert!(err < 1e-5, "{name} tq {tq} scale {scale:?}: {err}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn causal_mask_by_hand() {

@@ -8,12 +8,12 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::config::{checked_product, checked_sum, HfConfig};
-use super::decoder::{extend_cache, Decoder, KvCache};
+use super::decoder::{attend_cached, Decoder, KvCache};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layers::{
-    attend_dropout, causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads,
-    Activation, Embedding, RmsNorm,
+    causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads, Activation, Embedding,
+    RmsNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -327,8 +327,8 @@ impl Decoder for Llama {
                 c.head_dim,
             )?);
             let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim)?;
-            let (k, v) = extend_cache(cache.as_deref_mut().and_then(|c| c.get_mut(i)), k, v);
-            let a = merge_heads(&attend_dropout(&q, &k, &v, Some(&mask), None, attn_p))?;
+            let slot = cache.as_deref_mut().and_then(|c| c.get_mut(i));
+            let a = merge_heads(&attend_cached(slot, &q, k, v, &mask, None, attn_p)?)?;
             x = &x + l.o.forward(&a);
             let n = l.post_norm.forward(&x);
             let f = c.hidden_act.apply(&l.gate.forward(&n)) * l.up.forward(&n);
