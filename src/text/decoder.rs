@@ -142,7 +142,8 @@ pub trait Decoder: Send {
     /// Token embeddings `[B, T, H]` of ids `[B, T]`.
     fn embed(&self, ids: &Tensor) -> Tensor;
     /// Hidden states after the final norm, `[B, Tq, H]`, of `embeds` `[B, Tq, H]`. `key_mask`
-    /// `[B, Tpast + Tq]` marks real tokens among the cached and current ones, `positions`
+    /// `[B, Tpast + Tq]` marks real tokens among the cached and current ones (a cache slot's
+    /// shared prefix is not in it: every row attends to all of that), `positions`
     /// `[B, Tq]` are their position ids, and `cache` (one slot per layer) is extended in place.
     fn forward(
         &self,
