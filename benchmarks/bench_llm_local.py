@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from recforge import datasets, prompts
-from recforge.llm import Client, LocalClient, smollm2_path, start_llama_server
+from recforge.llm import Client, LocalClient, launch_server, smollm2_path, start_llama_server
 
 
 def rss_kb(pid: int | str = "self") -> int:
@@ -133,29 +133,6 @@ def run_transformers(folder: Path, msgs: list[Any], new_tokens: int, batch: int,
 TUNED_MALLOC = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit("llama-server did not answer")
-
-
 def one(args: argparse.Namespace, gguf: Path, msgs: list[Any]) -> dict[str, float]:
     """One configuration, in this (fresh) process: its throughput and peak memory."""
     kind, dtype = args.one.split(":")
@@ -180,14 +157,13 @@ def one(args: argparse.Namespace, gguf: Path, msgs: list[Any]) -> dict[str, floa
             proc.terminate()
             proc.wait(timeout=30)
     elif kind == "llama-server":
-        port = free_port()
-        log = open(Path(tempfile.gettempdir()) / "bench-llama-server.log", "wb")
-        proc = subprocess.Popen([args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-                                 "-np", str(args.max_batch), "-c", str(512 * args.max_batch),
-                                 "-t", str(os.cpu_count() or 1), "--no-webui"], stdout=log, stderr=log)  # fmt: skip
+        proc, url = launch_server(
+            lambda port: [args.llama_server, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                          "-np", str(args.max_batch), "-c", str(512 * args.max_batch),
+                          "-t", str(os.cpu_count() or 1), "--no-webui"],
+            name="llama-server",
+        )  # fmt: skip
         try:
-            url = f"http://127.0.0.1:{port}/v1"
-            wait_for(url, proc)
             c = Client(url, "smollm2", max_concurrency=args.max_batch, timeout=600)
             run_client(c, msgs[:2], 4)
             row, mem = peak_during(lambda: run_client(c, msgs, args.new_tokens), proc.pid)

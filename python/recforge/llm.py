@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +44,7 @@ from .errors import ConfigError
 
 __all__ = [
     "BatchResult", "ChatResult", "Client", "EmbedResult", "LocalClient", "default_client", "smollm2_path",
-    "start_llama_server",
+    "launch_server", "start_llama_server",
 ]  # fmt: skip
 
 
@@ -600,21 +600,32 @@ def start_llama_server(
     model = Path(model)
     if not model.is_file():
         raise ConfigError(f"model file not found: {model}")
+    return launch_server(
+        lambda port: [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                      "--port", str(port), "--n_ctx", str(n_ctx)],
+        name="llama_cpp.server", log=log, timeout=timeout,
+    )  # fmt: skip
+
+
+def launch_server(
+    command: Callable[[int], list[str]], *, name: str, log: str | Path | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an OpenAI-compatible server, ``command(port)``, on a free loopback port; return the
+    process and the base URL once ``/v1/models`` answers (what :func:`start_llama_server` does for
+    llama-cpp-python's server; also any other server binary, e.g. llama.cpp's ``llama-server``).
+    Output goes to ``log`` (default: a file in the temp folder); a server that exits or does not
+    answer within ``timeout`` seconds is a ConfigError quoting the end of that log."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     log_path = Path(log) if log is not None else Path(tempfile.gettempdir()) / f"recforge-llama-server-{port}.log"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", str(n_ctx)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ConfigError(f"llama_cpp.server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
+            raise ConfigError(f"{name} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')[-3000:]}")
         try:
             urllib.request.urlopen(f"{url}/models", timeout=2).close()
             return proc, url
@@ -622,4 +633,4 @@ def start_llama_server(
             time.sleep(0.2)
     proc.kill()
     proc.wait()
-    raise ConfigError(f"llama_cpp.server did not answer within {timeout:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")
+    raise ConfigError(f"{name} did not answer within {timeout:.0f} s:\n{log_path.read_text(errors='replace')[-3000:]}")

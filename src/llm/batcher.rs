@@ -765,6 +765,15 @@ mod tests {
     }
 
     fn run(lm: &CausalLm, reqs: Vec<GenRequest>, max_batch: usize) -> Vec<Generated> {
+        run_with(lm, reqs, max_batch, true)
+    }
+
+    fn run_with(
+        lm: &CausalLm,
+        reqs: Vec<GenRequest>,
+        max_batch: usize,
+        prefix_cache: bool,
+    ) -> Vec<Generated> {
         let decode =
             |ids: &[i64]| -> Result<String> { Ok(ids.iter().map(|i| format!("<{i}>")).collect()) };
         let m = Model {
@@ -773,18 +782,13 @@ mod tests {
             decode: &decode,
             max_batch,
             device: Device::Cpu,
-            prefix_cache: true,
+            prefix_cache,
         };
-        let n = reqs.len();
-        let mut out: Vec<Option<Generated>> = vec![None; n];
-        let mut order = vec![];
+        let mut out: Vec<Option<Generated>> = vec![None; reqs.len()];
         let stopped = generate(
             &m,
             reqs,
-            &mut |i, g| {
-                order.push(i);
-                out[i] = Some(g.unwrap());
-            },
+            &mut |i, g| out[i] = Some(g.unwrap()),
             &mut |_, _| false,
         )
         .unwrap();
@@ -884,28 +888,12 @@ mod tests {
             let max: Vec<usize> = (0..ps.len()).map(|i| 3 + (i * 5) % 13).collect();
             for max_batch in [1, 2, 3, 16] {
                 for prefix_cache in [true, false] {
-                    let decode = |ids: &[i64]| -> Result<String> { Ok(format!("{ids:?}")) };
-                    let m = Model {
-                        net: lm.net(),
-                        eos: &lm.eos,
-                        decode: &decode,
-                        max_batch,
-                        device: Device::Cpu,
-                        prefix_cache,
-                    };
-                    let mut out: Vec<Option<Generated>> = vec![None; ps.len()];
-                    generate(
-                        &m,
-                        requests(&ps, &max, Sampling::Greedy),
-                        &mut |i, g| out[i] = Some(g.unwrap()),
-                        &mut |_, _| false,
-                    )
-                    .unwrap();
-                    for (i, g) in out.iter().enumerate() {
+                    let reqs = requests(&ps, &max, Sampling::Greedy);
+                    let got = run_with(&lm, reqs, max_batch, prefix_cache);
+                    for (i, g) in got.iter().enumerate() {
                         let want = slow_greedy(&lm, &ps[i], max[i], 59);
                         assert_eq!(
-                            g.as_ref().unwrap().tokens,
-                            want,
+                            g.tokens, want,
                             "{kind} batch {max_batch} prefix cache {prefix_cache} request {i}"
                         );
                     }

@@ -333,7 +333,7 @@ fn prefix_then_own(
     let (o1, lse1) = (unfold(&o1, &[d])?, unfold(&lse1, &[])?);
     // Own part: the queries of a key head's group stacked along the query axis, the mask
     // repeated for each of them, as an additive bias.
-    let t = k.size()[1 + 1];
+    let t = k.size()[2];
     let qo = q.reshape([b, hkv, g * tq, d]);
     let bias = Tensor::zeros([b, 1, tq, t], (kind, q.device()))
         .masked_fill(&mask.logical_not(), f64::NEG_INFINITY)
