@@ -14,6 +14,7 @@ pub mod rng;
 pub mod sampling;
 pub mod stats;
 pub mod text;
+pub mod timers;
 pub mod train;
 
 #[cfg(feature = "python")]

@@ -101,7 +101,7 @@ _check_torch_version(_torch.__version__, _native._TORCH_VERSION)
 
 from ._native import IdMap, Interactions, num_threads
 from . import errors, split, datasets, metrics, sampling, stats, models, tuning
-from . import llm, parsing, prompts, rerank, text
+from . import llm, parsing, profiling, prompts, rerank, text
 from .datasets import Dataset
 
 __version__: str = _native.__version__
@@ -167,6 +167,7 @@ __all__ = [
     "models",
     "num_threads",
     "parsing",
+    "profiling",
     "prompts",
     "rerank",
     "resolve_device",

@@ -671,6 +671,7 @@ impl Fm {
                 i.len()
             )));
         }
+        let timer = crate::timers::scope(crate::timers::Section::BatchBuilding);
         let mut distinct = Vec::new();
         let mut slot = self
             .slot
@@ -696,6 +697,7 @@ impl Fm {
             val.extend_from_slice(&rows.nz_val[a..z]);
             seg.extend(std::iter::repeat_n(r as i64, z - a));
         }
+        drop(timer);
         let dev = self.device();
         let n_rows = distinct.len() as i64;
         let feat = Tensor::from_slice(&feat).f_to(dev)?;

@@ -229,6 +229,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
         return Ok(x.f_dropout(p, true)?);
     }
     let seed = Tensor::f_randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))?.f_int64_value(&[0])?;
+    let timer = crate::timers::scope(crate::timers::Section::DropoutMasks);
     let mut rng = crate::rng::Rng::new(seed as u64, 0);
     let keep = 1.0 / (1.0 - p) as f32;
     // An element is kept when its 32 random bits are at least p * 2^32.
@@ -243,6 +244,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
             }
         }
     }
+    drop(timer);
     let mask = Tensor::from_slice(&mask).f_view(x.size().as_slice())?;
     Ok(x.f_mul(&mask.f_to_kind(x.kind())?)?)
 }

@@ -28,6 +28,18 @@ fn resolve_device(name: &str) -> PyResult<String> {
     Ok(crate::device::name(crate::device::resolve(name)?))
 }
 
+/// Clears and starts recforge's own timers (`crate::timers`); a ConfigError when they already run.
+#[pyfunction]
+fn _timers_start() -> PyResult<()> {
+    Ok(crate::timers::start()?)
+}
+
+/// Stops recforge's own timers: per section, its name, timed calls and seconds.
+#[pyfunction]
+fn _timers_stop() -> Vec<(&'static str, u64, f64)> {
+    crate::timers::stop()
+}
+
 /// The torch version the extension was built against (`torch/version.py` of the linked libtorch,
 /// recorded by `build.rs`), behind a marker and NUL-terminated, so that Python can read it from the
 /// file itself when the extension cannot be loaded (another torch installed):
@@ -81,6 +93,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(device, m)?)?;
     m.add_function(wrap_pyfunction!(resolve_device, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_timers_start, m)?)?;
+    m.add_function(wrap_pyfunction!(_timers_stop, m)?)?;
     // Test hooks of the tensor bridge live apart from the API, in `_native._testing`.
     let testing = PyModule::new(m.py(), "_testing")?;
     testing.add_function(wrap_pyfunction!(tensor::_tensor_add_, &testing)?)?;

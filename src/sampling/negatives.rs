@@ -229,6 +229,7 @@ pub fn training_negatives(
     seed: u64,
     epoch: u64,
 ) -> Result<Vec<i64>> {
+    let _t = crate::timers::scope(crate::timers::Section::Sampling);
     if k == 0 {
         return Err(RecforgeError::config("k must be >= 1"));
     }

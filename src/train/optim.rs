@@ -13,6 +13,7 @@ use tch::Tensor;
 
 use super::fused;
 use crate::error::{RecforgeError, Result};
+use crate::timers::{self, Section};
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,6 +246,7 @@ fn sparse_adam(
             let flat = [&*p, g, &m, &v].iter().all(|x| fused::is_flat_f32(x))
                 && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3];
             if flat {
+                let _t = timers::scope(Section::Optimizer);
                 let width = p.numel() / p.size().first().map_or(1, |&n| n.max(1) as usize);
                 // SAFETY: four distinct contiguous float32 CPU tensors of equal length, used by
                 // nothing else during the call.
@@ -456,6 +458,7 @@ impl Optimizer {
                     // On the CPU the buffer stays zero between steps: the rows are added here and
                     // cleared after the update, so the table is never zeroed whole.
                     let rows = Vec::<i64>::try_from(&rows)?;
+                    let _t = timers::scope(Section::Optimizer);
                     let width = buf.numel() / buf.size().first().map_or(1, |&n| n.max(1) as usize);
                     // SAFETY: both are contiguous float32 CPU tensors, distinct allocations, and
                     // nothing else touches them during the call.
@@ -534,6 +537,7 @@ impl Optimizer {
                         && fused::is_flat_f32(&v)
                         && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3]
                     {
+                        let _t = timers::scope(Section::Optimizer);
                         let s = adam_step(&c, t);
                         // SAFETY: four distinct contiguous float32 CPU tensors of equal length
                         // (a gradient never shares a parameter's or a moment's storage), used by
@@ -613,6 +617,7 @@ impl Optimizer {
             Ok(())
         });
         // Cleared whether or not the update went through, so the next step starts from zero.
+        let _t = timers::scope(Section::Optimizer);
         for (k, width, rows) in &rezero {
             if let Some(buf) = &self.scratch[*k][0] {
                 // SAFETY: the buffer is the contiguous float32 CPU tensor filled above.
