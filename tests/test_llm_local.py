@@ -178,6 +178,14 @@ def test_cache_report_and_resume_like_the_server_client(tiny_chat_dir: Path, tmp
     assert not t[0].cached
     fresh = LocalClient(tiny_chat_dir, device="cpu", max_batch=1, max_tokens=12).chat_batch([ask(p) for p in prompts], progress=False)
     assert fresh.texts == b.texts
+    # So is the precision: a bfloat16 model's answers differ at near-ties, so it does not reuse
+    # float32 answers (and float32 keys stay as they were).
+    half = LocalClient(tiny_chat_dir, device="cpu", dtype="bfloat16", max_batch=3, max_tokens=12, cache=cache)
+    h = half.chat_batch([ask(p) for p in prompts[:2]], progress=False)
+    assert h.report["cache_hits"] == 0 and h.report["cache_misses"] == 2
+    assert LocalClient(tiny_chat_dir, device="cpu", dtype="bfloat16", cache=cache).chat_batch(
+        [ask(prompts[0])], max_tokens=12, progress=False
+    ).report["cache_hits"] == 1
 
 
 def test_bad_requests_fail_alone_and_bad_settings_are_config_errors(tiny: LocalClient, tmp_path: Path) -> None:

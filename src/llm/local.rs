@@ -65,8 +65,10 @@ pub struct LocalLlm {
     template: ChatTemplate,
     eos: Vec<i64>,
     vocab: OnceLock<std::result::Result<Arc<Vocab>, String>>,
-    /// What identifies the model in cache keys (file name and size; never a secret).
+    /// What identifies the model in cache keys (file name and size, and the precision when it is
+    /// not float32; never a secret).
     model_id: String,
+    kind: Kind,
     config: LocalConfig,
     cache: Option<ResponseCache>,
 }
@@ -161,7 +163,17 @@ impl LocalLlm {
             template,
             eos,
             vocab: OnceLock::new(),
-            model_id: model_id(path),
+            // Lower precision answers differ at near-ties, so it is part of the key (float32
+            // keys stay as they were).
+            model_id: match kind {
+                Kind::Float => model_id(path),
+                other => format!(
+                    "{}:{}",
+                    model_id(path),
+                    crate::text::layers::dtype_name(other)
+                ),
+            },
+            kind,
             config,
             cache,
         })
@@ -170,6 +182,11 @@ impl LocalLlm {
     /// The settings.
     pub fn config(&self) -> &LocalConfig {
         &self.config
+    }
+
+    /// The precision of the weights and activations.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// The device the weights live on.

@@ -386,6 +386,12 @@ impl PyLocalLlm {
         crate::device::name(self.lock().device())
     }
 
+    /// The precision of the weights: `float32`, `bfloat16` or `float16`.
+    #[getter]
+    fn dtype(&self) -> String {
+        crate::text::layers::dtype_name(self.lock().kind())
+    }
+
     /// End-of-sequence ids.
     #[getter]
     fn eos_token_ids(&self) -> Vec<i64> {

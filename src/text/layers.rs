@@ -17,6 +17,17 @@ pub fn parse_dtype(name: &str) -> Result<Kind> {
     }
 }
 
+/// The name [`parse_dtype`] reads for a weight dtype (`float32`, `float16`, `bfloat16`; other
+/// kinds by their libtorch name).
+pub fn dtype_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "float32".into(),
+        Kind::Half => "float16".into(),
+        Kind::BFloat16 => "bfloat16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// Feed-forward activation functions by their Hugging Face `hidden_act` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {

