@@ -377,11 +377,16 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=["adam", "sparse_adam"], choices=["adam", "sparse_adam"])
     ap.add_argument("--no-dataloader", action="store_true", help="skip the DataLoader column")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--flush-denormal", action="store_true",
+                    help="torch.set_flush_denormal(True) first: libtorch's ops (both sides) treat subnormal floats as zero")
     args = ap.parse_args()
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise SystemExit("this CPU cannot flush subnormal floats")
     ds = recforge.datasets.movielens_small()
     loo = recforge.split.leave_one_out(ds.interactions)
     ratings = recforge.split.ratio(ds.interactions, (0.8, 0.1, 0.1), seed=0)
-    print(f"recforge {recforge.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}, {args.epochs} epochs")
+    print(f"recforge {recforge.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}, "
+          f"{args.epochs} epochs{', subnormals flushed' if args.flush_denormal else ''}")
     print("| model | optimizer | batch | recforge s/epoch | lean PyTorch s/epoch | ratio | DataLoader PyTorch s/epoch | ratio "
           "| libtorch kernels s/epoch | recforge kernels s/epoch | recforge / kernels | batch building s/epoch "
           "| valid metric recforge / lean / DataLoader |")  # fmt: skip
