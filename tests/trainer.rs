@@ -17,6 +17,11 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 /// 60 users with 6-14 items each over 40 items, clustered so there is something to learn:
 /// user u mostly picks items near `(u % 4) * 10`. Ratings follow the cluster too.
 fn data() -> Arc<Interactions> {
+    data_over(40)
+}
+
+/// [`data`] declared over `n_items` items (at least 40; the items above 39 get no interaction).
+fn data_over(n_items: u64) -> Arc<Interactions> {
     let mut rng = Rng::new(7, 0);
     let (mut u, mut i, mut r, mut t) = (vec![], vec![], vec![], vec![]);
     for user in 0..60i64 {
@@ -37,7 +42,9 @@ fn data() -> Arc<Interactions> {
             }
         }
     }
-    Arc::new(Interactions::from_arrays(&u, &i, Some(&r), Some(&t), Some(60), Some(40)).unwrap())
+    Arc::new(
+        Interactions::from_arrays(&u, &i, Some(&r), Some(&t), Some(60), Some(n_items)).unwrap(),
+    )
 }
 
 fn spec(json: &str) -> Spec {
@@ -199,4 +206,29 @@ fn param_groups_set_their_own_learning_rate() {
     let moved = |n: &str| (&after[n] - &before[n]).abs().max().double_value(&[]);
     assert!(moved("user_factors") > 1e-6);
     assert!(moved("item_factors") < 1e-9);
+}
+
+/// A parameter that stops being finite where no batch reads it (the row of an item without
+/// ratings) leaves every loss finite; the end-of-epoch check still names it.
+#[test]
+fn a_non_finite_parameter_is_found_after_the_epoch() {
+    let _guard = lock();
+    let svd = r#"{"model": "SVD", "dim": 4, "epochs": 1, "batch_size": 32, "lr": 0.01}"#;
+    // 41 items: item 40 has no rating, so its rows get no gradient.
+    let mut t = Trainer::new(spec(svd), 60, 41, Device::Cpu, None).unwrap();
+    let mut poisoned = 0;
+    for (_, p) in t.model_mut().params() {
+        if p.size().first() == Some(&41) {
+            tch::no_grad(|| {
+                let _ = p.narrow(0, 40, 1).fill_(f64::NAN);
+            });
+            poisoned += 1;
+        }
+    }
+    assert!(poisoned > 0);
+    let err = t
+        .fit(data_over(41), None, &FitOptions::default(), &mut NoHooks)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is no longer finite"), "{err}");
 }

@@ -88,6 +88,16 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if kind == Kind::Float && self.weight.kind() == Kind::Float {
+            // libtorch's fused kernel: one pass forward and one backward, where the formula below
+            // takes six forward and as many backward passes (each a fresh activation-sized
+            // tensor). Same arithmetic in float32; other precisions keep the formula, whose
+            // rounding (normalise in float32, cast, then scale) is Hugging Face's.
+            let dim = self.weight.size();
+            if let Ok(y) = x.f_rms_norm(dim.as_slice(), Some(&self.weight), self.eps) {
+                return y;
+            }
+        }
         let h = x.to_kind(Kind::Float);
         let var = h.square().mean_dim(-1, true, Kind::Float);
         let h = h * (var + self.eps).rsqrt();
@@ -462,6 +472,42 @@ mod tests {
         let m = Tensor::from_slice(&[0i64, 0, 1, 1, 1, 1, 1, 1]).view([2, 4]);
         let p: Vec<i64> = Vec::try_from(positions_from_mask(&m).view([-1])).unwrap();
         assert_eq!(p, vec![0, 0, 0, 1, 0, 1, 2, 3]);
+    }
+
+    /// The fused float32 path: values and both gradients equal the formula written op by op.
+    #[test]
+    fn fused_rms_norm_matches_the_formula_with_gradients() {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let n = RmsNorm::new(vs.root().sub("n"), 24, 1e-5).unwrap();
+        tch::no_grad(|| {
+            let mut w = n.weight.shallow_clone();
+            w.copy_(&(Tensor::rand([24], (Kind::Float, tch::Device::Cpu)) + 0.5))
+        });
+        let x = Tensor::randn([3, 5, 24], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let g = Tensor::randn([3, 5, 24], (Kind::Float, tch::Device::Cpu));
+        let y = n.forward(&x);
+        let (gx, gw) = {
+            let r = Tensor::run_backward(
+                &[(&y * &g).sum(Kind::Float)],
+                &[&x, &n.weight],
+                false,
+                false,
+            );
+            (r[0].shallow_clone(), r[1].shallow_clone())
+        };
+        let var = x.square().mean_dim(-1, true, Kind::Float);
+        let want = &n.weight * (&x * (var + 1e-5).rsqrt());
+        let r = Tensor::run_backward(
+            &[(&want * &g).sum(Kind::Float)],
+            &[&x, &n.weight],
+            false,
+            false,
+        );
+        for (a, b) in [(&y, &want), (&gx, &r[0]), (&gw, &r[1])] {
+            let d = (a - b).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "max difference {d}");
+        }
     }
 
     #[test]

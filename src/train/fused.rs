@@ -164,6 +164,13 @@ pub(crate) fn zero_rows(dense: &mut [f32], width: usize, rows: &[i64]) {
     }
 }
 
+/// Whether every value of `x` is finite: one read of the slice, in blocks that the compiler
+/// vectorises (libtorch's `isfinite().all()` takes four passes and two temporaries).
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    x.chunks(4096)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+}
+
 /// Whether `t` is a contiguous float32 CPU tensor, so its storage can be walked as a slice.
 pub(crate) fn is_flat_f32(t: &Tensor) -> bool {
     t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && !t.is_sparse()
@@ -300,6 +307,21 @@ mod tests {
         assert_eq!(m, [0.0, 0.0]);
         for k in 0..2 {
             assert!((f64::from(p[k]) - rp[k]).abs() < 1e-6, "{p:?} vs {rp:?}");
+        }
+    }
+
+    #[test]
+    fn all_finite_finds_one_bad_value_anywhere() {
+        let mut x = vec![1.5f32; 10_001];
+        assert!(all_finite(&x) && all_finite(&[]));
+        for (at, bad) in [
+            (0, f32::NAN),
+            (4_096, f32::INFINITY),
+            (10_000, f32::NEG_INFINITY),
+        ] {
+            x[at] = bad;
+            assert!(!all_finite(&x), "{bad} at {at}");
+            x[at] = 1.5;
         }
     }
 

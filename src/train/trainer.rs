@@ -373,8 +373,16 @@ impl Trainer {
     /// Raises when training diverged into parameters that are no longer finite.
     fn check_divergence(&self, epoch: u64) -> Result<()> {
         for (name, p) in self.model.params() {
-            let finite = tch::no_grad(|| p.f_isfinite()?.f_all()?.f_int64_value(&[]))?;
-            if finite == 0 {
+            if !p.requires_grad() {
+                continue; // frozen: training does not change it
+            }
+            let finite = if super::fused::is_flat_f32(&p) {
+                // SAFETY: a contiguous float32 CPU tensor, only read while no step runs.
+                super::fused::all_finite(unsafe { super::fused::slice(&p) })
+            } else {
+                tch::no_grad(|| p.f_isfinite()?.f_all()?.f_int64_value(&[]))? == 1
+            };
+            if !finite {
                 return Err(RecforgeError::data(format!(
                     "training diverged at epoch {epoch}: parameter {name} is no longer finite; lower the learning rate"
                 )));
