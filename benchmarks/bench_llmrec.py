@@ -3,8 +3,9 @@ reference systems write them, in one process, same backbone, batch, sequence len
 
 SoftTokenRec (S2):
 
-- reference: a ``torch.nn.Module`` around a ``transformers`` causal LM fed with
-  ``inputs_embeds``, ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a
+- reference: a ``torch.nn.Module`` around a ``transformers`` causal LM's base model (no
+  language-model head: the seeds call the full model with ``output_hidden_states=True``, which
+  also computes ``[positions, vocabulary]`` logits they discard) fed with ``inputs_embeds``, ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a
   ``DataLoader`` over users whose collate pads the sequences, ``torch.optim.AdamW``, the
   all-item cross-entropy as ``F.cross_entropy`` of the full ``[positions, items]`` logits plus
   the two BPR losses with uniform negatives;
@@ -13,8 +14,8 @@ SoftTokenRec (S2):
 HierarchicalRec (S4), frozen item vectors (random unit vectors of width 384, as MiniLM's):
 
 - reference: a ``torch.nn.Module`` with the item vectors as a frozen ``[n_items, 384]`` buffer,
-  an ``nn.Linear`` item adapter into the backbone's hidden size, the ``transformers`` causal LM
-  fed the adapted vectors of the user's last ``max_len`` items as ``inputs_embeds`` (left
+  an ``nn.Linear`` item adapter into the backbone's hidden size, the ``transformers`` causal LM's
+  base model fed the adapted vectors of the user's last ``max_len`` items as ``inputs_embeds`` (left
   padding, positions from the mask, last hidden layer), the cumulative mean of its states over
   the items so far (every position predicts its next item), an ``nn.Linear`` head, scores
   ``q @ V.T + item_bias`` and ``F.cross_entropy`` over all items; the same ``DataLoader`` and
@@ -78,8 +79,11 @@ class Reference(nn.Module):
     def forward(self, users: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.proj_in_user(self.user_emb(users))[:, None], self.proj_in_item(self.item_emb(seq.clamp(min=0)))], 1)
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        out = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True)
-        return self.proj_out(out.hidden_states[-1])
+        # The base model (no language-model head): its last state is hidden_states[-1] of the full
+        # model, without the [positions, vocabulary] logits the seeds' output_hidden_states=True
+        # computes and throws away.
+        out = self.backbone.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos)
+        return self.proj_out(out.last_hidden_state)
 
     def loss(self, users: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
         z = self(users, seq, mask)[:, 1:]
@@ -189,7 +193,7 @@ class HierReference(nn.Module):
         v = self.item_adapter(self.item_vectors)
         x = v[seq.clamp(min=0)] * mask[..., None]
         pos = (mask.cumsum(1) - 1).clamp(min=0)
-        hs = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=pos, output_hidden_states=True).hidden_states[-1]
+        hs = self.backbone.base_model(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
         keep = mask[..., None].bool()
         m = keep.float()
         user = hs.masked_fill(~keep, 0.0).cumsum(1) / m.cumsum(1).clamp(min=1.0)  # mean over the items so far
