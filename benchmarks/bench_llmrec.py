@@ -5,8 +5,8 @@ SoftTokenRec (S2):
 
 - reference: a ``torch.nn.Module`` around a ``transformers`` causal LM's base model (no
   language-model head: the seeds call the full model with ``output_hidden_states=True``, which
-  also computes ``[positions, vocabulary]`` logits they discard) fed with ``inputs_embeds``, ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a
-  ``DataLoader`` over users whose collate pads the sequences, ``torch.optim.AdamW``, the
+  also computes ``[positions, vocabulary]`` logits they discard) fed with ``inputs_embeds``,
+  ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a ``DataLoader`` over users whose collate pads the sequences, ``torch.optim.AdamW``, the
   all-item cross-entropy as ``F.cross_entropy`` of the full ``[positions, items]`` logits plus
   the two BPR losses with uniform negatives;
 - recforge: ``recforge.models.SoftTokenRec`` (the generic Rust trainer, chunked cross-entropy).
@@ -27,7 +27,8 @@ HierarchicalRec (S4), frozen item vectors (random unit vectors of width 384, as 
 For each model, under glibc's default allocator and with its mmap threshold raised (``ALLOCATORS``):
 training sequences (users) per second over the epochs after the first (each side's model
 construction, backbone loading and first optimiser allocations fall in the first epoch; with
-``--epochs 1`` the one epoch counts, setup included) (best of ``--repeat`` runs, default 2), peak RSS above the start of each run
+``--epochs 1`` the one epoch counts, setup included; best of ``--repeat`` runs, default 2), peak
+RSS above the start of each run
 (MiB; every run in a fresh process, so that heap kept by an earlier run hides nothing), the ratio, all-item evaluation time per 1,000 users (recforge), and the peak memory of a
 training epoch as the item count grows (``--scaling-items``, default 10K, 100K and 350K items,
 synthetic users, the tiny backbone; ``--scaling-items`` with no value skips it).

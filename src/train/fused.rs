@@ -267,8 +267,8 @@ mod tests {
     }
 
     /// A row no batch touches: its first moment decays by b1 each step; the fused step flushes it
-    /// to zero instead of carrying it through the subnormal range, and the parameter stays
-    /// bit-identical to the unflushed reference (computed in float64 here).
+    /// to zero instead of carrying it through the subnormal range, and the parameter stays within
+    /// float32 rounding (1e-6) of the unflushed reference, computed in float64 here.
     #[test]
     fn idle_moments_flush_to_zero_without_moving_the_parameter() {
         let (lr, b1, b2, eps) = (0.005, 0.9, 0.999, 1e-8);
