@@ -7,8 +7,9 @@ SoftTokenRec (S2):
   language-model head: the seeds call the full model with ``output_hidden_states=True``, which
   also computes ``[positions, vocabulary]`` logits they discard) fed with ``inputs_embeds``,
   ``nn.Embedding`` user / item tables, ``nn.Linear`` projections, a ``DataLoader`` over users
-  whose collate pads the sequences, ``torch.optim.AdamW``, the all-item cross-entropy as ``F.cross_entropy`` of the full ``[positions, items]`` logits plus
-  the two BPR losses with uniform negatives;
+  whose collate pads the sequences, ``torch.optim.AdamW``, the all-item cross-entropy as
+  ``F.cross_entropy`` of the full ``[positions, items]`` logits plus the two BPR losses with
+  uniform negatives;
 - recforge: ``recforge.models.SoftTokenRec`` (the generic Rust trainer, chunked cross-entropy).
 
 HierarchicalRec (S4), frozen item vectors (random unit vectors of width 384, as MiniLM's):
