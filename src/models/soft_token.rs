@@ -72,28 +72,35 @@ impl BackboneSource {
     }
 
     /// Loads (or initialises) the language model on `device`; `mode = Random` keeps only the
-    /// architecture of a pretrained source.
-    pub fn load(&self, mode: BackboneMode, seed: u64, device: Device) -> Result<CausalLm> {
+    /// architecture of a pretrained source; `blocks` keeps only the first transformer blocks
+    /// (see [`CausalLm::from_path`]).
+    pub fn load(
+        &self,
+        mode: BackboneMode,
+        seed: u64,
+        device: Device,
+        blocks: Option<i64>,
+    ) -> Result<CausalLm> {
         let kind = Kind::Float;
+        let random = |mut config: Value| -> Result<CausalLm> {
+            if let Some(n) = blocks {
+                crate::text::causal_lm::keep_blocks(&mut config, n)?;
+            }
+            CausalLm::from_config(config, seed as i64, device, kind)
+        };
         match self {
-            Self::Config(c) => CausalLm::from_config(c.clone(), seed as i64, device, kind),
-            Self::Path(p) => {
+            Self::Config(c) => random(c.clone()),
+            Self::Path(p) if mode == BackboneMode::Random => {
                 let is_gguf = p
                     .extension()
                     .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-                if mode == BackboneMode::Random {
-                    let config = if is_gguf {
-                        crate::text::gguf::read(p)?.0
-                    } else {
-                        crate::text::weights::read_config(p)?
-                    };
-                    CausalLm::from_config(config, seed as i64, device, kind)
-                } else if is_gguf {
-                    CausalLm::from_gguf(p, device, kind)
+                random(if is_gguf {
+                    crate::text::gguf::read(p)?.0
                 } else {
-                    CausalLm::from_pretrained(p, device, kind)
-                }
+                    crate::text::weights::read_config(p)?
+                })
             }
+            Self::Path(p) => CausalLm::from_path(p, device, kind, blocks),
         }
     }
 }

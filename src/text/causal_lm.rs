@@ -68,6 +68,25 @@ impl Arch {
     }
 }
 
+/// Sets a decoder config's block count (`num_hidden_layers`, GPT-2's `n_layer`) to `n`, which
+/// must be between 1 and the count it has.
+pub fn keep_blocks(config: &mut Value, n: i64) -> Result<()> {
+    let hf = HfConfig::new(config.clone())?;
+    let (key, have) = match Arch::parse(&hf)? {
+        Arch::Gpt2(c) => ("n_layer", c.n_layer),
+        Arch::Llama(c) => ("num_hidden_layers", c.num_hidden_layers),
+    };
+    if !(1..=have).contains(&n) {
+        return Err(RecforgeError::config(format!(
+            "the backbone has {have} transformer blocks, so the blocks to keep must be in 1..={have}, got {n}"
+        )));
+    }
+    if let Value::Object(map) = config {
+        map.insert(key.to_string(), Value::from(n));
+    }
+    Ok(())
+}
+
 impl CausalLm {
     fn new(
         config: Value,
@@ -101,6 +120,44 @@ impl CausalLm {
             eos,
             pad_id,
         })
+    }
+
+    /// Loads a model folder or a `.gguf` file, keeping only its first `blocks` transformer
+    /// blocks when given (the final norm and the embeddings kept: what `transformers` builds
+    /// from the same weights with `num_hidden_layers=blocks`). The later blocks' weights are
+    /// dropped unread.
+    pub fn from_path(path: &Path, device: Device, kind: Kind, blocks: Option<i64>) -> Result<Self> {
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let (mut config, mut ckpt) = if is_gguf {
+            let (config, tensors) = super::gguf::read(path)?;
+            (
+                config,
+                Checkpoint::from_tensors(path.to_path_buf(), tensors),
+            )
+        } else {
+            Self::check_folder(path)?;
+            let config = read_config(path)?;
+            // Check the configuration before reading gigabytes of weights.
+            Arch::parse(&HfConfig::new(config.clone())?)?;
+            (config, Checkpoint::open(path)?)
+        };
+        if let Some(n) = blocks {
+            keep_blocks(&mut config, n)?;
+            ckpt.drop_blocks_from(n);
+        }
+        Self::new(config, device, kind, Some(&ckpt))
+    }
+
+    fn check_folder(dir: &Path) -> Result<()> {
+        if !dir.is_dir() {
+            return Err(RecforgeError::Io {
+                context: format!("model folder {}", dir.display()),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+            });
+        }
+        Ok(())
     }
 
     /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded), with

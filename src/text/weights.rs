@@ -143,6 +143,17 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Drops the tensors of transformer blocks `n` and later: names with a `layers.K.` (Llama,
+    /// Qwen2) or `h.K.` (GPT-2) part where `K >= n`, under any prefix.
+    pub fn drop_blocks_from(&mut self, n: i64) {
+        self.tensors.retain(|name, _| {
+            let parts: Vec<&str> = name.split('.').collect();
+            !parts.windows(2).any(|w| {
+                matches!(w[0], "layers" | "h") && w[1].parse::<i64>().is_ok_and(|k| k >= n)
+            })
+        });
+    }
+
     /// Names of all tensors in the checkpoint, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut n: Vec<String> = self.tensors.keys().cloned().collect();
@@ -443,6 +454,51 @@ mod tests {
         assert_eq!(v["layers.0.weight"].sum(Kind::Float).double_value(&[]), 6.0);
         assert_eq!(v["layers.0.weight"].kind(), Kind::Float);
         assert_eq!(v["lm_head.weight"].sum(Kind::Float).double_value(&[]), 16.0);
+    }
+
+    /// Blocks 2 and later go, under any prefix and for both naming schemes; block 1, block 12's
+    /// look-alikes that are not block indices, and the non-block tensors stay.
+    #[test]
+    fn drop_blocks_from_keeps_the_first_blocks_only() {
+        let names = [
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.1.self_attn.q_proj.weight",
+            "model.layers.2.input_layernorm.weight",
+            "model.layers.12.mlp.down_proj.weight",
+            "layers.3.mlp.gate_proj.weight",
+            "transformer.h.1.attn.c_attn.weight",
+            "transformer.h.2.ln_1.bias",
+            "h.10.mlp.c_fc.weight",
+            "model.norm.weight",
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "transformer.wpe.weight",
+            "model.layers.x.odd",
+        ];
+        let tensors = names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)),
+                )
+            })
+            .collect();
+        let mut ckpt = Checkpoint::from_tensors(PathBuf::from("mem"), tensors);
+        ckpt.drop_blocks_from(2);
+        assert_eq!(
+            ckpt.names(),
+            [
+                "lm_head.weight",
+                "model.embed_tokens.weight",
+                "model.layers.0.mlp.up_proj.weight",
+                "model.layers.1.self_attn.q_proj.weight",
+                "model.layers.x.odd",
+                "model.norm.weight",
+                "transformer.h.1.attn.c_attn.weight",
+                "transformer.wpe.weight",
+            ]
+        );
     }
 
     #[test]

@@ -320,6 +320,9 @@ pub struct SoftTokenSpec {
     pub backbone: Value,
     /// `full`, `frozen` or `random`.
     pub backbone_mode: BackboneMode,
+    /// Keep only the backbone's first transformer blocks (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_layers: Option<i64>,
     /// Size of the user and item vectors.
     pub dim: i64,
     /// Longest input (user token + items).
@@ -350,6 +353,9 @@ pub struct HierarchicalSpec {
     pub rec_backbone: Value,
     /// `full`, `frozen` or `random`.
     pub rec_mode: BackboneMode,
+    /// Keep only the rec LLM's first transformer blocks (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rec_layers: Option<i64>,
     /// The item LLM inside the model (path or config), or what made the precomputed vectors.
     pub item_llm: Value,
     /// `frozen` or `finetune`.
@@ -577,10 +583,12 @@ impl Spec {
             ModelSpec::SasRec(s) => self.sasrec_config(s, 1).validate(),
             ModelSpec::SoftToken(s) => {
                 BackboneSource::from_value(&s.backbone)?;
+                check_blocks("backbone_layers", s.backbone_layers)?;
                 self.soft_token_config(s, 1, 1).validate()
             }
             ModelSpec::Hierarchical(s) => {
                 BackboneSource::from_value(&s.rec_backbone)?;
+                check_blocks("rec_layers", s.rec_layers)?;
                 self.hierarchical_config(s, 1).validate()
             }
         }
@@ -718,8 +726,12 @@ impl Spec {
             ModelSpec::SoftToken(s) => {
                 let config = self.soft_token_config(s, n_users, n_items);
                 config.validate()?;
-                let backbone =
-                    BackboneSource::from_value(&s.backbone)?.load(s.backbone_mode, seed, device)?;
+                let backbone = BackboneSource::from_value(&s.backbone)?.load(
+                    s.backbone_mode,
+                    seed,
+                    device,
+                    s.backbone_layers,
+                )?;
                 Ok(Box::new(SoftTokenModel::new(config, backbone)?))
             }
             ModelSpec::Hierarchical(s) => {
@@ -737,16 +749,32 @@ impl Spec {
                             BackboneMode::Full,
                             seed,
                             device,
+                            None,
                         )?)
                     }
                 };
-                let rec =
-                    BackboneSource::from_value(&s.rec_backbone)?.load(s.rec_mode, seed, device)?;
+                let rec = BackboneSource::from_value(&s.rec_backbone)?.load(
+                    s.rec_mode,
+                    seed,
+                    device,
+                    s.rec_layers,
+                )?;
                 Ok(Box::new(HierarchicalModel::new(
                     config, rec, item_llm, items,
                 )?))
             }
         }
+    }
+}
+
+/// A block count to keep, when given, is at least 1 (its upper bound, the backbone's own
+/// count, is checked when the backbone is read).
+fn check_blocks(name: &str, n: Option<i64>) -> Result<()> {
+    match n {
+        Some(n) if n < 1 => Err(RecforgeError::config(format!(
+            "{name} must be >= 1 (transformer blocks to keep), got {n}"
+        ))),
+        _ => Ok(()),
     }
 }
 

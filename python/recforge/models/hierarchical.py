@@ -204,6 +204,8 @@ class HierarchicalRec(TorchModel):
             (SmolLM2-135M's dimension 199 is about 50 for every input, the others about 0.6);
             on ml-latest-small with a frozen SmolLM2 it did not beat ``"none"`` (README).
         rec_mode: ``"full"``, ``"frozen"`` or ``"random"`` (as SoftTokenRec's ``backbone_mode``).
+        rec_layers: keep only the rec LLM's first N transformer blocks (as SoftTokenRec's
+            ``backbone_layers``); default all.
         rec_lr, item_llm_lr: learning rates of the rec LLM and item LLM (default ``lr``).
         bias_lr: learning rate of the item biases (default ``lr``). With a frozen pretrained
             rec LLM the rest wants a small rate (1e-3) while the biases, which carry the items'
@@ -237,6 +239,7 @@ class HierarchicalRec(TorchModel):
         item_batch: int = 256,
         dropout: float = 0.1,
         rec_mode: str = "full",
+        rec_layers: int | None = None,
         rec_lr: float | None = None,
         item_llm_lr: float | None = None,
         bias_lr: float | None = None,
@@ -258,7 +261,7 @@ class HierarchicalRec(TorchModel):
         in_model = item_mode == "finetune" or item_pooling == "item_token"
         values: dict[str, Any] = {
             "rec_backbone": _backbone_arg(DEFAULT_REC_BACKBONE if rec_backbone is None else rec_backbone),
-            "rec_mode": rec_mode, "item_llm": None, "item_mode": item_mode, "item_pooling": item_pooling,
+            "rec_mode": rec_mode, "rec_layers": rec_layers, "item_llm": None, "item_mode": item_mode, "item_pooling": item_pooling,
             "user_pooling": user_pooling, "user_norm": user_norm, "max_len": max_len, "loss": loss, "n_negatives": n_negatives,
             "negatives": negatives, "similarity": similarity, "temperature": temperature,
             "learn_temperature": learn_temperature, "dedup_threshold": dedup_threshold, "item_bias": item_bias,

@@ -56,6 +56,10 @@ class SoftTokenRec(TorchModel):
         backbone_mode: ``"full"`` (everything trains, S2's default), ``"frozen"`` (backbone
             weights fixed; gradients flow through it) or ``"random"`` (the architecture,
             freshly initialised, trained).
+        backbone_layers: keep only the backbone's first N transformer blocks (its embeddings and
+            final norm kept: what ``transformers`` builds from the same weights with
+            ``num_hidden_layers=N``); default all. A frozen pretrained backbone's middle layers
+            can serve a recommender better than its last (see the README), and run faster.
         dim: size of the user and item vectors (128).
         max_len: longest input: the user token plus the last ``max_len - 1`` items (50).
         dropout: dropout on the soft tokens (the projected user and item vectors) in training
@@ -76,6 +80,7 @@ class SoftTokenRec(TorchModel):
         backbone: Any,
         *,
         backbone_mode: str = "full",
+        backbone_layers: int | None = None,
         dim: int = 128,
         max_len: int = 50,
         n_negatives: int = 30,
