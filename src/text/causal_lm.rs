@@ -130,14 +130,40 @@ impl CausalLm {
         let is_gguf = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        let (mut config, mut ckpt) = if is_gguf {
+        Self::load(path, is_gguf, device, kind, blocks)
+    }
+
+    /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded), with
+    /// weights of the given dtype.
+    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load(dir, false, device, kind, None)
+    }
+
+    /// Loads a llama-architecture GGUF file (llama.cpp's format), de-quantised to float32.
+    pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<Self> {
+        Self::load(path, true, device, kind, None)
+    }
+
+    fn load(
+        path: &Path,
+        gguf: bool,
+        device: Device,
+        kind: Kind,
+        blocks: Option<i64>,
+    ) -> Result<Self> {
+        let (mut config, mut ckpt) = if gguf {
             let (config, tensors) = super::gguf::read(path)?;
             (
                 config,
                 Checkpoint::from_tensors(path.to_path_buf(), tensors),
             )
         } else {
-            Self::check_folder(path)?;
+            if !path.is_dir() {
+                return Err(RecforgeError::Io {
+                    context: format!("model folder {}", path.display()),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+                });
+            }
             let config = read_config(path)?;
             // Check the configuration before reading gigabytes of weights.
             Arch::parse(&HfConfig::new(config.clone())?)?;
@@ -147,39 +173,6 @@ impl CausalLm {
             keep_blocks(&mut config, n)?;
             ckpt.drop_blocks_from(n);
         }
-        Self::new(config, device, kind, Some(&ckpt))
-    }
-
-    fn check_folder(dir: &Path) -> Result<()> {
-        if !dir.is_dir() {
-            return Err(RecforgeError::Io {
-                context: format!("model folder {}", dir.display()),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-            });
-        }
-        Ok(())
-    }
-
-    /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded), with
-    /// weights of the given dtype.
-    pub fn from_pretrained(dir: &Path, device: Device, kind: Kind) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(RecforgeError::Io {
-                context: format!("model folder {}", dir.display()),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-            });
-        }
-        let config = read_config(dir)?;
-        // Check the configuration before reading gigabytes of weights.
-        Arch::parse(&HfConfig::new(config.clone())?)?;
-        let ckpt = Checkpoint::open(dir)?;
-        Self::new(config, device, kind, Some(&ckpt))
-    }
-
-    /// Loads a llama-architecture GGUF file (llama.cpp's format), de-quantised to float32.
-    pub fn from_gguf(path: &Path, device: Device, kind: Kind) -> Result<Self> {
-        let (config, tensors) = super::gguf::read(path)?;
-        let ckpt = Checkpoint::from_tensors(path.to_path_buf(), tensors);
         Self::new(config, device, kind, Some(&ckpt))
     }
 
