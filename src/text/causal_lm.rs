@@ -68,6 +68,12 @@ impl Arch {
     }
 }
 
+/// Whether `path` names a `.gguf` file (by its extension, any case) rather than a model folder.
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 /// Sets a decoder config's block count (`num_hidden_layers`, GPT-2's `n_layer`) to `n`, which
 /// must be between 1 and the count it has.
 pub fn keep_blocks(config: &mut Value, n: i64) -> Result<()> {
@@ -127,10 +133,7 @@ impl CausalLm {
     /// from the same weights with `num_hidden_layers=blocks`). The later blocks' weights are
     /// dropped unread.
     pub fn from_path(path: &Path, device: Device, kind: Kind, blocks: Option<i64>) -> Result<Self> {
-        let is_gguf = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
-        Self::load(path, is_gguf, device, kind, blocks)
+        Self::load(path, is_gguf(path), device, kind, blocks)
     }
 
     /// Loads a model folder (`config.json` plus safetensors weights, possibly sharded), with
