@@ -128,6 +128,13 @@ def collate(batch: list[tuple[int, np.ndarray]]) -> tuple[torch.Tensor, ...]:
     return users, seq, mask, target
 
 
+def autocast(args: argparse.Namespace) -> Any:
+    """The reference's mixed precision: ``torch.autocast("cpu", dtype=torch.bfloat16)`` around
+    the forward pass and the loss when ``--precision bf16`` (float32 weights, AdamW state and
+    gradients, as recforge's ``precision="bf16"``), else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(args, "precision", "fp32") == "bf16")
+
+
 def seconds_per_epoch(t0: float, ends: list[float]) -> float:
     """Mean seconds of the epochs after the first (model construction, the backbone's loading and
     the optimiser's first allocations fall in the first); the first alone when it is the only one."""
@@ -149,7 +156,8 @@ def run_reference(folder: Path, train: Interactions, args: argparse.Namespace) -
             # Reference layout: [user, pads..., items]: the user token at position 0, the mask
             # marks it and the items (positions follow the mask).
             mask = torch.cat([torch.ones(len(users), 1, dtype=torch.long), mask[:, 1:]], 1)
-            loss = model.loss(users, seq, mask, target, args.negatives)
+            with autocast(args):
+                loss = model.loss(users, seq, mask, target, args.negatives)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -160,6 +168,7 @@ def run_reference(folder: Path, train: Interactions, args: argparse.Namespace) -
 
 def run_recforge(folder: Path, train: Interactions, args: argparse.Namespace) -> tuple[float, Any]:
     m = models.SoftTokenRec(folder, dim=args.dim, max_len=args.max_len, n_negatives=args.negatives, epochs=args.epochs,
+                            precision=getattr(args, "precision", "fp32"),
                             batch_size=args.batch_size, device="cpu")  # fmt: skip
     t0, ends = time.perf_counter(), []
     m.fit(train, progress=False, callbacks=[lambda epoch, logs: ends.append(time.perf_counter())])
@@ -229,7 +238,8 @@ def run_reference_hier(folder: Path, train: Interactions, vectors: np.ndarray, a
     t0, ends = time.perf_counter(), []
     for _ in range(args.epochs):
         for _users, seq, mask, target in loader:
-            loss = model.loss(seq, mask[:, 1:], target)  # collate's mask has a user column: drop it
+            with autocast(args):
+                loss = model.loss(seq, mask[:, 1:], target)  # collate's mask has a user column: drop it
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -246,7 +256,7 @@ def hier_recforge_model(folder: Path, vectors: np.ndarray, args: argparse.Namesp
 
 
 def run_recforge_hier(folder: Path, train: Interactions, vectors: np.ndarray, args: argparse.Namespace) -> tuple[float, Any]:
-    m = hier_recforge_model(folder, vectors, args)
+    m = hier_recforge_model(folder, vectors, args, precision=getattr(args, "precision", "fp32"))
     t0, ends = time.perf_counter(), []
     m.fit(train, progress=False, callbacks=[lambda epoch, logs: ends.append(time.perf_counter())])
     n = len(sequences(train, args.max_len + 1))
@@ -315,7 +325,7 @@ def measure(args: argparse.Namespace, model: str, side: str, folder: Path, n_ite
     run's start}``, plus ``"eval_s"`` (all-item scoring, s / 1,000 users) for recforge on the
     main data. ``n_items`` 0: the main data (ml-latest-small users), else a synthetic catalogue
     of that size (64 users x 50 items, batch 32); ``env``: extra environment variables."""
-    keep = ["--users", "--epochs", "--batch-size", "--max-len", "--dim", "--negatives", "--item-dim"]
+    keep = ["--users", "--epochs", "--batch-size", "--max-len", "--dim", "--negatives", "--item-dim", "--precision"]
     flags = [x for k in keep for x in (k, str(getattr(args, k[2:].replace("-", "_"))))]
     cmd = [sys.executable, __file__, *flags, "--child", model, side, str(folder), str(n_items)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}).stdout
@@ -382,6 +392,8 @@ def main() -> None:
     ap.add_argument("--item-dim", type=int, default=384, help="HierarchicalRec's item-vector width (MiniLM's)")
     ap.add_argument("--scaling-items", type=int, nargs="*", default=[10_000, 100_000, 350_000],
                     help="item counts of the memory-scaling runs (tiny backbone); none: skip them")  # fmt: skip
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: recforge's precision='bf16' against the reference under torch.autocast('cpu', bfloat16)")
     ap.add_argument("--check", action="store_true", help="HierarchicalRec: compare both first-batch losses from the same weights")
     ap.add_argument("--repeat", type=int, default=2, help="runs per side in the speed table (best speed, highest peak)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)  # MODEL SIDE FOLDER N_ITEMS: one measured run

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from conftest import SMOLLM2_GGUF, installed_package_dir
-from test_soft_token import hf_folder, tiny_config
+from test_soft_token import bf16_linears, hf_folder, tiny_config
 
 import recforge
 from recforge import Interactions, metrics, models
@@ -117,6 +117,35 @@ def test_scores_equal_a_transformers_reference(loo, tmp_path: Path, kind: str, k
             got = m.score_all(users, history=hist)
             assert got.shape == (len(users), train.n_items)
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2"])
+def test_bf16_precision_equals_a_bf16_transformers_reference(loo, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """precision="bf16" with the RAG prefix, trained that way for an epoch: scores equal the
+    reference whose rec LLM has its linear layers in bfloat16 far more closely than the float32
+    reference; save / load keeps the precision."""
+    train, _, _ = loo
+    folder = hf_folder(kind, tmp_path)
+    raw = random_vectors(train.n_items)
+    m = models.HierarchicalRec(item_vectors=raw, rec_backbone=folder, precision="bf16", max_len=30, retrieve_k=3,
+                               epochs=1, batch_size=128, lr=0.01, n_negatives=16, device="cpu")  # fmt: skip
+    m.fit(train, progress=False)
+    assert m.precision == "bf16" and np.isfinite(m.history[-1]["loss"])
+    state = m.state_dict()
+    users = np.array([0, 1, 5, 17, 300, 609])
+    with torch.no_grad():
+        got = m.score_all(users)
+        ref16 = Reference(folder, state, torch.from_numpy(raw), 1.0)
+        bf16_linears(ref16.rec)
+        err16 = (got - ref16.scores(users, train, 30, 3)).abs().max().item()
+        err32 = (got - Reference(folder, state, torch.from_numpy(raw), 1.0).scores(users, train, 30, 3)).abs().max().item()
+    print(f"{kind}: max |recforge bf16 - reference bf16| {err16:.2e}, against the float32 reference {err32:.2e}")
+    assert err32 > 1e-5  # the products did run in bfloat16
+    assert err16 < 0.1 * err32
+    m.save(tmp_path / "saved")
+    again = models.HierarchicalRec.load(tmp_path / "saved", device="cpu")
+    assert again.precision == "bf16"
+    assert torch.allclose(again.score_all(users), got, atol=1e-6)
 
 
 def test_rec_layers_keep_the_first_blocks(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -297,20 +326,20 @@ def test_bad_input(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
         m.score_all([100_000])
 
 
-@pytest.mark.parametrize("k", [0, 5])
-def test_learns_beyond_popularity_on_leave_one_out(loo, texts: list[str], k: int) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("k", "precision"), [(0, "fp32"), (5, "fp32"), (0, "bf16")])
+def test_learns_beyond_popularity_on_leave_one_out(loo, texts: list[str], k: int, precision: str) -> None:  # type: ignore[no-untyped-def]
     """MiniLM item vectors (title + genres), a small random Llama rec LLM, the last item's state as
     the user, full softmax; full ranking on the bundled ml-latest-small (one seed here; the
     README's table averages three, and has S4's mean pooling, which is weaker here), without and
-    with the RAG prefix."""
+    with the RAG prefix, and in mixed precision."""
     train, valid, test = loo
     seen = Interactions.concat([train, valid])
     pop = metrics.full_ranking(models.Popularity().fit(seen).score_all, test, [seen], ks=(10, 20), metrics=("ndcg", "recall"))
     m = models.HierarchicalRec(texts, loss="softmax", user_pooling="last", max_len=30, retrieve_k=k, epochs=12,
-                               batch_size=16, lr=0.01, seed=0, device="cpu", progress=False)  # fmt: skip
+                               batch_size=16, lr=0.01, seed=0, precision=precision, device="cpu", progress=False)  # fmt: skip
     m.fit(train, valid, progress=False)
     r = metrics.full_ranking(lambda u: m.score_all(u, history=seen), test, [seen], ks=(10, 20), metrics=("ndcg", "recall"))
-    print(f"k={k}: NDCG@10 {r['ndcg@10']:.4f} vs popularity {pop['ndcg@10']:.4f}; Recall@20 {r['recall@20']:.4f} vs {pop['recall@20']:.4f}")
+    print(f"k={k} {precision}: NDCG@10 {r['ndcg@10']:.4f} vs popularity {pop['ndcg@10']:.4f}; Recall@20 {r['recall@20']:.4f} vs {pop['recall@20']:.4f}")
     assert m.history[-1]["loss"] < m.history[0]["loss"]
     assert r["ndcg@10"] > 1.2 * pop["ndcg@10"]
     assert r["recall@20"] > pop["recall@20"]

@@ -44,6 +44,38 @@ def hf_folder(kind: str, root: Path, layers: int = 2) -> Path:
     return out
 
 
+def bf16_linears(model: nn.Module) -> nn.Module:
+    """recforge's ``precision="bf16"`` written onto a transformers decoder: every linear layer
+    (GPT-2's ``Conv1D`` too) computes in bfloat16 and returns bfloat16, except those whose output
+    feeds attention's values (Llama's ``v_proj``, GPT-2's ``c_attn``), returned as float32, so
+    that attention runs in float32; everything else (norms, rotary angles, the residual stream)
+    is the model's own float32 code, except GPT-2's ``gelu_new``, which becomes the same function
+    as one op (``nn.GELU(approximate="tanh")``, as recforge runs it) instead of the formula's
+    six bfloat16 roundings. Returns the model."""
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+    from transformers.pytorch_utils import Conv1D
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, GPT2MLP):
+            mod.act = nn.GELU(approximate="tanh")
+        back = name.endswith(("v_proj", "c_attn"))
+        if isinstance(mod, nn.Linear):
+            def linear(x: torch.Tensor, mod: nn.Linear = mod, back: bool = back) -> torch.Tensor:
+                b = None if mod.bias is None else mod.bias.bfloat16()
+                y = torch.nn.functional.linear(x.bfloat16(), mod.weight.bfloat16(), b)
+                return y.float() if back else y
+
+            mod.forward = linear  # type: ignore[method-assign]
+        elif isinstance(mod, Conv1D):
+            def conv1d(x: torch.Tensor, mod: Conv1D = mod, back: bool = back) -> torch.Tensor:
+                y = torch.addmm(mod.bias.bfloat16(), x.reshape(-1, x.shape[-1]).bfloat16(), mod.weight.bfloat16())
+                y = y.view(*x.shape[:-1], mod.nf)
+                return y.float() if back else y
+
+            mod.forward = conv1d  # type: ignore[method-assign]
+    return model
+
+
 class Reference(nn.Module):
     """S2's model written the way its authors write it: a torch module around a transformers
     backbone fed with inputs_embeds."""
@@ -104,6 +136,35 @@ def test_scores_equal_a_transformers_reference(loo, tmp_path: Path, kind: str) -
             assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
     got_pred = m.predict(users, [3, 4, 5, 6, 7, 8])
     assert np.allclose(got_pred, m.score_all(users).numpy()[np.arange(6), [3, 4, 5, 6, 7, 8]], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "qwen2"])
+def test_bf16_precision_equals_a_bf16_transformers_reference(loo, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """precision="bf16" (trained that way for an epoch): float32 weights; scores equal the
+    transformers reference with its linear layers in bfloat16 (bf16_linears) far more closely
+    than the float32 reference, which they differ from by bfloat16's rounding; save / load
+    keeps the precision."""
+    train, _, _ = loo
+    folder = hf_folder(kind, tmp_path)
+    m = models.SoftTokenRec(folder, precision="bf16", dim=8, max_len=30, epochs=1, batch_size=64, lr=0.01, n_negatives=3,
+                            device="cpu").fit(train, progress=False)  # fmt: skip
+    assert m.precision == "bf16" and np.isfinite(m.history[-1]["loss"])
+    state = m.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    users = np.array([0, 1, 5, 17, 300, 609])
+    with torch.no_grad():
+        got = m.score_all(users)
+        ref16 = Reference(folder, state)
+        bf16_linears(ref16.backbone)
+        err16 = (got - ref16.scores(users, train, 30)).abs().max().item()
+        err32 = (got - Reference(folder, state).scores(users, train, 30)).abs().max().item()
+    print(f"{kind}: max |recforge bf16 - reference bf16| {err16:.2e}, against the float32 reference {err32:.2e}")
+    assert err32 > 1e-5  # the products did run in bfloat16
+    assert err16 < 0.1 * err32
+    m.save(tmp_path / "saved")
+    again = models.SoftTokenRec.load(tmp_path / "saved", device="cpu")
+    assert again.precision == "bf16"
+    assert torch.allclose(again.score_all(users), got, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -205,6 +266,8 @@ def test_bad_input(tmp_path: Path) -> None:
         models.SoftTokenRec(3)
     with pytest.raises(ConfigError, match="backbone_mode"):
         models.SoftTokenRec(tiny_config("gpt2"), backbone_mode="half")
+    with pytest.raises(ConfigError, match="precision"):
+        models.SoftTokenRec(tiny_config("gpt2"), precision="fp16")
     with pytest.raises(ConfigError, match="max_len"):
         models.SoftTokenRec(tiny_config("gpt2"), max_len=1)
     with pytest.raises(ConfigError, match="n_negatives"):

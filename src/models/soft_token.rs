@@ -50,6 +50,29 @@ pub enum BackboneMode {
     Random,
 }
 
+/// The precision the backbone computes in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in float32.
+    #[default]
+    Fp32,
+    /// Mixed precision: the transformer blocks' matrix products and attention in bfloat16
+    /// (AMX / AVX-512 BF16 units on recent x86 CPUs, tensor cores on CUDA), with float32 weights,
+    /// optimiser state, residual stream, norms and losses, as `torch.autocast(dtype=bfloat16)`.
+    Bf16,
+}
+
+impl Precision {
+    /// The lower kind the backbone's blocks compute in, if any.
+    pub fn low_kind(self) -> Option<Kind> {
+        match self {
+            Self::Fp32 => None,
+            Self::Bf16 => Some(Kind::BFloat16),
+        }
+    }
+}
+
 /// Where the backbone comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackboneSource {

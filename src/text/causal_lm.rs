@@ -206,6 +206,13 @@ impl CausalLm {
         self.net.set_training(on);
     }
 
+    /// Runs the transformer blocks' matrix products and attention in `kind` (mixed precision,
+    /// `Some(BFloat16)`: parameters, the residual stream and everything outside the blocks keep
+    /// their own kind) or in the parameters' own kind (`None`, as loaded).
+    pub fn set_compute_kind(&self, kind: Option<Kind>) {
+        self.net.set_compute_kind(kind);
+    }
+
     /// Stops (`false`) or restarts (`true`) gradient tracking of every parameter.
     pub fn set_trainable(&mut self, trainable: bool) {
         if trainable {

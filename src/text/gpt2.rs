@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::config::{checked_product, checked_sum, HfConfig};
 use super::decoder::{attend_cached, Decoder, KvCache};
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layers::{
     causal_mask, dropout_if, layer_norm, layer_vec, lm_logits, merge_heads, param, split_heads,
-    Activation, Embedding, LayerNorm,
+    Activation, ComputeKind, Embedding, LayerNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -154,8 +154,24 @@ impl Conv1D {
             bias: param(&p, "bias", &[output], nn::Init::Const(0.0))?,
         })
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.matmul(&self.weight) + &self.bias
+    /// `x W + b`, in `low` when given (input, weight and bias cast to it; one `addmm`, so the
+    /// bias joins the products before the result is rounded to `low`, as in `transformers`).
+    fn forward(&self, x: &Tensor, low: Option<Kind>) -> Tensor {
+        match low {
+            Some(k) if self.weight.kind() != k => {
+                let w = self.weight.to_kind(k);
+                let (rows, out) = (w.size()[0], w.size()[1]);
+                let mut size = x.size();
+                if let Some(last) = size.last_mut() {
+                    *last = out;
+                }
+                self.bias
+                    .to_kind(k)
+                    .addmm(&x.to_kind(k).reshape([-1, rows]), &w)
+                    .reshape(size.as_slice())
+            }
+            _ => x.matmul(&self.weight) + &self.bias,
+        }
     }
 }
 
@@ -180,6 +196,7 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     lm_head: Option<nn::Linear>,
     training: AtomicBool,
+    compute: ComputeKind,
 }
 
 impl Gpt2 {
@@ -224,6 +241,7 @@ impl Gpt2 {
             ln_f,
             lm_head,
             training: AtomicBool::new(false),
+            compute: ComputeKind::default(),
         })
     }
 }
@@ -249,12 +267,16 @@ impl Decoder for Gpt2 {
         let (_, tq, _) = embeds.size3()?;
         let mask = causal_mask(key_mask, tq);
         let train = self.training.load(Ordering::Relaxed);
+        // Mixed precision (`compute`): the blocks' linear layers in the lower kind, attention
+        // and the residual stream in the parameters' own (see `Llama`'s forward).
+        let low = self.compute.get();
         let mut x = dropout_if(embeds + self.wpe.forward(positions), c.embd_pdrop, train)?;
         let attn_p = if train { c.attn_pdrop } else { 0.0 };
         for (i, b) in self.blocks.iter().enumerate() {
             let qkv = b
                 .c_attn
-                .forward(&b.ln_1.forward(&x))
+                .forward(&b.ln_1.forward(&x), low)
+                .to_kind(x.kind())
                 .f_split(c.n_embd, -1)?;
             let [q, k, v] = qkv.as_slice() else {
                 return Err(RecforgeError::data(
@@ -274,9 +296,11 @@ impl Decoder for Gpt2 {
             }
             let slot = cache.as_deref_mut().and_then(|c| c.get_mut(i));
             let a = merge_heads(&attend_cached(slot, &q, k, v, &mask, Some(scale), attn_p)?)?;
-            x = &x + dropout_if(b.attn_proj.forward(&a), c.resid_pdrop, train)?;
-            let f = c.activation.apply(&b.c_fc.forward(&b.ln_2.forward(&x)));
-            x = &x + dropout_if(b.mlp_proj.forward(&f), c.resid_pdrop, train)?;
+            x = &x + dropout_if(b.attn_proj.forward(&a, low), c.resid_pdrop, train)?;
+            let f = c
+                .activation
+                .apply(&b.c_fc.forward(&b.ln_2.forward(&x), low));
+            x = &x + dropout_if(b.mlp_proj.forward(&f, low), c.resid_pdrop, train)?;
         }
         Ok(self.ln_f.forward(&x))
     }
@@ -299,5 +323,8 @@ impl Decoder for Gpt2 {
     }
     fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
+    }
+    fn set_compute_kind(&self, kind: Option<Kind>) {
+        self.compute.set(kind);
     }
 }

@@ -12,8 +12,8 @@ use super::decoder::{attend_cached, Decoder, KvCache};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::layers::{
-    causal_mask, layer_vec, linear, lm_logits, merge_heads, split_heads, Activation, Embedding,
-    RmsNorm,
+    causal_mask, layer_vec, linear, linear_in, lm_logits, merge_heads, split_heads, Activation,
+    ComputeKind, Embedding, RmsNorm,
 };
 use super::weights::Layout;
 use crate::error::{RecforgeError, Result};
@@ -221,6 +221,7 @@ pub struct Llama {
     lm_head: Option<nn::Linear>,
     inv_freq: Tensor,
     training: AtomicBool,
+    compute: ComputeKind,
 }
 
 fn rotate_half(x: &Tensor) -> Tensor {
@@ -280,6 +281,7 @@ impl Llama {
             lm_head,
             inv_freq,
             training: AtomicBool::new(false),
+            compute: ComputeKind::default(),
         })
     }
 
@@ -306,8 +308,13 @@ impl Decoder for Llama {
         let c = &self.config;
         let (_, tq, _) = embeds.size3()?;
         let mask = causal_mask(key_mask, tq);
+        // Under mixed precision (`compute`, see `ComputeKind`) each block's linear layers run
+        // in the lower kind; the rotary rotation of q and k (their products with the float32
+        // angles), attention and the residual stream `x` stay float32.
+        let low = self.compute.get();
         let (cos, sin) = self.rotary(positions, embeds.kind());
         let rope = |x: &Tensor| x * &cos + rotate_half(x) * &sin;
+        let lin = |l: &nn::Linear, x: &Tensor| linear_in(l, x, low);
         let mut x = embeds.shallow_clone();
         let attn_p = if self.training.load(Ordering::Relaxed) {
             c.attention_dropout
@@ -317,22 +324,26 @@ impl Decoder for Llama {
         for (i, l) in self.layers.iter().enumerate() {
             let n = l.input_norm.forward(&x);
             let q = rope(&split_heads(
-                &l.q.forward(&n),
+                &lin(&l.q, &n),
                 c.num_attention_heads,
                 c.head_dim,
             )?);
             let k = rope(&split_heads(
-                &l.k.forward(&n),
+                &lin(&l.k, &n),
                 c.num_key_value_heads,
                 c.head_dim,
             )?);
-            let v = split_heads(&l.v.forward(&n), c.num_key_value_heads, c.head_dim)?;
+            let v = split_heads(
+                &lin(&l.v, &n).to_kind(x.kind()),
+                c.num_key_value_heads,
+                c.head_dim,
+            )?;
             let slot = cache.as_deref_mut().and_then(|c| c.get_mut(i));
             let a = merge_heads(&attend_cached(slot, &q, k, v, &mask, None, attn_p)?)?;
-            x = &x + l.o.forward(&a);
+            x = &x + lin(&l.o, &a);
             let n = l.post_norm.forward(&x);
-            let f = c.hidden_act.apply(&l.gate.forward(&n)) * l.up.forward(&n);
-            x = &x + l.down.forward(&f);
+            let f = c.hidden_act.apply(&lin(&l.gate, &n)) * lin(&l.up, &n);
+            x = &x + lin(&l.down, &f);
         }
         Ok(self.norm.forward(&x))
     }
@@ -355,5 +366,8 @@ impl Decoder for Llama {
     }
     fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
+    }
+    fn set_compute_kind(&self, kind: Option<Kind>) {
+        self.compute.set(kind);
     }
 }

@@ -39,10 +39,14 @@ pub(crate) struct AdamStep {
     pub decoupled: bool,
     /// Step number, from 1.
     pub t: i32,
+    /// Factor on the gradient before anything else (gradient-norm clipping; 1 for none), so
+    /// the clipped gradient is never written out as a tensor of its own.
+    pub grad_scale: f32,
 }
 
 /// One Adam/AdamW update of `p` with gradient `g` and moments `m`, `v` (equal lengths), as
-/// `torch.optim.Adam`/`AdamW` (single-tensor form) compute it:
+/// `torch.optim.Adam`/`AdamW` (single-tensor form) compute it, from the gradient times
+/// `grad_scale` (what `clip_grad_norm_` leaves in `.grad`):
 /// `g += wd p` (Adam) or `p *= 1 - lr wd` (AdamW); `m = lerp(m, g, 1 - b1)`;
 /// `v = b2 v + (1 - b2) g^2`; `p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`.
 pub(crate) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: AdamStep) {
@@ -60,8 +64,9 @@ pub(crate) fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: Ad
         (true, false) => (s.weight_decay as f32, 1.0),
         (true, true) => (0.0, (1.0 - s.lr * s.weight_decay) as f32),
     };
+    let gs = s.grad_scale;
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g + l2 * *p;
+        let g = g * gs + l2 * *p;
         let pk = *p * keep;
         // lerp(m, g, 1 - b1), in ATen's form for weights below 0.5.
         let mk = flush(*m + w1 * (g - *m));
@@ -213,10 +218,10 @@ mod tests {
     /// decay and for AdamW, over several steps and on both the serial and the parallel path.
     #[test]
     fn adam_matches_the_op_by_op_formula() {
-        for (n, wd, decoupled) in [
-            (37usize, 0.0, false),
-            (100_003, 0.01, false),
-            (70_001, 0.1, true),
+        for (n, wd, decoupled, scale) in [
+            (37usize, 0.0, false, 1.0f32),
+            (100_003, 0.01, false, 0.37),
+            (70_001, 0.1, true, 0.5),
         ] {
             tch::manual_seed(3);
             let p0 = Tensor::randn([n as i64], (Kind::Float, Device::Cpu));
@@ -233,6 +238,7 @@ mod tests {
                     weight_decay: wd,
                     decoupled,
                     t,
+                    grad_scale: scale,
                 };
                 unsafe {
                     adam(
@@ -243,7 +249,9 @@ mod tests {
                         s,
                     )
                 };
-                // Reference: torch.optim.Adam/AdamW's single-tensor update, op by op.
+                // Reference: clip_grad_norm_'s scaling, then torch.optim.Adam/AdamW's
+                // single-tensor update, op by op.
+                let g = &g * f64::from(scale);
                 let g = if wd > 0.0 && !decoupled {
                     &g + &rp * wd
                 } else {
@@ -285,6 +293,7 @@ mod tests {
                 weight_decay: 0.0,
                 decoupled: false,
                 t,
+                grad_scale: 1.0,
             };
             adam(&mut p, &g, &mut m, &mut v, s);
             let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));

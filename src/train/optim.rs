@@ -223,6 +223,7 @@ fn adam_step(c: &OptimConfig, t: i32) -> fused::AdamStep {
         weight_decay: c.weight_decay,
         decoupled: c.kind == Kind::AdamW,
         t,
+        grad_scale: 1.0,
     }
 }
 
@@ -484,6 +485,7 @@ impl Optimizer {
                 }
                 *g = Some(buf);
             }
+            let mut clip: Option<f64> = None;
             if c.clip_grad_norm > 0.0 {
                 let mut total = 0.0;
                 for g in grads.iter().flatten() {
@@ -496,12 +498,16 @@ impl Optimizer {
                 }
                 let norm = total.sqrt();
                 if norm > c.clip_grad_norm {
-                    let scale = c.clip_grad_norm / (norm + 1e-6);
-                    for g in grads.iter_mut().flatten() {
-                        *g = g.f_mul(&Tensor::from(scale))?;
-                    }
+                    clip = Some(c.clip_grad_norm / (norm + 1e-6));
                 }
             }
+            // The clipping factor: folded into the fused Adam pass, else applied to the gradient.
+            let scaled = |g: Tensor| -> Result<Tensor> {
+                Ok(match clip {
+                    Some(s) => g.f_mul(&Tensor::from(s))?,
+                    None => g,
+                })
+            };
             let missing = || RecforgeError::config("optimizer state is missing a tensor");
             let base = c.clone();
             for (k, (((((_, p), state), grad), scratch), &(lr_factor, weight_decay))) in self
@@ -521,7 +527,7 @@ impl Optimizer {
                     ..base.clone()
                 };
                 if lazy && (lazy_rows[k].is_some() || g.is_sparse()) {
-                    sparse_adam(p, &g, state, lazy_rows[k].as_deref(), &c, t)?;
+                    sparse_adam(p, &scaled(g)?, state, lazy_rows[k].as_deref(), &c, t)?;
                     continue;
                 }
                 if matches!(c.kind, Kind::Adam | Kind::AdamW | Kind::SparseAdam)
@@ -538,7 +544,10 @@ impl Optimizer {
                         && [g.numel(), m.numel(), v.numel()] == [p.numel(); 3]
                     {
                         let _t = timers::scope(Section::Optimizer);
-                        let s = adam_step(&c, t);
+                        let s = fused::AdamStep {
+                            grad_scale: clip.map_or(1.0, |s| s as f32),
+                            ..adam_step(&c, t)
+                        };
                         // SAFETY: four distinct contiguous float32 CPU tensors of equal length
                         // (a gradient never shares a parameter's or a moment's storage), used by
                         // nothing else during the call.
@@ -554,6 +563,7 @@ impl Optimizer {
                         continue;
                     }
                 }
+                g = scaled(g)?;
                 if c.weight_decay > 0.0 && c.kind != Kind::AdamW {
                     g = g.f_add(&p.f_mul(&Tensor::from(c.weight_decay))?)?;
                 }

@@ -22,7 +22,9 @@ use crate::models::hierarchical::{
 };
 use crate::models::mf::{MfModel, MfObjective};
 use crate::models::sasrec::{SasRecConfig, SeqLoss};
-use crate::models::soft_token::{BackboneMode, BackboneSource, SoftTokenConfig, SoftTokenModel};
+use crate::models::soft_token::{
+    BackboneMode, BackboneSource, Precision, SoftTokenConfig, SoftTokenModel,
+};
 use crate::models::{FactorsConfig, FmModel, SasRecModel};
 
 /// The training keys of a flat spec.
@@ -323,6 +325,9 @@ pub struct SoftTokenSpec {
     /// Keep only the backbone's first transformer blocks (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_layers: Option<i64>,
+    /// `fp32` or `bf16` (mixed precision in the backbone's blocks; absent in older specs: fp32).
+    #[serde(default)]
+    pub precision: Precision,
     /// Size of the user and item vectors.
     pub dim: i64,
     /// Longest input (user token + items).
@@ -356,6 +361,10 @@ pub struct HierarchicalSpec {
     /// Keep only the rec LLM's first transformer blocks (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rec_layers: Option<i64>,
+    /// `fp32` or `bf16` (mixed precision in the rec LLM's and a fine-tuned item LLM's blocks;
+    /// absent in older specs: fp32).
+    #[serde(default)]
+    pub precision: Precision,
     /// The item LLM inside the model (path or config), or what made the precomputed vectors.
     pub item_llm: Value,
     /// `frozen` or `finetune`.
@@ -732,6 +741,7 @@ impl Spec {
                     device,
                     s.backbone_layers,
                 )?;
+                backbone.set_compute_kind(s.precision.low_kind());
                 Ok(Box::new(SoftTokenModel::new(config, backbone)?))
             }
             ModelSpec::Hierarchical(s) => {
@@ -759,6 +769,9 @@ impl Spec {
                     device,
                     s.rec_layers,
                 )?;
+                for llm in std::iter::once(&rec).chain(item_llm.as_ref()) {
+                    llm.set_compute_kind(s.precision.low_kind());
+                }
                 Ok(Box::new(HierarchicalModel::new(
                     config, rec, item_llm, items,
                 )?))

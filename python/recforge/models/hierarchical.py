@@ -206,6 +206,8 @@ class HierarchicalRec(TorchModel):
         rec_mode: ``"full"``, ``"frozen"`` or ``"random"`` (as SoftTokenRec's ``backbone_mode``).
         rec_layers: keep only the rec LLM's first N transformer blocks (as SoftTokenRec's
             ``backbone_layers``); default all.
+        precision: ``"fp32"`` or ``"bf16"``: mixed precision in the rec LLM's (and a fine-tuned
+            item LLM's) transformer blocks, as SoftTokenRec's ``precision``.
         rec_lr, item_llm_lr: learning rates of the rec LLM and item LLM (default ``lr``).
         bias_lr: learning rate of the item biases (default ``lr``). With a frozen pretrained
             rec LLM the rest wants a small rate (1e-3) while the biases, which carry the items'
@@ -240,6 +242,7 @@ class HierarchicalRec(TorchModel):
         dropout: float = 0.1,
         rec_mode: str = "full",
         rec_layers: int | None = None,
+        precision: str = "fp32",
         rec_lr: float | None = None,
         item_llm_lr: float | None = None,
         bias_lr: float | None = None,
@@ -261,7 +264,7 @@ class HierarchicalRec(TorchModel):
         in_model = item_mode == "finetune" or item_pooling == "item_token"
         values: dict[str, Any] = {
             "rec_backbone": _backbone_arg(DEFAULT_REC_BACKBONE if rec_backbone is None else rec_backbone),
-            "rec_mode": rec_mode, "rec_layers": rec_layers, "item_llm": None, "item_mode": item_mode, "item_pooling": item_pooling,
+            "rec_mode": rec_mode, "rec_layers": rec_layers, "precision": precision, "item_llm": None, "item_mode": item_mode, "item_pooling": item_pooling,
             "user_pooling": user_pooling, "user_norm": user_norm, "max_len": max_len, "loss": loss, "n_negatives": n_negatives,
             "negatives": negatives, "similarity": similarity, "temperature": temperature,
             "learn_temperature": learn_temperature, "dedup_threshold": dedup_threshold, "item_bias": item_bias,
