@@ -17,7 +17,7 @@ as a frozen backbone / rec LLM (``*-SmolLM2-L15``: frozen, its first 15 of 30 bl
 ``*-SmolLM2-full`` rows fine-tune it (S2's and S4's setting) at a tenth of the other parameters'
 rate; on a CPU they run with fewer epochs (``--epochs``).
 
-Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N]
+Run: python benchmarks/llmrec_quality.py [--seeds 0 1 2] [--only HierarchicalRec ...] [--users N] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -53,36 +53,37 @@ def smollm2_gguf() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None) -> tuple[Any, bool]:
-    """The model and whether it is sequential (trains on train, scores from a history)."""
+def build(name: str, seed: int, vectors: np.ndarray, epochs: int | None = None, precision: str = "fp32") -> tuple[Any, bool]:
+    """The model and whether it is sequential (trains on train, scores from a history);
+    ``precision`` applies to the *-SmolLM2 rows."""
     if name == "SoftTokenRec-SmolLM2":
-        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", dim=64, max_len=20, epochs=epochs or 6,
+        return models.SoftTokenRec(smollm2_gguf(), precision=precision, backbone_mode="frozen", dim=64, max_len=20, epochs=epochs or 6,
                                    batch_size=8, lr=0.002, n_negatives=8, seed=seed, device="cpu"), True  # fmt: skip
     if name == "HierarchicalRec-SmolLM2":
         # A small rate for the adapter and head, a large one for the item biases (bias_lr), small
         # batches: a frozen 30-layer backbone between them (see the README).
-        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), precision=precision, rec_mode="frozen",
                                       loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
                                       bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
                                       progress=False), True  # fmt: skip
     if name == "SoftTokenRec-SmolLM2-L15":
         # Frozen as above, with only SmolLM2's first 15 of 30 blocks (backbone_layers).
-        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="frozen", backbone_layers=15, dim=64, max_len=20,
+        return models.SoftTokenRec(smollm2_gguf(), precision=precision, backbone_mode="frozen", backbone_layers=15, dim=64, max_len=20,
                                    epochs=epochs or 6, batch_size=8, lr=0.002, n_negatives=8, seed=seed,
                                    device="cpu"), True  # fmt: skip
     if name == "HierarchicalRec-SmolLM2-L15":
-        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="frozen",
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), precision=precision, rec_mode="frozen",
                                       rec_layers=15, loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8,
                                       lr=0.001, bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
                                       progress=False), True  # fmt: skip
     if name == "SoftTokenRec-SmolLM2-full":
         # S2's setting: the backbone fine-tuned too, at a tenth of the tables' rate.
-        return models.SoftTokenRec(smollm2_gguf(), backbone_mode="full", backbone_lr=2e-4, dim=64, max_len=20,
+        return models.SoftTokenRec(smollm2_gguf(), precision=precision, backbone_mode="full", backbone_lr=2e-4, dim=64, max_len=20,
                                    epochs=epochs or 6, batch_size=8, lr=0.002, n_negatives=8, seed=seed,
                                    device="cpu"), True  # fmt: skip
     if name == "HierarchicalRec-SmolLM2-full":
         # S4's setting: the rec LLM fine-tuned too, at a tenth of the adapter's and head's rate.
-        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), rec_mode="full", rec_lr=1e-4,
+        return models.HierarchicalRec(item_vectors=vectors, rec_backbone=smollm2_gguf(), precision=precision, rec_mode="full", rec_lr=1e-4,
                                       loss="softmax", max_len=20, epochs=epochs or 6, batch_size=8, lr=0.001,
                                       bias_lr=0.03, user_pooling="last", seed=seed, device="cpu",
                                       progress=False), True  # fmt: skip
@@ -117,6 +118,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=MODELS + EXTRA, default=MODELS)
     ap.add_argument("--users", type=int, default=None, help="keep only the first N users (default: all)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs of the *-SmolLM2 rows (6)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="precision of the *-SmolLM2 rows")
     ap.add_argument("--out", type=Path, default=Path("runs/llmrec_quality.json"))
     args = ap.parse_args()
     data = recforge.datasets.movielens_small()
@@ -131,7 +133,7 @@ def main() -> None:
         negatives = sampling.eval_negatives(test, [train, valid], n=100, seed=seed)
         for name in args.only:
             t = time.perf_counter()
-            model, sequential = build(name, seed, vectors, args.epochs)
+            model, sequential = build(name, seed, vectors, args.epochs, args.precision)
             if isinstance(model, models.Popularity):
                 model.fit(seen)
             elif sequential:
