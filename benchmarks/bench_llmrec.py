@@ -132,7 +132,7 @@ def autocast(args: argparse.Namespace) -> Any:
     """The reference's mixed precision: ``torch.autocast("cpu", dtype=torch.bfloat16)`` around
     the forward pass and the loss when ``--precision bf16`` (float32 weights, AdamW state and
     gradients, as recforge's ``precision="bf16"``), else nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(args, "precision", "fp32") == "bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
 def seconds_per_epoch(t0: float, ends: list[float]) -> float:
@@ -168,7 +168,7 @@ def run_reference(folder: Path, train: Interactions, args: argparse.Namespace) -
 
 def run_recforge(folder: Path, train: Interactions, args: argparse.Namespace) -> tuple[float, Any]:
     m = models.SoftTokenRec(folder, dim=args.dim, max_len=args.max_len, n_negatives=args.negatives, epochs=args.epochs,
-                            precision=getattr(args, "precision", "fp32"),
+                            precision=args.precision,
                             batch_size=args.batch_size, device="cpu")  # fmt: skip
     t0, ends = time.perf_counter(), []
     m.fit(train, progress=False, callbacks=[lambda epoch, logs: ends.append(time.perf_counter())])
@@ -256,7 +256,7 @@ def hier_recforge_model(folder: Path, vectors: np.ndarray, args: argparse.Namesp
 
 
 def run_recforge_hier(folder: Path, train: Interactions, vectors: np.ndarray, args: argparse.Namespace) -> tuple[float, Any]:
-    m = hier_recforge_model(folder, vectors, args, precision=getattr(args, "precision", "fp32"))
+    m = hier_recforge_model(folder, vectors, args, precision=args.precision)
     t0, ends = time.perf_counter(), []
     m.fit(train, progress=False, callbacks=[lambda epoch, logs: ends.append(time.perf_counter())])
     n = len(sequences(train, args.max_len + 1))

@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from conftest import SMOLLM2_GGUF, installed_package_dir
-from test_soft_token import bf16_linears, hf_folder, tiny_config
+from test_soft_token import bf16_linears, check_bf16, hf_folder, tiny_config
 
 import recforge
 from recforge import Interactions, metrics, models
@@ -137,15 +137,9 @@ def test_bf16_precision_equals_a_bf16_transformers_reference(loo, tmp_path: Path
         got = m.score_all(users)
         ref16 = Reference(folder, state, torch.from_numpy(raw), 1.0)
         bf16_linears(ref16.rec)
-        err16 = (got - ref16.scores(users, train, 30, 3)).abs().max().item()
-        err32 = (got - Reference(folder, state, torch.from_numpy(raw), 1.0).scores(users, train, 30, 3)).abs().max().item()
-    print(f"{kind}: max |recforge bf16 - reference bf16| {err16:.2e}, against the float32 reference {err32:.2e}")
-    assert err32 > 1e-5  # the products did run in bfloat16
-    assert err16 < 0.1 * err32
-    m.save(tmp_path / "saved")
-    again = models.HierarchicalRec.load(tmp_path / "saved", device="cpu")
-    assert again.precision == "bf16"
-    assert torch.allclose(again.score_all(users), got, atol=1e-6)
+        want16 = ref16.scores(users, train, 30, 3)
+        want32 = Reference(folder, state, torch.from_numpy(raw), 1.0).scores(users, train, 30, 3)
+    check_bf16(kind, m, users, got, want16, want32, tmp_path / "saved")
 
 
 def test_rec_layers_keep_the_first_blocks(loo, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -76,6 +76,21 @@ def bf16_linears(model: nn.Module) -> nn.Module:
     return model
 
 
+def check_bf16(kind: str, m: Any, users: np.ndarray, got: torch.Tensor, want16: torch.Tensor, want32: torch.Tensor, saved: Path) -> None:
+    """bf16 scores ``got`` equal the bfloat16 reference ``want16`` far more closely than the
+    float32 one ``want32``, which they differ from by bfloat16's rounding; ``m`` saved to
+    ``saved`` and loaded back keeps its precision and its scores."""
+    err16 = (got - want16).abs().max().item()
+    err32 = (got - want32).abs().max().item()
+    print(f"{kind}: max |recforge bf16 - reference bf16| {err16:.2e}, against the float32 reference {err32:.2e}")
+    assert err32 > 1e-5  # the products did run in bfloat16
+    assert err16 < 0.1 * err32
+    m.save(saved)
+    again = type(m).load(saved, device="cpu")
+    assert again.precision == "bf16"
+    assert torch.allclose(again.score_all(users), got, atol=1e-6)
+
+
 class Reference(nn.Module):
     """S2's model written the way its authors write it: a torch module around a transformers
     backbone fed with inputs_embeds."""
@@ -156,15 +171,9 @@ def test_bf16_precision_equals_a_bf16_transformers_reference(loo, tmp_path: Path
         got = m.score_all(users)
         ref16 = Reference(folder, state)
         bf16_linears(ref16.backbone)
-        err16 = (got - ref16.scores(users, train, 30)).abs().max().item()
-        err32 = (got - Reference(folder, state).scores(users, train, 30)).abs().max().item()
-    print(f"{kind}: max |recforge bf16 - reference bf16| {err16:.2e}, against the float32 reference {err32:.2e}")
-    assert err32 > 1e-5  # the products did run in bfloat16
-    assert err16 < 0.1 * err32
-    m.save(tmp_path / "saved")
-    again = models.SoftTokenRec.load(tmp_path / "saved", device="cpu")
-    assert again.precision == "bf16"
-    assert torch.allclose(again.score_all(users), got, atol=1e-6)
+        want16 = ref16.scores(users, train, 30)
+        want32 = Reference(folder, state).scores(users, train, 30)
+    check_bf16(kind, m, users, got, want16, want32, tmp_path / "saved")
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])

@@ -57,20 +57,10 @@ pub enum Precision {
     /// Everything in float32.
     #[default]
     Fp32,
-    /// Mixed precision: the transformer blocks' matrix products and attention in bfloat16
-    /// (AMX / AVX-512 BF16 units on recent x86 CPUs, tensor cores on CUDA), with float32 weights,
-    /// optimiser state, residual stream, norms and losses, as `torch.autocast(dtype=bfloat16)`.
+    /// Mixed precision: the transformer blocks' linear layers in bfloat16 (AMX / AVX-512 BF16
+    /// units on recent x86 CPUs, tensor cores on CUDA), with float32 weights, optimiser state,
+    /// residual stream, attention, norms and losses (see [`crate::text::layers::ComputeKind`]).
     Bf16,
-}
-
-impl Precision {
-    /// The lower kind the backbone's blocks compute in, if any.
-    pub fn low_kind(self) -> Option<Kind> {
-        match self {
-            Self::Fp32 => None,
-            Self::Bf16 => Some(Kind::BFloat16),
-        }
-    }
 }
 
 /// Where the backbone comes from.

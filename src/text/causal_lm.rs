@@ -206,11 +206,11 @@ impl CausalLm {
         self.net.set_training(on);
     }
 
-    /// Runs the transformer blocks' matrix products and attention in `kind` (mixed precision,
-    /// `Some(BFloat16)`: parameters, the residual stream and everything outside the blocks keep
-    /// their own kind) or in the parameters' own kind (`None`, as loaded).
-    pub fn set_compute_kind(&self, kind: Option<Kind>) {
-        self.net.set_compute_kind(kind);
+    /// Runs the transformer blocks' linear layers in bfloat16 (`true`: mixed precision;
+    /// parameters, attention, the residual stream and everything outside the blocks keep their
+    /// own kind) or in the parameters' own kind (`false`, as loaded).
+    pub fn set_bf16_products(&self, on: bool) {
+        self.net.set_bf16_products(on);
     }
 
     /// Stops (`false`) or restarts (`true`) gradient tracking of every parameter.

@@ -164,10 +164,10 @@ pub trait Decoder: Send {
     fn max_positions(&self) -> Option<i64>;
     /// Switches the dropout its config describes on (training) or off (evaluation, the default).
     fn set_training(&self, _on: bool) {}
-    /// Runs the blocks' matrix products and attention in `kind` (mixed precision: bfloat16 or
-    /// float16; parameters and the residual stream keep their own kind), or in the parameters'
-    /// own kind (`None`, the default). See [`super::layers::ComputeKind`].
-    fn set_compute_kind(&self, kind: Option<Kind>);
+    /// Runs the blocks' linear layers in bfloat16 (`true`: mixed precision; parameters,
+    /// attention and the residual stream keep their own kind) or in the parameters' own kind
+    /// (`false`, the default). See [`super::layers::ComputeKind`].
+    fn set_bf16_products(&self, on: bool);
 }
 
 /// Checks ids against the vocabulary, so a bad id is an error rather than an index crash.

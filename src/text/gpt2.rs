@@ -324,7 +324,7 @@ impl Decoder for Gpt2 {
     fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
     }
-    fn set_compute_kind(&self, kind: Option<Kind>) {
-        self.compute.set(kind);
+    fn set_bf16_products(&self, on: bool) {
+        self.compute.set_bf16(on);
     }
 }

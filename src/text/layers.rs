@@ -153,8 +153,8 @@ pub fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> Result<nn::Li
     Ok(nn::Linear { ws, bs })
 }
 
-/// The kind a decoder's matrix products run in, set once per model: its parameters' own
-/// (`None`, the default) or a lower one (`Some(BFloat16)`: mixed precision). Under a lower kind
+/// The kind a decoder's linear layers run in, set once per model: its parameters' own (the
+/// default) or bfloat16 (mixed precision). Under bfloat16
 /// the parameters and the residual stream stay as they are (float32) and only what feeds a
 /// linear layer is cast: each block's linear layers run in the lower kind and their outputs
 /// stay in it until they meet a float32 operand (the rotary angles, the residual stream, which
@@ -164,27 +164,19 @@ pub fn linear(p: nn::Path, input: i64, output: i64, bias: bool) -> Result<nn::Li
 /// kernel took about 4x longer in bfloat16 than in float32 on SmolLM2's 50-token batches,
 /// while attention's arithmetic is a small share of a block's.
 #[derive(Debug, Default)]
-pub struct ComputeKind(std::sync::atomic::AtomicU8);
+pub struct ComputeKind(std::sync::atomic::AtomicBool);
 
 impl ComputeKind {
-    /// The lower kind, if one is set.
+    /// The lower kind the linear layers run in, if any.
     pub fn get(&self) -> Option<Kind> {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => Some(Kind::BFloat16),
-            2 => Some(Kind::Half),
-            _ => None,
-        }
+        self.0
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(Kind::BFloat16)
     }
 
-    /// Sets the lower kind (`None`: the parameters' own); only bfloat16 and float16 are lower
-    /// kinds, anything else clears it.
-    pub fn set(&self, kind: Option<Kind>) {
-        let code = match kind {
-            Some(Kind::BFloat16) => 1,
-            Some(Kind::Half) => 2,
-            _ => 0,
-        };
-        self.0.store(code, std::sync::atomic::Ordering::Relaxed);
+    /// Switches bfloat16 linear layers on or off.
+    pub fn set_bf16(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

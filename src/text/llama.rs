@@ -367,7 +367,7 @@ impl Decoder for Llama {
     fn set_training(&self, on: bool) {
         self.training.store(on, Ordering::Relaxed);
     }
-    fn set_compute_kind(&self, kind: Option<Kind>) {
-        self.compute.set(kind);
+    fn set_bf16_products(&self, on: bool) {
+        self.compute.set_bf16(on);
     }
 }

@@ -741,7 +741,7 @@ impl Spec {
                     device,
                     s.backbone_layers,
                 )?;
-                backbone.set_compute_kind(s.precision.low_kind());
+                backbone.set_bf16_products(s.precision == Precision::Bf16);
                 Ok(Box::new(SoftTokenModel::new(config, backbone)?))
             }
             ModelSpec::Hierarchical(s) => {
@@ -770,7 +770,7 @@ impl Spec {
                     s.rec_layers,
                 )?;
                 for llm in std::iter::once(&rec).chain(item_llm.as_ref()) {
-                    llm.set_compute_kind(s.precision.low_kind());
+                    llm.set_bf16_products(s.precision == Precision::Bf16);
                 }
                 Ok(Box::new(HierarchicalModel::new(
                     config, rec, item_llm, items,

@@ -61,11 +61,12 @@ class SoftTokenRec(TorchModel):
             ``num_hidden_layers=N``); default all. A frozen pretrained backbone's middle layers
             can serve a recommender better than its last (see the README), and run faster.
         precision: ``"fp32"`` (default) or ``"bf16"``: mixed precision. The backbone's
-            transformer blocks run their matrix products and attention in bfloat16 (the AMX /
-            AVX-512 BF16 units of recent x86 CPUs, tensor cores on CUDA) while the weights, the
-            optimiser state, the residual stream, the norms and the losses stay float32: what
-            ``torch.autocast(dtype=torch.bfloat16)`` does to a ``transformers`` model. Scores
-            move by about bfloat16's precision (3 significant digits); see the README for speed.
+            transformer blocks run their linear layers in bfloat16 (the AMX / AVX-512 BF16 units
+            of recent x86 CPUs, tensor cores on CUDA) while the weights, the optimiser state, the
+            residual stream, attention, the norms and the losses stay float32: what
+            ``torch.autocast(dtype=torch.bfloat16)`` does to a ``transformers`` model, attention
+            aside. Scores move by about bfloat16's precision (3 significant digits); see the
+            README for speed, and for the quality it cost a frozen pretrained backbone.
         dim: size of the user and item vectors (128).
         max_len: longest input: the user token plus the last ``max_len - 1`` items (50).
         dropout: dropout on the soft tokens (the projected user and item vectors) in training
